@@ -1,0 +1,1 @@
+//! gate: placeholder, written with the ingest stage.
