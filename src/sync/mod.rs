@@ -17,12 +17,14 @@ pub mod acks;
 pub mod gate;
 
 #[cfg(not(qbroker_loom))]
+#[allow(unused_imports)]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex, MutexGuard,
 };
 
 #[cfg(qbroker_loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex, MutexGuard,

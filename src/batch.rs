@@ -1,0 +1,584 @@
+//! batch: per-cluster batchers that put converted events back in arrival order and
+//! seal them into batches for the target's spool.
+//!
+//! Stage: the parse pool's workers hand each converted chunk to its cluster's
+//! [`Batcher`]. Workers finish chunks out of order, so the batcher keeps early
+//! ones aside until their turn (at most the chunks in the work queue, which the
+//! admission gate bounds). Events are copied once, from the worker's buffer into
+//! the open batch's body, which is the finished HTTP body once sealed.
+//!
+//! A batch is sealed at `max_events`, at `max_bytes`, or `max_age` after it was
+//! opened, whichever comes first; the first two by the worker that fills it, the
+//! third by the target's [`Sealer`] thread. Sealed batches of one cluster are
+//! appended to the spool in order. When the spool is full the append waits,
+//! which holds the worker, which holds the queue, which pauses the readers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{error, warn};
+
+use crate::config::BatchConfig;
+use crate::metrics::{ClusterMetrics, RateLimit};
+use crate::spool::{AppendError, NewBatch, Spool};
+use crate::sync::gate::Gate;
+
+/// The body schema name.
+pub const SCHEMA: &str = "qbroker.varonis.v1";
+
+/// How long one spool append may wait before the batcher logs and tries again.
+const APPEND_WAIT: Duration = Duration::from_secs(1);
+
+static SPOOL_FULL_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
+static SPOOL_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
+
+/// The events a worker made of one chunk.
+#[derive(Debug, Default)]
+pub struct ChunkOut {
+    pub chunk_no: u64,
+    /// Event objects separated by commas.
+    pub events: Vec<u8>,
+    /// End offset of each event in `events`; event `i` starts one past event
+    /// `i - 1`'s end (after its comma), the first at 0.
+    pub ends: Vec<u32>,
+    /// When the chunk's bytes were read, in Unix microseconds.
+    pub received_unix_us: u64,
+    /// What the chunk holds at the admission gate (messages, bytes). Given back
+    /// once the chunk's events are in a batch, not before: a chunk kept aside
+    /// for its turn still counts against the queue.
+    pub weight: (usize, usize),
+}
+
+struct Open {
+    batch_id: String,
+    body: Vec<u8>,
+    events: u32,
+    opened: Instant,
+    received: Vec<(u64, u32)>,
+}
+
+struct Sealed {
+    batch_id: String,
+    body: Vec<u8>,
+    events: u32,
+    received: Vec<(u64, u32)>,
+}
+
+struct State {
+    next_chunk: u64,
+    pending: BTreeMap<u64, ChunkOut>,
+    open: Option<Open>,
+}
+
+/// Batches of one cluster.
+pub struct Batcher {
+    cluster: Arc<str>,
+    /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
+    prefix: Vec<u8>,
+    limits: BatchConfig,
+    spool: Arc<Spool>,
+    metrics: Arc<ClusterMetrics>,
+    gate: Arc<Gate>,
+    gate_id: usize,
+    state: Mutex<State>,
+    /// Held while appending sealed batches, taken before `state` is let go, so that
+    /// the spool receives a cluster's batches in the order they were sealed.
+    append: Mutex<()>,
+    abort: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Batcher {
+    fn new(
+        cluster: Arc<str>,
+        filer_id: Option<u64>,
+        limits: BatchConfig,
+        spool: Arc<Spool>,
+        metrics: Arc<ClusterMetrics>,
+        (gate, gate_id): (Arc<Gate>, usize),
+        abort: Arc<AtomicBool>,
+    ) -> Batcher {
+        let mut prefix = Vec::with_capacity(128);
+        prefix.extend_from_slice(b"{\"schema\":\"");
+        prefix.extend_from_slice(SCHEMA.as_bytes());
+        prefix.extend_from_slice(b"\",\"cluster\":");
+        prefix.extend_from_slice(
+            serde_json::to_string(&*cluster)
+                .expect("a string serialises")
+                .as_bytes(),
+        );
+        prefix.extend_from_slice(b",\"filer_id\":");
+        match filer_id {
+            Some(id) => prefix.extend_from_slice(id.to_string().as_bytes()),
+            None => prefix.extend_from_slice(b"null"),
+        }
+        prefix.extend_from_slice(b",\"batch_id\":\"");
+        Batcher {
+            cluster,
+            prefix,
+            limits,
+            spool,
+            metrics,
+            gate,
+            gate_id,
+            state: Mutex::new(State {
+                next_chunk: 0,
+                pending: BTreeMap::new(),
+                open: None,
+            }),
+            append: Mutex::new(()),
+            abort,
+        }
+    }
+
+    /// Take a converted chunk (even one with no events: it moves the order on).
+    pub fn submit(&self, out: ChunkOut) {
+        let mut sealed = Vec::new();
+        let mut st = lock(&self.state);
+        if out.chunk_no != st.next_chunk {
+            st.pending.insert(out.chunk_no, out);
+            return;
+        }
+        let mut weight = out.weight;
+        self.apply(&mut st, &out, &mut sealed);
+        st.next_chunk += 1;
+        loop {
+            let no = st.next_chunk;
+            let Some(next) = st.pending.remove(&no) else {
+                break;
+            };
+            self.apply(&mut st, &next, &mut sealed);
+            weight.0 += next.weight.0;
+            weight.1 += next.weight.1;
+            st.next_chunk += 1;
+        }
+        let order = (!sealed.is_empty()).then(|| lock(&self.append));
+        drop(st);
+        self.gate.release(self.gate_id, weight.0, weight.1);
+        if let Some(order) = order {
+            self.write(sealed, order);
+        }
+    }
+
+    /// Seal the open batch if it is `max_age` old. Skips a batcher that is busy.
+    fn seal_if_due(&self) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        let due = st
+            .open
+            .as_ref()
+            .is_some_and(|o| o.opened.elapsed() >= self.limits.max_age);
+        if due {
+            let sealed = self.seal(&mut st);
+            let order = lock(&self.append);
+            drop(st);
+            self.write(sealed.into_iter().collect(), order);
+        }
+    }
+
+    /// Seal whatever is open (shutdown).
+    fn flush(&self) {
+        let mut st = lock(&self.state);
+        if !st.pending.is_empty() {
+            // Only a chunk lost in a worker could leave a gap; its successors are
+            // still whole and are delivered.
+            error!(
+                cluster = %self.cluster,
+                chunks = st.pending.len(),
+                "chunks waiting for a predecessor that never came; delivering them anyway"
+            );
+            let pending = std::mem::take(&mut st.pending);
+            let mut sealed = Vec::new();
+            for out in pending.into_values() {
+                self.apply(&mut st, &out, &mut sealed);
+                self.gate.release(self.gate_id, out.weight.0, out.weight.1);
+            }
+            sealed.extend(self.seal(&mut st));
+            let order = lock(&self.append);
+            drop(st);
+            self.write(sealed, order);
+            return;
+        }
+        let sealed = self.seal(&mut st);
+        let order = lock(&self.append);
+        drop(st);
+        self.write(sealed.into_iter().collect(), order);
+    }
+
+    fn apply(&self, st: &mut State, out: &ChunkOut, sealed: &mut Vec<Sealed>) {
+        let n = out.ends.len();
+        let start_of = |i: usize| {
+            if i == 0 {
+                0
+            } else {
+                out.ends[i - 1] as usize + 1
+            }
+        };
+        let mut i = 0;
+        while i < n {
+            let open = st.open.get_or_insert_with(|| self.open_batch());
+            // Take the longest run of events from `i` that fits the open batch.
+            let mut j = i;
+            let mut size = open.body.len();
+            while j < n && (open.events as usize + (j - i)) < self.limits.max_events {
+                let len = out.ends[j] as usize - start_of(j) + 1;
+                let empty = open.events == 0 && j == i;
+                if !empty && size + len + 2 > self.limits.max_bytes {
+                    break;
+                }
+                size += len;
+                j += 1;
+            }
+            if j == i {
+                sealed.extend(self.seal(st));
+                continue;
+            }
+            if open.events > 0 {
+                open.body.push(b',');
+            }
+            open.body
+                .extend_from_slice(&out.events[start_of(i)..out.ends[j - 1] as usize]);
+            let taken = (j - i) as u32;
+            open.events += taken;
+            match open.received.last_mut() {
+                Some((at, count)) if *at == out.received_unix_us => *count += taken,
+                _ => open.received.push((out.received_unix_us, taken)),
+            }
+            let full = open.events as usize >= self.limits.max_events
+                || open.body.len() + 2 >= self.limits.max_bytes;
+            i = j;
+            if full {
+                sealed.extend(self.seal(st));
+            }
+        }
+    }
+
+    fn open_batch(&self) -> Open {
+        let batch_id = uuid::Uuid::now_v7().to_string();
+        let mut body = Vec::with_capacity(
+            (self.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len(),
+        );
+        body.extend_from_slice(&self.prefix);
+        body.extend_from_slice(batch_id.as_bytes());
+        body.extend_from_slice(b"\",\"events\":[");
+        Open {
+            batch_id,
+            body,
+            events: 0,
+            opened: Instant::now(),
+            received: Vec::new(),
+        }
+    }
+
+    fn seal(&self, st: &mut State) -> Option<Sealed> {
+        let mut open = st.open.take()?;
+        open.body.extend_from_slice(b"]}");
+        Some(Sealed {
+            batch_id: open.batch_id,
+            body: open.body,
+            events: open.events,
+            received: open.received,
+        })
+    }
+
+    /// Append sealed batches to the spool, in order, waiting while it is full or
+    /// failing. Nothing is dropped unless the broker is being torn down.
+    fn write(&self, sealed: Vec<Sealed>, _order: MutexGuard<'_, ()>) {
+        for batch in sealed {
+            let new = NewBatch {
+                batch_id: &batch.batch_id,
+                cluster: &self.cluster,
+                events: batch.events,
+                received: &batch.received,
+                body: &batch.body,
+            };
+            let mut failures = 0u32;
+            loop {
+                match self.spool.append(&new, APPEND_WAIT) {
+                    Ok(_) => {
+                        self.metrics.batches.inc();
+                        break;
+                    }
+                    Err(AppendError::Full) => {
+                        if let Some(suppressed) = SPOOL_FULL_LOG.check() {
+                            warn!(
+                                cluster = %self.cluster,
+                                suppressed,
+                                "spool full: intake paused until the target catches up"
+                            );
+                        }
+                    }
+                    Err(AppendError::Io(err)) => {
+                        failures += 1;
+                        if let Some(suppressed) = SPOOL_ERROR_LOG.check() {
+                            error!(
+                                cluster = %self.cluster,
+                                error = %err,
+                                suppressed,
+                                "spool write failed: intake paused, retrying"
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(
+                            (50u64 << failures.min(5)).min(1000),
+                        ));
+                    }
+                    Err(AppendError::Closed) => {
+                        error!(
+                            cluster = %self.cluster,
+                            batch_id = %batch.batch_id,
+                            events = batch.events,
+                            "spool closed before a batch could be appended: batch lost"
+                        );
+                        break;
+                    }
+                }
+                if self.abort.load(Ordering::Relaxed) {
+                    error!(
+                        cluster = %self.cluster,
+                        batch_id = %batch.batch_id,
+                        events = batch.events,
+                        "shutdown deadline passed while the spool was unavailable: batch lost"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Every batcher, grouped by target, with one age sealer thread per target.
+pub struct Batches {
+    limits: BatchConfig,
+    spools: Vec<Arc<Spool>>,
+    by_target: Vec<Arc<Mutex<Vec<Arc<Batcher>>>>>,
+    stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    sealers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Batches {
+    /// `spools[i]` is target `i`'s spool.
+    pub fn start(limits: BatchConfig, spools: Vec<Arc<Spool>>) -> std::io::Result<Arc<Batches>> {
+        let by_target: Vec<_> = spools.iter().map(|_| Arc::default()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tick = (limits.max_age / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
+        let mut sealers = Vec::new();
+        for (i, list) in by_target.iter().enumerate() {
+            let list: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::clone(list);
+            let stop = stop.clone();
+            sealers.push(
+                std::thread::Builder::new()
+                    .name(format!("qbroker-sealer-{i}"))
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(tick);
+                            let batchers = lock(&list).clone();
+                            for b in batchers {
+                                b.seal_if_due();
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(Arc::new(Batches {
+            limits,
+            spools,
+            by_target,
+            stop,
+            abort: Arc::new(AtomicBool::new(false)),
+            sealers: Mutex::new(sealers),
+        }))
+    }
+
+    /// A batcher for a newly seen cluster, which holds `gate_id` at the gate.
+    pub fn create(
+        &self,
+        cluster: Arc<str>,
+        target: usize,
+        filer_id: Option<u64>,
+        metrics: Arc<ClusterMetrics>,
+        gate: (Arc<Gate>, usize),
+    ) -> Arc<Batcher> {
+        let b = Arc::new(Batcher::new(
+            cluster,
+            filer_id,
+            self.limits.clone(),
+            self.spools[target].clone(),
+            metrics,
+            gate,
+            self.abort.clone(),
+        ));
+        lock(&self.by_target[target]).push(b.clone());
+        b
+    }
+
+    /// Stop the sealers and seal every open batch into its spool (shutdown, after
+    /// the pool has drained).
+    pub fn flush_all(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in lock(&self.sealers).drain(..) {
+            let _ = h.join();
+        }
+        for list in &self.by_target {
+            for b in lock(list).iter() {
+                b.flush();
+            }
+        }
+    }
+
+    /// Give up waiting on unavailable spools (the shutdown deadline passed).
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::spool::{Fsync, Options};
+
+    fn chunk(no: u64, events: &[&str]) -> ChunkOut {
+        let mut out = ChunkOut {
+            chunk_no: no,
+            received_unix_us: 1000 + no,
+            ..ChunkOut::default()
+        };
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                out.events.push(b',');
+            }
+            out.events.extend_from_slice(e.as_bytes());
+            out.ends.push(out.events.len() as u32);
+        }
+        out
+    }
+
+    fn batcher(
+        dir: &std::path::Path,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> (Batcher, Arc<Spool>) {
+        let spool = Arc::new(
+            Spool::open(
+                dir,
+                Options {
+                    max_bytes: 1 << 30,
+                    segment_bytes: 1 << 20,
+                    fsync: Fsync::Never,
+                },
+            )
+            .unwrap(),
+        );
+        let limits = BatchConfig {
+            max_events,
+            max_bytes,
+            max_age: Duration::from_millis(50),
+        };
+        let m = Metrics::new();
+        let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
+        let id = gate.register();
+        let b = Batcher::new(
+            Arc::from("c\"1"),
+            Some(7),
+            limits,
+            spool.clone(),
+            m.cluster("c\"1"),
+            (gate, id),
+            Arc::new(AtomicBool::new(false)),
+        );
+        (b, spool)
+    }
+
+    fn drain(spool: &Spool) -> Vec<serde_json::Value> {
+        spool.close();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut bodies = Vec::new();
+        rt.block_on(async {
+            while let Some(rec) = spool.next().await {
+                let v: serde_json::Value = serde_json::from_slice(&rec.body).unwrap();
+                assert_eq!(v["batch_id"], rec.batch_id.as_str());
+                assert_eq!(v["events"].as_array().unwrap().len() as u32, rec.events);
+                bodies.push(v);
+                spool.ack(rec.id);
+            }
+        });
+        bodies
+    }
+
+    #[test]
+    fn restores_chunk_order_and_splits_at_max_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher(dir.path(), 3, 1 << 20);
+        b.submit(chunk(2, &["{\"n\":5}"]));
+        b.submit(chunk(1, &["{\"n\":3}", "{\"n\":4}"]));
+        b.submit(chunk(0, &["{\"n\":1}", "{\"n\":2}"]));
+        b.submit(chunk(3, &[]));
+        b.flush();
+        let batches = drain(&spool);
+        let ns: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|v| {
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["n"].as_u64().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(ns, vec![vec![1, 2, 3], vec![4, 5]]);
+        assert_eq!(batches[0]["schema"], SCHEMA);
+        assert_eq!(batches[0]["cluster"], "c\"1");
+        assert_eq!(batches[0]["filer_id"], 7);
+        assert_ne!(batches[0]["batch_id"], batches[1]["batch_id"]);
+    }
+
+    #[test]
+    fn splits_at_max_bytes_but_never_drops_a_large_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher(dir.path(), 1000, 4096);
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(5000));
+        let small = "{\"x\":\"b\"}".to_string();
+        let events: Vec<&str> = [small.as_str(); 300]
+            .into_iter()
+            .chain([big.as_str()])
+            .chain([small.as_str(); 3])
+            .collect();
+        b.submit(chunk(0, &events));
+        b.flush();
+        let batches = drain(&spool);
+        let total: usize = batches
+            .iter()
+            .map(|v| v["events"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(total, 304);
+        for v in &batches {
+            let len = serde_json::to_vec(v).unwrap().len();
+            let n = v["events"].as_array().unwrap().len();
+            assert!(len <= 4096 || n == 1, "{len} bytes in {n} events");
+        }
+    }
+
+    #[test]
+    fn the_sealer_seals_a_batch_after_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher(dir.path(), 1000, 1 << 20);
+        b.submit(chunk(0, &["{}"]));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 0);
+        std::thread::sleep(Duration::from_millis(60));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 1);
+        assert_eq!(drain(&spool).len(), 1);
+    }
+}

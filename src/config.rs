@@ -1,0 +1,1128 @@
+//! config: the TOML file, the command-line overrides, and their validation.
+//!
+//! The file is deserialised into `Raw*` structs that mirror it one to one (unknown
+//! fields are rejected, every field has a doc comment and its unit in its name),
+//! then [`RawConfig::validate`] turns it into the typed [`Config`] the broker runs
+//! with, failing at start with an error that names the field.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::parse;
+use crate::spool::Fsync;
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file, as written.
+
+/// The configuration file. Every section is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address of the syslog TCP listener (`HOST:PORT`). Default `0.0.0.0:514`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Parse worker threads, like rsyslog's `queue.workerThreads`. Default: the CPU count.
+    pub workers: Option<usize>,
+    /// Threads that run the per-cluster supervisors and their socket readers.
+    /// Default: a quarter of the CPUs, at least 1 and at most 4.
+    pub io_threads: Option<usize>,
+    /// Address of the plain-HTTP metrics endpoint (`/metrics`, `/healthz`). Off when unset.
+    pub metrics_listen: Option<String>,
+    /// Directory for the spool and the dead-letter files. Default `/var/lib/qbroker`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Name of the target that clusters without a `[[clusters]]` entry (or without a
+    /// `target` in it) deliver to. Default: the only target, when there is exactly one.
+    pub default_target: Option<String>,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub filter: RawFilter,
+    #[serde(default)]
+    pub batch: RawBatch,
+    #[serde(default)]
+    pub spool: RawSpool,
+    #[serde(default)]
+    pub dead_letter: RawDeadLetter,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    /// Where events go: one entry per Varonis endpoint.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    /// Known clusters: how to recognise them and where their events go.
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+}
+
+/// `[ingest]`: the syslog TCP listener and its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIngest {
+    /// Largest frame accepted, in bytes; a larger one is counted and skipped. Default 65536.
+    pub max_frame_bytes: usize,
+    /// Connections held at once; further ones are closed at once and counted. Default 4096.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (the node reconnects).
+    /// 0 disables. Default 3600.
+    pub idle_timeout_secs: u64,
+    /// When not empty, only sources inside these CIDRs (or addresses) may connect;
+    /// others are closed at once and counted.
+    pub allow_sources: Vec<String>,
+    /// Bytes read from a socket at a time. Default 65536.
+    pub read_buffer_bytes: usize,
+    /// How long a new connection may take to send its first complete frame, which
+    /// tells its cluster. Default 60.
+    pub first_frame_timeout_secs: u64,
+    /// Clusters (supervisors) at most; connections of further clusters are closed
+    /// and counted. Default 1000.
+    pub max_clusters: usize,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            max_frame_bytes: 64 * 1024,
+            max_connections: 4096,
+            idle_timeout_secs: 3600,
+            allow_sources: Vec::new(),
+            read_buffer_bytes: 64 * 1024,
+            first_frame_timeout_secs: 60,
+            max_clusters: 1000,
+        }
+    }
+}
+
+/// `[queue]`: the work queue between the supervisors and the parse pool. When it
+/// is full the supervisors stop reading their sockets (TCP pushes back to the
+/// nodes); nothing is dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// Capacity in messages (frames), like rsyslog's `queue.size`. Default 100000.
+    pub size: usize,
+    /// Capacity in bytes of frames held. Default 268435456 (256 MiB).
+    pub max_bytes: usize,
+    /// Frames handed to the pool at a time, at most. Default 256.
+    pub chunk_max_frames: usize,
+    /// Bytes handed to the pool at a time, at most (a single frame may exceed it). Default 262144.
+    pub chunk_max_bytes: usize,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            size: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            chunk_max_frames: 256,
+            chunk_max_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[filter]`: which audit records become events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFilter {
+    /// Qumulo operations to keep. Default: the reference broker's set.
+    pub operations: Vec<String>,
+    /// Protocols to keep (`smb2`, `nfs3`, ...). Empty keeps all. The reference kept only `smb2`.
+    pub protocols: Vec<String>,
+    /// Statuses to keep (`ok`, ...). Empty keeps all.
+    pub statuses: Vec<String>,
+    /// Keep any operation whose status is `fs_access_denied_error`. Default true.
+    pub access_denied: bool,
+    /// Accepted syslog APP-NAME prefixes. Empty accepts all. Default `["qumulo"]`.
+    pub app_names: Vec<String>,
+}
+
+/// The reference broker's operations.
+pub const REFERENCE_OPERATIONS: [&str; 7] = [
+    "fs_create_file",
+    "fs_create_directory",
+    "fs_read_data",
+    "fs_write_data",
+    "fs_write_metadata",
+    "fs_rename",
+    "fs_delete",
+];
+
+impl Default for RawFilter {
+    fn default() -> Self {
+        RawFilter {
+            operations: REFERENCE_OPERATIONS.iter().map(|s| s.to_string()).collect(),
+            protocols: Vec::new(),
+            statuses: Vec::new(),
+            access_denied: true,
+            app_names: vec!["qumulo".to_string()],
+        }
+    }
+}
+
+/// `[batch]`: when an open batch is sealed. Whichever limit comes first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBatch {
+    /// Events per batch, at most. Default 1000.
+    pub max_events: usize,
+    /// Bytes of body per batch, at most (a single event may exceed it). Default 1048576.
+    pub max_bytes: usize,
+    /// Age of a batch's first event at which it is sealed, in milliseconds. Default 200.
+    pub max_age_ms: u64,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            max_events: 1000,
+            max_bytes: 1024 * 1024,
+            max_age_ms: 200,
+        }
+    }
+}
+
+/// `[spool]`: the durable log of sealed batches, one per target, under `dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSpool {
+    /// Directory of the spools. Default `<data_dir>/spool`.
+    pub dir: Option<PathBuf>,
+    /// Cap on each target's spool, in bytes; at the cap intake pauses. Default 53687091200 (50 GiB).
+    pub max_bytes: u64,
+    /// Size at which a segment file is sealed, in bytes. Default 67108864 (64 MiB).
+    pub segment_bytes: u64,
+    /// `always` (fsync before a batch counts as spooled), `interval` (every
+    /// `fsync_interval_ms`) or `never` (left to the OS). Default `interval`.
+    pub fsync: String,
+    /// Interval of the `interval` policy, in milliseconds. Default 100.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool {
+            dir: None,
+            max_bytes: 50 * 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: "interval".to_string(),
+            fsync_interval_ms: 100,
+        }
+    }
+}
+
+/// `[dead_letter]`: frames that could not be parsed and batches a target refused
+/// for good are kept here for a person to look at.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDeadLetter {
+    /// Directory. Default `<data_dir>/dead-letter`.
+    pub dir: Option<PathBuf>,
+    /// Size at which the bad-frame file is rotated (one old file kept), in bytes. Default 104857600.
+    pub max_file_bytes: u64,
+}
+
+impl Default for RawDeadLetter {
+    fn default() -> Self {
+        RawDeadLetter {
+            dir: None,
+            max_file_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// How long egress may keep delivering spooled batches after SIGTERM, in seconds.
+    /// What is not delivered stays in the spool for the next start. Default 30.
+    pub grace_secs: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown { grace_secs: 30 }
+    }
+}
+
+/// `[[targets]]`: one HTTPS endpoint that receives batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Name used by `default_target` and `[[clusters]].target`, and in metrics.
+    pub name: String,
+    /// URL the batches are POSTed to (`https://host:port/path`).
+    pub url: String,
+    /// PEM file of the CA certificate(s) to trust for this target. Default: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// File holding the bearer token (instead of `token`, to keep it out of the config).
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain for client authentication (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key for client authentication.
+    pub client_key_file: Option<PathBuf>,
+    /// Requests in flight at once. Default 4.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    /// Compress bodies with gzip (`Content-Encoding: gzip`). Default false.
+    #[serde(default)]
+    pub gzip: bool,
+    /// Timeout of one request, connect to response body, in seconds. Default 30.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Timeout of TCP connect plus TLS handshake, in seconds. Default 10.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// First retry delay, in milliseconds; doubles per attempt, with jitter. Default 100.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Cap of the retry delay, in milliseconds. Default 30000.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Cap on a `Retry-After` the target asks for, in seconds. Default 600.
+    #[serde(default = "default_retry_after_max_secs")]
+    pub retry_after_max_secs: u64,
+}
+
+/// `[[clusters]]`: a Qumulo cluster known in advance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The cluster name (the syslog HOSTNAME without its `-<node>` suffix).
+    pub name: String,
+    /// Source addresses or CIDRs of its nodes. A connection from one of them belongs
+    /// to this cluster whatever its HOSTNAME says.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Target of its events. Default: `default_target`.
+    pub target: Option<String>,
+    /// Varonis filer id written into each batch. Default: none (`null`).
+    pub filer_id: Option<u64>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:514".to_string()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/qbroker")
+}
+fn default_in_flight() -> usize {
+    4
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_retry_initial_ms() -> u64 {
+    100
+}
+fn default_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_retry_after_max_secs() -> u64 {
+    600
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        // An empty document is a valid configuration of all defaults.
+        toml::from_str("").expect("the empty configuration deserialises")
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub target_url: Option<String>,
+    pub target_ca: Option<PathBuf>,
+    pub target_token: Option<String>,
+    pub workers: Option<usize>,
+    pub metrics_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_fsync: Option<String>,
+}
+
+impl RawConfig {
+    /// Read and deserialise a file.
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        RawConfig::parse(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Deserialise a document.
+    pub fn parse(text: &str) -> Result<RawConfig, String> {
+        toml::from_str(text).map_err(|err| err.to_string())
+    }
+
+    /// Apply command-line overrides. `--target` sets the URL of the default target,
+    /// creating a target named `default` when the file has none.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.workers {
+            self.workers = Some(v);
+        }
+        if let Some(v) = o.metrics_listen {
+            self.metrics_listen = Some(v);
+        }
+        if let Some(v) = o.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = o.spool_dir {
+            self.spool.dir = Some(v);
+        }
+        if let Some(v) = o.spool_fsync {
+            self.spool.fsync = v;
+        }
+        if o.target_url.is_none() && o.target_ca.is_none() && o.target_token.is_none() {
+            return;
+        }
+        let index = match self.default_target_index() {
+            Some(i) => i,
+            None => {
+                self.targets.push(RawTarget {
+                    name: "default".to_string(),
+                    url: String::new(),
+                    ca_file: None,
+                    token: None,
+                    token_file: None,
+                    client_cert_file: None,
+                    client_key_file: None,
+                    in_flight: default_in_flight(),
+                    gzip: false,
+                    timeout_secs: default_timeout_secs(),
+                    connect_timeout_secs: default_connect_timeout_secs(),
+                    retry_initial_ms: default_retry_initial_ms(),
+                    retry_max_ms: default_retry_max_ms(),
+                    retry_after_max_secs: default_retry_after_max_secs(),
+                });
+                self.default_target = Some("default".to_string());
+                self.targets.len() - 1
+            }
+        };
+        let target = &mut self.targets[index];
+        if let Some(v) = o.target_url {
+            target.url = v;
+        }
+        if let Some(v) = o.target_ca {
+            target.ca_file = Some(v);
+        }
+        if let Some(v) = o.target_token {
+            target.token = Some(v);
+            target.token_file = None;
+        }
+    }
+
+    fn default_target_index(&self) -> Option<usize> {
+        match &self.default_target {
+            Some(name) => self.targets.iter().position(|t| &t.name == name),
+            None if self.targets.len() == 1 => Some(0),
+            None => None,
+        }
+    }
+
+    /// Check every field and build the typed configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let workers = positive("workers", self.workers.unwrap_or(cpus))?;
+        let io_threads = positive(
+            "io_threads",
+            self.io_threads.unwrap_or((cpus / 4).clamp(1, 4)),
+        )?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|v| parse_addr("metrics_listen", v))
+            .transpose()?;
+
+        let ingest = &self.ingest;
+        if ingest.max_frame_bytes < 256 {
+            return Err(invalid("ingest.max_frame_bytes", "must be at least 256"));
+        }
+        if ingest.max_frame_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "ingest.max_frame_bytes",
+                "must be at most 16777216",
+            ));
+        }
+        positive("ingest.max_connections", ingest.max_connections)?;
+        positive("ingest.max_clusters", ingest.max_clusters)?;
+        if ingest.read_buffer_bytes < 4096 {
+            return Err(invalid("ingest.read_buffer_bytes", "must be at least 4096"));
+        }
+        let allow_sources = ingest
+            .allow_sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_net(&format!("ingest.allow_sources[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ingest = IngestConfig {
+            max_frame_bytes: ingest.max_frame_bytes,
+            max_connections: ingest.max_connections,
+            idle_timeout: (ingest.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(ingest.idle_timeout_secs)),
+            allow_sources,
+            read_buffer_bytes: ingest.read_buffer_bytes,
+            first_frame_timeout: Duration::from_secs(positive_u64(
+                "ingest.first_frame_timeout_secs",
+                ingest.first_frame_timeout_secs,
+            )?),
+            max_clusters: ingest.max_clusters,
+        };
+
+        let q = &self.queue;
+        positive("queue.size", q.size)?;
+        positive("queue.chunk_max_frames", q.chunk_max_frames)?;
+        if q.chunk_max_frames > q.size {
+            return Err(invalid(
+                "queue.chunk_max_frames",
+                "must not exceed queue.size",
+            ));
+        }
+        if q.max_bytes < ingest.max_frame_bytes.max(q.chunk_max_bytes) {
+            return Err(invalid(
+                "queue.max_bytes",
+                "must be at least ingest.max_frame_bytes and queue.chunk_max_bytes",
+            ));
+        }
+        positive("queue.chunk_max_bytes", q.chunk_max_bytes)?;
+        let queue = QueueConfig {
+            size: q.size,
+            max_bytes: q.max_bytes,
+            chunk_max_frames: q.chunk_max_frames,
+            chunk_max_bytes: q.chunk_max_bytes,
+        };
+
+        let f = &self.filter;
+        let filter = parse::Filter::new(
+            &f.operations,
+            &f.protocols,
+            &f.statuses,
+            f.access_denied,
+            &f.app_names,
+        )
+        .map_err(|e| {
+            invalid(
+                "filter.operations",
+                format!("qbroker cannot map operation {:?} to a Varonis event", e.0),
+            )
+        })?;
+
+        let b = &self.batch;
+        positive("batch.max_events", b.max_events)?;
+        if b.max_bytes < 4096 {
+            return Err(invalid("batch.max_bytes", "must be at least 4096"));
+        }
+        let batch = BatchConfig {
+            max_events: b.max_events,
+            max_bytes: b.max_bytes,
+            max_age: Duration::from_millis(positive_u64("batch.max_age_ms", b.max_age_ms)?),
+        };
+
+        let s = &self.spool;
+        let fsync = match s.fsync.as_str() {
+            "always" => Fsync::Always,
+            "never" => Fsync::Never,
+            "interval" => Fsync::Interval(Duration::from_millis(positive_u64(
+                "spool.fsync_interval_ms",
+                s.fsync_interval_ms,
+            )?)),
+            other => {
+                return Err(invalid(
+                    "spool.fsync",
+                    format!("{other:?} is not one of always, interval, never"),
+                ))
+            }
+        };
+        if s.segment_bytes < 64 * 1024 {
+            return Err(invalid("spool.segment_bytes", "must be at least 65536"));
+        }
+        if s.max_bytes < 2 * s.segment_bytes.max(b.max_bytes as u64) {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must be at least twice spool.segment_bytes and batch.max_bytes",
+            ));
+        }
+        let spool = SpoolConfig {
+            dir: s.dir.clone().unwrap_or_else(|| self.data_dir.join("spool")),
+            max_bytes: s.max_bytes,
+            segment_bytes: s.segment_bytes,
+            fsync,
+        };
+        let dead_letter = DeadLetterConfig {
+            dir: self
+                .dead_letter
+                .dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("dead-letter")),
+            max_file_bytes: self.dead_letter.max_file_bytes.max(4096),
+        };
+
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for (i, t) in self.targets.iter().enumerate() {
+            let target = validate_target(i, t)?;
+            if targets.iter().any(|o: &TargetConfig| o.name == target.name) {
+                return Err(invalid(
+                    format!("targets[{i}].name"),
+                    format!("{:?} is used twice", target.name),
+                ));
+            }
+            targets.push(target);
+        }
+        let find_target = |field: &str, name: &str| {
+            targets
+                .iter()
+                .position(|t| t.name == name)
+                .ok_or_else(|| invalid(field, format!("no target is named {name:?}")))
+        };
+        let default_target = match &self.default_target {
+            Some(name) => Some(find_target("default_target", name)?),
+            None if targets.len() == 1 => Some(0),
+            None => None,
+        };
+
+        let mut clusters: Vec<ClusterConfig> = Vec::with_capacity(self.clusters.len());
+        for (i, c) in self.clusters.iter().enumerate() {
+            let field = |name: &str| format!("clusters[{i}].{name}");
+            if c.name.is_empty() || c.name.len() > 255 {
+                return Err(invalid(field("name"), "must be 1 to 255 bytes"));
+            }
+            if clusters.iter().any(|o| o.name == c.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is used twice", c.name),
+                ));
+            }
+            let sources = c
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(j, s)| parse_net(&format!("clusters[{i}].sources[{j}]"), s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let target = match &c.target {
+                Some(name) => find_target(&field("target"), name)?,
+                None => default_target.ok_or_else(|| {
+                    invalid(field("target"), "not set and there is no default_target")
+                })?,
+            };
+            clusters.push(ClusterConfig {
+                name: c.name.clone(),
+                sources,
+                target,
+                filer_id: c.filer_id,
+            });
+        }
+        if targets.is_empty() {
+            return Err(invalid(
+                "targets",
+                "no target configured: add a [[targets]] entry or pass --target URL",
+            ));
+        }
+        if default_target.is_none() && self.clusters.is_empty() {
+            return Err(invalid(
+                "default_target",
+                "several targets and no default_target: events of unknown clusters would have nowhere to go",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            workers,
+            io_threads,
+            metrics_listen,
+            data_dir: self.data_dir.clone(),
+            ingest,
+            queue,
+            filter,
+            batch,
+            spool,
+            dead_letter,
+            shutdown_grace: Duration::from_secs(self.shutdown.grace_secs),
+            targets,
+            default_target,
+            clusters,
+        })
+    }
+}
+
+fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    let field = |name: &str| format!("targets[{i}].{name}");
+    if t.name.is_empty()
+        || !t
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(invalid(
+            field("name"),
+            "must be non-empty and use only letters, digits, '-', '_' and '.'",
+        ));
+    }
+    let url: http::Uri = t
+        .url
+        .parse()
+        .map_err(|e| invalid(field("url"), format!("{:?} is not a URL: {e}", t.url)))?;
+    let tls = match url.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(invalid(
+                field("url"),
+                format!("{:?} must start with https:// (or http://)", t.url),
+            ))
+        }
+    };
+    let host = url
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| invalid(field("url"), format!("{:?} has no host", t.url)))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let path = url
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    if t.token.is_some() && t.token_file.is_some() {
+        return Err(invalid(
+            field("token_file"),
+            "set token or token_file, not both",
+        ));
+    }
+    let token = match (&t.token, &t.token_file) {
+        (Some(tok), _) => Some(Secret(tok.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    field("token_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(Secret(text.trim().to_string()))
+        }
+        (None, None) => None,
+    };
+    if let Some(tok) = &token {
+        if tok.0.is_empty() || tok.0.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(invalid(
+                field("token"),
+                "must be non-empty printable ASCII without spaces",
+            ));
+        }
+    }
+    let client_auth = match (&t.client_cert_file, &t.client_key_file) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                field("client_cert_file"),
+                "client_cert_file and client_key_file go together",
+            ))
+        }
+    };
+    if t.in_flight == 0 || t.in_flight > 256 {
+        return Err(invalid(field("in_flight"), "must be 1 to 256"));
+    }
+    let retry_initial = Duration::from_millis(positive_u64(
+        &field("retry_initial_ms"),
+        t.retry_initial_ms,
+    )?);
+    let retry_max = Duration::from_millis(t.retry_max_ms);
+    if retry_max < retry_initial {
+        return Err(invalid(
+            field("retry_max_ms"),
+            "must be at least retry_initial_ms",
+        ));
+    }
+    Ok(TargetConfig {
+        name: t.name.clone(),
+        url: t.url.clone(),
+        tls,
+        host,
+        port,
+        path,
+        ca_file: t.ca_file.clone(),
+        token,
+        client_auth,
+        in_flight: t.in_flight,
+        gzip: t.gzip,
+        timeout: Duration::from_secs(positive_u64(&field("timeout_secs"), t.timeout_secs)?),
+        connect_timeout: Duration::from_secs(positive_u64(
+            &field("connect_timeout_secs"),
+            t.connect_timeout_secs,
+        )?),
+        retry_initial,
+        retry_max,
+        retry_after_max: Duration::from_secs(t.retry_after_max_secs),
+    })
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(field, format!("{value:?} is not an IP:PORT address")))
+}
+
+fn parse_net(field: &str, value: &str) -> Result<IpNet, ConfigError> {
+    if let Ok(net) = value.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    value
+        .parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| invalid(field, format!("{value:?} is not an address or CIDR")))
+}
+
+fn positive(field: &str, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(value).ok_or_else(|| invalid(field, "must be greater than 0"))
+}
+
+fn positive_u64(field: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        Err(invalid(field, "must be greater than 0"))
+    } else {
+        Ok(value)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration.
+
+/// The configuration the broker runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: NonZeroUsize,
+    pub io_threads: NonZeroUsize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub ingest: IngestConfig,
+    pub queue: QueueConfig,
+    pub filter: parse::Filter,
+    pub batch: BatchConfig,
+    pub spool: SpoolConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub shutdown_grace: Duration,
+    pub targets: Vec<TargetConfig>,
+    /// Index into `targets`.
+    pub default_target: Option<usize>,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl Config {
+    /// The configured cluster a source address belongs to, if any.
+    pub fn cluster_of_source(&self, addr: IpAddr) -> Option<&ClusterConfig> {
+        let addr = canonical_ip(addr);
+        self.clusters
+            .iter()
+            .find(|c| c.sources.iter().any(|net| net.contains(&addr)))
+    }
+
+    /// The configured cluster of this name, if any.
+    pub fn cluster_named(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Whether the allowlist (if any) admits this source.
+    pub fn source_allowed(&self, addr: IpAddr) -> bool {
+        let addr = canonical_ip(addr);
+        self.ingest.allow_sources.is_empty()
+            || self
+                .ingest
+                .allow_sources
+                .iter()
+                .any(|net| net.contains(&addr))
+    }
+}
+
+/// An IPv4 peer reaching a dual-stack socket shows up as `::ffff:a.b.c.d`; match it
+/// against IPv4 rules as the address it is.
+pub fn canonical_ip(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Option<Duration>,
+    pub allow_sources: Vec<IpNet>,
+    pub read_buffer_bytes: usize,
+    pub first_frame_timeout: Duration,
+    pub max_clusters: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub size: usize,
+    pub max_bytes: usize,
+    pub chunk_max_frames: usize,
+    pub chunk_max_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub dir: PathBuf,
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query of the URL.
+    pub path: String,
+    pub ca_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    pub in_flight: usize,
+    pub gzip: bool,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub retry_after_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub sources: Vec<IpNet>,
+    /// Index into `Config::targets`.
+    pub target: usize,
+    pub filer_id: Option<u64>,
+}
+
+/// A credential: printed as `<redacted>` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_target(extra: &str) -> String {
+        format!("[[targets]]\nname = \"v\"\nurl = \"https://127.0.0.1:8443/events\"\n{extra}")
+    }
+
+    fn error_of(text: &str) -> String {
+        match RawConfig::parse(text) {
+            Err(message) => message,
+            Ok(raw) => raw.validate().expect_err("should be invalid").to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let raw = RawConfig::parse(&with_target("")).unwrap();
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:514".parse().unwrap());
+        assert_eq!(cfg.queue.size, 100_000);
+        assert_eq!(
+            cfg.workers.get(),
+            std::thread::available_parallelism().unwrap().get()
+        );
+        assert_eq!(cfg.batch.max_events, 1000);
+        assert_eq!(cfg.batch.max_bytes, 1024 * 1024);
+        assert_eq!(cfg.batch.max_age, Duration::from_millis(200));
+        assert_eq!(cfg.ingest.max_frame_bytes, 65536);
+        assert_eq!(cfg.default_target, Some(0));
+        assert_eq!(cfg.targets[0].port, 8443);
+        assert_eq!(cfg.targets[0].path, "/events");
+        assert!(cfg.targets[0].tls);
+        assert_eq!(cfg.spool.dir, PathBuf::from("/var/lib/qbroker/spool"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = error_of(&format!("listn = \"1.2.3.4:5\"\n{}", with_target("")));
+        assert!(err.contains("listn"), "{err}");
+        let err = error_of("[batch]\nmax_event = 3\n");
+        assert!(err.contains("max_event"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (
+                format!("listen = \"nowhere\"\n{}", with_target("")),
+                "listen",
+            ),
+            (format!("workers = 0\n{}", with_target("")), "workers"),
+            (
+                format!("[spool]\nfsync = \"sometimes\"\n{}", with_target("")),
+                "spool.fsync",
+            ),
+            (
+                format!(
+                    "[ingest]\nallow_sources = [\"10.0.0.0/33\"]\n{}",
+                    with_target("")
+                ),
+                "ingest.allow_sources[0]",
+            ),
+            (
+                format!(
+                    "[filter]\noperations = [\"fs_list_directory\"]\n{}",
+                    with_target("")
+                ),
+                "filter.operations",
+            ),
+            (with_target("in_flight = 0"), "targets[0].in_flight"),
+            (
+                "[[targets]]\nname = \"v\"\nurl = \"ftp://x/\"\n".to_string(),
+                "targets[0].url",
+            ),
+            (
+                with_target("client_cert_file = \"/c.pem\""),
+                "targets[0].client_cert_file",
+            ),
+            (
+                format!(
+                    "{}\n[[clusters]]\nname = \"c\"\ntarget = \"w\"\n",
+                    with_target("")
+                ),
+                "clusters[0].target",
+            ),
+            ("".to_string(), "targets"),
+        ];
+        for (text, field) in cases {
+            let err = error_of(&text);
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_create_and_patch_the_default_target() {
+        let mut raw = RawConfig::default();
+        raw.apply(Overrides {
+            target_url: Some("https://[::1]:9000/in".to_string()),
+            target_token: Some("tok".to_string()),
+            listen: Some("127.0.0.1:0".to_string()),
+            workers: Some(3),
+            ..Overrides::default()
+        });
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.targets.len(), 1);
+        assert_eq!(cfg.targets[0].host, "::1");
+        assert_eq!(cfg.targets[0].port, 9000);
+        assert_eq!(cfg.targets[0].token.as_ref().unwrap().expose(), "tok");
+        assert_eq!(format!("{:?}", cfg.targets[0].token), "Some(<redacted>)");
+        assert_eq!(cfg.workers.get(), 3);
+        assert_eq!(cfg.listen.port(), 0);
+
+        let mut raw = RawConfig::parse(&with_target("")).unwrap();
+        raw.apply(Overrides {
+            target_url: Some("https://127.0.0.1:1/x".to_string()),
+            ..Overrides::default()
+        });
+        assert_eq!(raw.targets.len(), 1);
+        assert_eq!(raw.targets[0].url, "https://127.0.0.1:1/x");
+    }
+
+    #[test]
+    fn sources_map_clusters_and_mapped_v4_matches() {
+        let text = format!(
+            "{}\n[[clusters]]\nname = \"east\"\nsources = [\"10.1.0.0/16\", \"192.0.2.7\"]\nfiler_id = 7\n[ingest]\nallow_sources = [\"10.0.0.0/8\"]\n",
+            with_target("")
+        );
+        let cfg = RawConfig::parse(&text).unwrap().validate().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(cfg.cluster_of_source(ip("10.1.2.3")).unwrap().name, "east");
+        assert_eq!(
+            cfg.cluster_of_source(ip("::ffff:192.0.2.7"))
+                .unwrap()
+                .filer_id,
+            Some(7)
+        );
+        assert!(cfg.cluster_of_source(ip("10.2.0.1")).is_none());
+        assert!(cfg.source_allowed(ip("10.200.0.1")));
+        assert!(!cfg.source_allowed(ip("192.0.2.7")));
+    }
+}

@@ -1,0 +1,14 @@
+//! ingest: syslog over TCP, from the socket to chunks of frames.
+//!
+//! - [`listener`]: accepts connections, applies the allowlist and the connection
+//!   cap, tells each connection's cluster and hands it to the cluster's supervisor.
+//! - [`reader`]: the read loop of one connection (run by its supervisor): framing,
+//!   chunking, admission to the work queue, backpressure.
+//! - [`framing`]: RFC 6587 octet-counted and newline-delimited framing with a
+//!   frame-size cap.
+
+pub mod framing;
+pub mod listener;
+pub mod reader;
+
+pub use listener::{start, Ingest, IngestCtx};

@@ -1,0 +1,798 @@
+//! metrics: counters per stage, per cluster, per node and per target, end-to-end
+//! latency, and their Prometheus text rendering.
+//!
+//! Hot paths add to plain atomics once per chunk or per batch, never per event:
+//! workers sum a chunk's outcomes locally and add them at the end. The latency
+//! histogram (hdrhistogram, microseconds) is updated once per delivered batch.
+
+pub mod ratelimit;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+use crate::parse::{FilterReason, Operation};
+use crate::spool;
+use crate::sync::gate::Usage;
+
+pub use ratelimit::RateLimit;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The listener and connection readers.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub connections_accepted: Counter,
+    pub connections_active: Gauge,
+    pub refused_allowlist: Counter,
+    pub refused_limit: Counter,
+    pub accept_errors: Counter,
+    pub first_frame_timeouts: Counter,
+    pub unroutable: Counter,
+    pub idle_timeouts: Counter,
+    pub read_errors: Counter,
+    pub reader_panics: Counter,
+    pub oversize_frames: Counter,
+    pub partial_frames: Counter,
+    pub paused: Counter,
+}
+
+/// The parse pool.
+#[derive(Debug, Default)]
+pub struct PoolMetrics {
+    pub chunks: Counter,
+    pub worker_panics: Counter,
+    pub workers_restarted: Counter,
+    pub dead_letter_errors: Counter,
+}
+
+/// One node of a cluster (one syslog HOSTNAME).
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    pub connected: Gauge,
+    pub connections: Counter,
+    pub frames: Counter,
+    pub bytes: Counter,
+    pub last_frame_unix_ms: Gauge,
+}
+
+/// Per-chunk outcome tally that a worker fills and then adds in one go.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub events: [u64; Operation::ALL.len()],
+    pub filtered: [u64; FilterReason::ALL.len()],
+    /// (kind, count); parse errors are few, a short list beats a map.
+    pub errors: Vec<(&'static str, u64)>,
+    pub event_bytes: u64,
+}
+
+impl Tally {
+    pub fn error(&mut self, kind: &'static str) {
+        match self.errors.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.errors.push((kind, 1)),
+        }
+    }
+}
+
+/// One cluster.
+#[derive(Debug)]
+pub struct ClusterMetrics {
+    pub name: Arc<str>,
+    pub connections: Gauge,
+    pub frames: Counter,
+    pub bytes: Counter,
+    pub events: [Counter; Operation::ALL.len()],
+    pub filtered: [Counter; FilterReason::ALL.len()],
+    pub parse_errors: Mutex<BTreeMap<&'static str, u64>>,
+    pub batches: Counter,
+    pub last_event_unix_ms: Gauge,
+    nodes: Mutex<BTreeMap<Arc<str>, Arc<NodeMetrics>>>,
+}
+
+impl ClusterMetrics {
+    fn new(name: Arc<str>) -> ClusterMetrics {
+        ClusterMetrics {
+            name,
+            connections: Gauge::default(),
+            frames: Counter::default(),
+            bytes: Counter::default(),
+            events: Default::default(),
+            filtered: Default::default(),
+            parse_errors: Mutex::new(BTreeMap::new()),
+            batches: Counter::default(),
+            last_event_unix_ms: Gauge::default(),
+            nodes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The counters of one node, created on first sight.
+    pub fn node(&self, name: &str) -> Arc<NodeMetrics> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get(name) {
+            return n.clone();
+        }
+        let n = Arc::new(NodeMetrics::default());
+        nodes.insert(Arc::from(name), n.clone());
+        n
+    }
+
+    pub fn nodes(&self) -> Vec<(Arc<str>, Arc<NodeMetrics>)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Add a worker's tally of one chunk.
+    pub fn add(&self, tally: &Tally) {
+        let mut any = false;
+        for (counter, n) in self.events.iter().zip(tally.events) {
+            counter.add(n);
+            any |= n > 0;
+        }
+        for (counter, n) in self.filtered.iter().zip(tally.filtered) {
+            counter.add(n);
+        }
+        if !tally.errors.is_empty() {
+            let mut errors = self.parse_errors.lock().unwrap_or_else(|e| e.into_inner());
+            for (kind, n) in &tally.errors {
+                *errors.entry(kind).or_default() += n;
+            }
+        }
+        if any {
+            self.last_event_unix_ms.set(unix_ms());
+        }
+    }
+
+    pub fn events_total(&self) -> u64 {
+        self.events.iter().map(Counter::get).sum()
+    }
+
+    pub fn parse_errors_total(&self) -> u64 {
+        let errors = self.parse_errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.values().sum()
+    }
+}
+
+/// One delivery target.
+#[derive(Debug, Default)]
+pub struct TargetMetrics {
+    pub requests: Counter,
+    pub batches_delivered: Counter,
+    pub events_delivered: Counter,
+    pub bytes_sent: Counter,
+    pub retries: Counter,
+    pub failures_connect: Counter,
+    pub failures_timeout: Counter,
+    pub failures_status: Counter,
+    pub throttled: Counter,
+    pub batches_dead_lettered: Counter,
+    pub events_dead_lettered: Counter,
+    pub in_flight: Gauge,
+    pub last_success_unix_ms: Gauge,
+    /// 1 while the last attempt failed, 0 once one succeeds.
+    pub failing: Gauge,
+}
+
+/// Every metric of one broker.
+pub struct Metrics {
+    pub ingest: IngestMetrics,
+    pub pool: PoolMetrics,
+    clusters: RwLock<BTreeMap<Arc<str>, Arc<ClusterMetrics>>>,
+    targets: RwLock<BTreeMap<String, Arc<TargetMetrics>>>,
+    /// End-to-end latency, receipt of a frame to acknowledgement of its batch, in
+    /// microseconds.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            ingest: IngestMetrics::default(),
+            pool: PoolMetrics::default(),
+            clusters: RwLock::new(BTreeMap::new()),
+            targets: RwLock::new(BTreeMap::new()),
+            // One hour at three significant digits: a few tens of KiB.
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Arc<ClusterMetrics> {
+        if let Some(c) = self
+            .clusters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return c.clone();
+        }
+        let mut clusters = self.clusters.write().unwrap_or_else(|e| e.into_inner());
+        clusters
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(ClusterMetrics::new(Arc::from(name))))
+            .clone()
+    }
+
+    pub fn clusters(&self) -> Vec<Arc<ClusterMetrics>> {
+        let clusters = self.clusters.read().unwrap_or_else(|e| e.into_inner());
+        clusters.values().cloned().collect()
+    }
+
+    pub fn target(&self, name: &str) -> Arc<TargetMetrics> {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Record the latency of `count` events received at `received_us` and
+    /// acknowledged at `acked_us`.
+    pub fn record_latency(&self, received: &[(u64, u32)], acked_us: u64) {
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        for &(at, count) in received {
+            let us = acked_us.saturating_sub(at).clamp(1, h.high());
+            let _ = h.record_n(us, u64::from(count));
+        }
+    }
+
+    /// (quantile, microseconds) for the given quantiles, and the count.
+    pub fn latency_quantiles(&self, quantiles: &[f64]) -> (Vec<(f64, u64)>, u64) {
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let q = quantiles
+            .iter()
+            .map(|&q| (q, h.value_at_quantile(q)))
+            .collect();
+        (q, h.len())
+    }
+}
+
+/// What the renderer reads beside the counters.
+pub struct Gauges<'a> {
+    pub queue: Usage,
+    pub spools: Vec<(&'a str, spool::Stats)>,
+}
+
+/// Render everything in the Prometheus text exposition format.
+pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let i = &m.ingest;
+    let simple: [(&str, &str, &str, i64); 13] = [
+        ("qbroker_connections_accepted_total", "counter", "Syslog connections accepted.", i.connections_accepted.get() as i64),
+        ("qbroker_connections_active", "gauge", "Syslog connections open now.", i.connections_active.get()),
+        ("qbroker_connections_refused_allowlist_total", "counter", "Connections closed at once: source not in ingest.allow_sources.", i.refused_allowlist.get() as i64),
+        ("qbroker_connections_refused_limit_total", "counter", "Connections closed at once: ingest.max_connections reached.", i.refused_limit.get() as i64),
+        ("qbroker_accept_errors_total", "counter", "Errors accepting connections (the listener backs off).", i.accept_errors.get() as i64),
+        ("qbroker_first_frame_timeouts_total", "counter", "Connections closed before sending a complete first frame in time.", i.first_frame_timeouts.get() as i64),
+        ("qbroker_connections_unroutable_total", "counter", "Connections closed: their cluster has no target.", i.unroutable.get() as i64),
+        ("qbroker_idle_timeouts_total", "counter", "Connections closed after ingest.idle_timeout_secs without data.", i.idle_timeouts.get() as i64),
+        ("qbroker_read_errors_total", "counter", "Connections ended by a read error.", i.read_errors.get() as i64),
+        ("qbroker_reader_panics_total", "counter", "Connection readers that panicked (the connection was closed, the broker kept running).", i.reader_panics.get() as i64),
+        ("qbroker_frames_oversize_total", "counter", "Frames over ingest.max_frame_bytes, skipped.", i.oversize_frames.get() as i64),
+        ("qbroker_frames_partial_total", "counter", "Incomplete frames cut off by the end of a connection.", i.partial_frames.get() as i64),
+        ("qbroker_reading_paused_total", "counter", "Times a reader paused because the work queue was full.", i.paused.get() as i64),
+    ];
+    for (name, kind, help, value) in simple {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let q = &g.queue;
+    for (name, help, value) in [
+        (
+            "qbroker_queue_messages",
+            "Frames in the work queue or being converted.",
+            q.msgs,
+        ),
+        (
+            "qbroker_queue_bytes",
+            "Bytes of frames in the work queue or being converted.",
+            q.bytes,
+        ),
+        ("qbroker_queue_capacity_messages", "queue.size.", q.cap_msgs),
+        (
+            "qbroker_queue_capacity_bytes",
+            "queue.max_bytes.",
+            q.cap_bytes,
+        ),
+        (
+            "qbroker_queue_waiting_readers",
+            "Readers paused on a full queue.",
+            q.waiters,
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let p = &m.pool;
+    for (name, help, value) in [
+        (
+            "qbroker_pool_chunks_total",
+            "Chunks of frames converted by the parse pool.",
+            p.chunks.get(),
+        ),
+        (
+            "qbroker_pool_panics_total",
+            "Panics caught while converting (the frame went to the dead-letter file).",
+            p.worker_panics.get(),
+        ),
+        (
+            "qbroker_pool_workers_restarted_total",
+            "Parse worker threads replaced after dying.",
+            p.workers_restarted.get(),
+        ),
+        (
+            "qbroker_dead_letter_errors_total",
+            "Failures writing the dead-letter files.",
+            p.dead_letter_errors.get(),
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    let clusters = m.clusters();
+    header(
+        &mut out,
+        "qbroker_cluster_connections",
+        "gauge",
+        "Open connections per cluster.",
+    );
+    for c in &clusters {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_connections{{cluster=\"{}\"}} {}",
+            esc(&c.name),
+            c.connections.get()
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_frames_total",
+        "counter",
+        "Frames received per cluster.",
+    );
+    for c in &clusters {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_frames_total{{cluster=\"{}\"}} {}",
+            esc(&c.name),
+            c.frames.get()
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_bytes_total",
+        "counter",
+        "Bytes of frames received per cluster.",
+    );
+    for c in &clusters {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_bytes_total{{cluster=\"{}\"}} {}",
+            esc(&c.name),
+            c.bytes.get()
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_events_total",
+        "counter",
+        "Events produced per cluster and Varonis operation.",
+    );
+    for c in &clusters {
+        for op in Operation::ALL {
+            let n = c.events[op.index()].get();
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "qbroker_cluster_events_total{{cluster=\"{}\",operation=\"{}\"}} {n}",
+                    esc(&c.name),
+                    op.as_str()
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_filtered_total",
+        "counter",
+        "Frames dropped by the filter, per cluster and reason.",
+    );
+    for c in &clusters {
+        for r in FilterReason::ALL {
+            let _ = writeln!(
+                out,
+                "qbroker_cluster_filtered_total{{cluster=\"{}\",reason=\"{}\"}} {}",
+                esc(&c.name),
+                r.as_str(),
+                c.filtered[r.index()].get()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_parse_errors_total",
+        "counter",
+        "Frames that could not be parsed (kept in the dead-letter file), per cluster and kind.",
+    );
+    for c in &clusters {
+        let errors = c.parse_errors.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, n) in errors.iter() {
+            let _ = writeln!(
+                out,
+                "qbroker_cluster_parse_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(&c.name)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_batches_total",
+        "counter",
+        "Batches sealed per cluster.",
+    );
+    for c in &clusters {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_batches_total{{cluster=\"{}\"}} {}",
+            esc(&c.name),
+            c.batches.get()
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_last_event_timestamp_seconds",
+        "gauge",
+        "When the cluster's last event was produced.",
+    );
+    for c in &clusters {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_last_event_timestamp_seconds{{cluster=\"{}\"}} {:.3}",
+            esc(&c.name),
+            c.last_event_unix_ms.get() as f64 / 1000.0
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_node_connected",
+        "gauge",
+        "Open connections per node.",
+    );
+    header(
+        &mut out,
+        "qbroker_node_frames_total",
+        "counter",
+        "Frames received per node.",
+    );
+    header(
+        &mut out,
+        "qbroker_node_bytes_total",
+        "counter",
+        "Bytes received per node.",
+    );
+    for c in &clusters {
+        for (node, n) in c.nodes() {
+            let labels = format!("cluster=\"{}\",node=\"{}\"", esc(&c.name), esc(&node));
+            let _ = writeln!(
+                out,
+                "qbroker_node_connected{{{labels}}} {}",
+                n.connected.get()
+            );
+            let _ = writeln!(
+                out,
+                "qbroker_node_frames_total{{{labels}}} {}",
+                n.frames.get()
+            );
+            let _ = writeln!(
+                out,
+                "qbroker_node_bytes_total{{{labels}}} {}",
+                n.bytes.get()
+            );
+        }
+    }
+
+    let targets: Vec<(String, Arc<TargetMetrics>)> = {
+        let t = m.targets.read().unwrap_or_else(|e| e.into_inner());
+        t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    type Pick = fn(&TargetMetrics) -> i64;
+    let per_target: [(&str, &str, &str, Pick); 14] = [
+        (
+            "qbroker_target_requests_total",
+            "counter",
+            "HTTP requests sent.",
+            |t| t.requests.get() as i64,
+        ),
+        (
+            "qbroker_target_batches_delivered_total",
+            "counter",
+            "Batches acknowledged with 2xx.",
+            |t| t.batches_delivered.get() as i64,
+        ),
+        (
+            "qbroker_target_events_delivered_total",
+            "counter",
+            "Events in acknowledged batches.",
+            |t| t.events_delivered.get() as i64,
+        ),
+        (
+            "qbroker_target_bytes_sent_total",
+            "counter",
+            "Body bytes of acknowledged batches, as sent.",
+            |t| t.bytes_sent.get() as i64,
+        ),
+        (
+            "qbroker_target_retries_total",
+            "counter",
+            "Attempts that will be retried.",
+            |t| t.retries.get() as i64,
+        ),
+        (
+            "qbroker_target_failures_connect_total",
+            "counter",
+            "Attempts that failed to connect or in TLS.",
+            |t| t.failures_connect.get() as i64,
+        ),
+        (
+            "qbroker_target_failures_timeout_total",
+            "counter",
+            "Attempts that timed out.",
+            |t| t.failures_timeout.get() as i64,
+        ),
+        (
+            "qbroker_target_failures_status_total",
+            "counter",
+            "Attempts answered with a non-2xx status.",
+            |t| t.failures_status.get() as i64,
+        ),
+        (
+            "qbroker_target_throttled_total",
+            "counter",
+            "Attempts answered 429.",
+            |t| t.throttled.get() as i64,
+        ),
+        (
+            "qbroker_target_batches_dead_lettered_total",
+            "counter",
+            "Batches refused for good (4xx) and kept in the dead-letter directory.",
+            |t| t.batches_dead_lettered.get() as i64,
+        ),
+        (
+            "qbroker_target_events_dead_lettered_total",
+            "counter",
+            "Events in dead-lettered batches.",
+            |t| t.events_dead_lettered.get() as i64,
+        ),
+        (
+            "qbroker_target_in_flight",
+            "gauge",
+            "Requests in flight.",
+            |t| t.in_flight.get(),
+        ),
+        (
+            "qbroker_target_failing",
+            "gauge",
+            "1 while the last attempt failed.",
+            |t| t.failing.get(),
+        ),
+        (
+            "qbroker_target_last_success_timestamp_seconds",
+            "gauge",
+            "When the last batch was acknowledged, in whole seconds.",
+            |t| t.last_success_unix_ms.get() / 1000,
+        ),
+    ];
+    for (name, kind, help, pick) in per_target {
+        header(&mut out, name, kind, help);
+        for (target, t) in &targets {
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", esc(target), pick(t));
+        }
+    }
+
+    type SpoolPick = fn(&spool::Stats) -> u64;
+    let per_spool: [(&str, &str, &str, SpoolPick); 9] = [
+        (
+            "qbroker_spool_bytes",
+            "gauge",
+            "Bytes of the spool's segment files.",
+            |s| s.bytes,
+        ),
+        ("qbroker_spool_segments", "gauge", "Segment files.", |s| {
+            s.segments
+        }),
+        (
+            "qbroker_spool_unacked_batches",
+            "gauge",
+            "Spooled batches not yet acknowledged.",
+            |s| s.unacked_records,
+        ),
+        (
+            "qbroker_spool_oldest_unacked_age_seconds",
+            "gauge",
+            "Age of the oldest unacknowledged batch.",
+            |s| s.oldest_unacked_age_ms / 1000,
+        ),
+        (
+            "qbroker_spool_replayed_batches_total",
+            "counter",
+            "Batches found unacknowledged at start and sent again.",
+            |s| s.replayed_records,
+        ),
+        (
+            "qbroker_spool_corrupt_records_total",
+            "counter",
+            "Corrupt records set aside at start.",
+            |s| s.corrupt_records,
+        ),
+        (
+            "qbroker_spool_full_waits_total",
+            "counter",
+            "Appends that waited on a full spool.",
+            |s| s.full_waits,
+        ),
+        (
+            "qbroker_spool_io_errors_total",
+            "counter",
+            "Spool write errors (intake paused and retried).",
+            |s| s.io_errors,
+        ),
+        (
+            "qbroker_spool_appended_batches_total",
+            "counter",
+            "Batches appended.",
+            |s| s.appended_records,
+        ),
+    ];
+    for (name, kind, help, pick) in per_spool {
+        header(&mut out, name, kind, help);
+        for (target, s) in &g.spools {
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", esc(target), pick(s));
+        }
+    }
+
+    let (quantiles, count) = m.latency_quantiles(&[0.5, 0.9, 0.99, 0.999, 1.0]);
+    header(
+        &mut out,
+        "qbroker_event_latency_seconds",
+        "summary",
+        "Receipt of a frame to acknowledgement of its batch, since start.",
+    );
+    for (q, us) in quantiles {
+        let _ = writeln!(
+            out,
+            "qbroker_event_latency_seconds{{quantile=\"{q}\"}} {:.6}",
+            us as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "qbroker_event_latency_seconds_count {count}");
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escape a label value.
+fn esc(value: &str) -> String {
+    let mut s = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_escaped_and_latency_quantiles() {
+        let m = Metrics::new();
+        let c = m.cluster("we\"ird\\name");
+        c.frames.add(3);
+        let mut tally = Tally::default();
+        tally.events[Operation::FileRead.index()] = 2;
+        tally.filtered[FilterReason::Operation.index()] = 1;
+        tally.error("header");
+        tally.error("header");
+        c.add(&tally);
+        c.node("we-1").frames.add(3);
+        m.target("v").batches_delivered.inc();
+        m.record_latency(&[(1_000_000, 10), (1_500_000, 10)], 2_000_000);
+        let text = render(
+            &m,
+            &Gauges {
+                queue: Usage {
+                    msgs: 1,
+                    bytes: 2,
+                    cap_msgs: 3,
+                    cap_bytes: 4,
+                    active_clusters: 0,
+                    waiters: 0,
+                },
+                spools: vec![("v", spool::Stats::default())],
+            },
+        );
+        assert!(
+            text.contains("qbroker_cluster_frames_total{cluster=\"we\\\"ird\\\\name\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("operation=\"file.read\"} 2"));
+        assert!(text.contains("reason=\"operation\"} 1"));
+        assert!(text.contains("kind=\"header\"} 2"));
+        assert!(text.contains("qbroker_target_batches_delivered_total{target=\"v\"} 1"));
+        assert!(text.contains("qbroker_event_latency_seconds_count 20"));
+        assert!(
+            text.contains("qbroker_event_latency_seconds{quantile=\"1\"} 1.000"),
+            "{text}"
+        );
+        assert!(text.contains("qbroker_queue_capacity_bytes 4"));
+        // Every sample line belongs to a declared metric family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name.trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
+        }
+    }
+}

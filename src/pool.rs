@@ -1,0 +1,241 @@
+//! pool: the parse pool, `workers` OS threads fed by the bounded work queue.
+//!
+//! Stage: each worker takes a [`Chunk`], converts every frame with
+//! [`parse::convert`] straight into one output buffer (no per-event allocation),
+//! tallies the outcomes, keeps bad frames in the dead-letter file, and hands the
+//! result to the cluster's batcher, which gives the chunk's budget back to the
+//! admission gate once its events are in a batch.
+//!
+//! A panic while converting is caught: the chunk is converted again frame by
+//! frame so that only the frame that panicked is set aside (as a dead letter);
+//! the worker goes on. Should a worker thread die anyway, it is replaced. The
+//! workers exit once the queue is closed (every sender dropped) and drained.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tracing::{error, warn};
+
+use crate::batch::ChunkOut;
+use crate::deadletter::DeadLetters;
+use crate::metrics::{Metrics, RateLimit, Tally};
+use crate::model::Chunk;
+use crate::parse::{self, FrameCtx, Outcome, ParseError};
+
+static BAD_FRAME_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
+static DEAD_LETTER_LOG: RateLimit = RateLimit::new(Duration::from_secs(60), 1);
+
+/// What every worker shares.
+pub struct PoolCtx {
+    pub filter: parse::Filter,
+    pub dead_letters: Arc<DeadLetters>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The running pool.
+pub struct Pool {
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Start `n` workers on `queue`.
+pub fn start(n: usize, queue: Receiver<Chunk>, ctx: Arc<PoolCtx>) -> std::io::Result<Pool> {
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let queue = queue.clone();
+        let ctx = ctx.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("qbroker-parse-{i}"))
+                .spawn(move || supervise(i, &queue, &ctx))?,
+        );
+    }
+    Ok(Pool { workers })
+}
+
+impl Pool {
+    /// Wait for the workers to drain the closed queue. Blocking.
+    pub fn join(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Run a worker, and run it again if it dies, until the queue is closed.
+fn supervise(id: usize, queue: &Receiver<Chunk>, ctx: &PoolCtx) {
+    loop {
+        match panic::catch_unwind(AssertUnwindSafe(|| work(queue, ctx))) {
+            Ok(()) => return,
+            Err(_) => {
+                ctx.metrics.pool.workers_restarted.inc();
+                error!(worker = id, "parse worker died; replacing it");
+            }
+        }
+    }
+}
+
+fn work(queue: &Receiver<Chunk>, ctx: &PoolCtx) {
+    let mut tally = Tally::default();
+    loop {
+        let chunk = match queue.recv_timeout(Duration::from_secs(1)) {
+            Ok(chunk) => chunk,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let out = convert_chunk(&chunk, ctx, &mut tally);
+        let cluster = &chunk.cluster;
+        cluster.metrics.add(&tally);
+        tally = Tally::default();
+        ctx.metrics.pool.chunks.inc();
+        cluster.batcher.submit(out);
+    }
+}
+
+/// Convert every frame of a chunk. Never panics.
+fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally) -> ChunkOut {
+    let mut out = ChunkOut {
+        chunk_no: chunk.chunk_no,
+        events: Vec::with_capacity(chunk.data.len() * 3 / 2),
+        ends: Vec::with_capacity(chunk.frames.len()),
+        received_unix_us: chunk.received_unix_us,
+        weight: chunk.weight(),
+    };
+    let mut wrote_dead_letter = false;
+    let whole = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut local = Tally::default();
+        for i in 0..chunk.frames.len() {
+            convert_frame(chunk, i, ctx, &mut out, &mut local, &mut wrote_dead_letter);
+        }
+        local
+    }));
+    match whole {
+        Ok(local) => merge(tally, local),
+        Err(_) => {
+            // Start over one frame at a time, so that one bad frame costs only itself.
+            ctx.metrics.pool.worker_panics.inc();
+            out.events.clear();
+            out.ends.clear();
+            for i in 0..chunk.frames.len() {
+                let mark = (out.events.len(), out.ends.len());
+                let mut local = Tally::default();
+                let mut dl = false;
+                let one = panic::catch_unwind(AssertUnwindSafe(|| {
+                    convert_frame(chunk, i, ctx, &mut out, &mut local, &mut dl);
+                }));
+                wrote_dead_letter |= dl;
+                match one {
+                    Ok(()) => merge(tally, local),
+                    Err(_) => {
+                        out.events.truncate(mark.0);
+                        out.ends.truncate(mark.1);
+                        if mark.1 > 0 {
+                            // Drop a comma the panicking frame may have left.
+                            out.events.truncate(out.ends[mark.1 - 1] as usize);
+                        }
+                        tally.error("internal");
+                        error!(
+                            cluster = %chunk.cluster.name,
+                            node = %chunk.node,
+                            seq = chunk.seq_base + i as u64,
+                            "converting a frame panicked; frame kept in the dead-letter file"
+                        );
+                        dead_letter(chunk, i, ctx, &"internal error: conversion panicked");
+                        wrote_dead_letter = true;
+                    }
+                }
+            }
+        }
+    }
+    if wrote_dead_letter {
+        if let Err(err) = ctx.dead_letters.flush() {
+            dead_letter_failed(ctx, &err);
+        }
+    }
+    out
+}
+
+fn merge(into: &mut Tally, from: Tally) {
+    for (a, b) in into.events.iter_mut().zip(from.events) {
+        *a += b;
+    }
+    for (a, b) in into.filtered.iter_mut().zip(from.filtered) {
+        *a += b;
+    }
+    for (kind, n) in from.errors {
+        match into.errors.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => *count += n,
+            None => into.errors.push((kind, n)),
+        }
+    }
+}
+
+fn convert_frame(
+    chunk: &Chunk,
+    i: usize,
+    ctx: &PoolCtx,
+    out: &mut ChunkOut,
+    tally: &mut Tally,
+    wrote_dead_letter: &mut bool,
+) {
+    let frame = chunk.frame(i);
+    let fctx = FrameCtx {
+        seq: chunk.seq_base + i as u64,
+        received_unix_ms: (chunk.received_unix_us / 1000) as i64,
+    };
+    let mark = out.events.len();
+    if !out.ends.is_empty() {
+        out.events.push(b',');
+    }
+    match parse::convert(frame, &fctx, &ctx.filter, &mut out.events) {
+        Ok(Outcome::Event(op)) => {
+            out.ends.push(out.events.len() as u32);
+            tally.events[op.index()] += 1;
+        }
+        Ok(Outcome::Filtered(reason)) => {
+            out.events.truncate(mark);
+            tally.filtered[reason.index()] += 1;
+        }
+        Err(err) => {
+            out.events.truncate(mark);
+            tally.error(err.kind());
+            bad_frame(chunk, i, &err);
+            dead_letter(chunk, i, ctx, &err);
+            *wrote_dead_letter = true;
+        }
+    }
+}
+
+fn bad_frame(chunk: &Chunk, i: usize, err: &ParseError) {
+    if let Some(suppressed) = BAD_FRAME_LOG.check() {
+        warn!(
+            cluster = %chunk.cluster.name,
+            node = %chunk.node,
+            seq = chunk.seq_base + i as u64,
+            error = %err,
+            suppressed,
+            "bad frame skipped; kept in the dead-letter file"
+        );
+    }
+}
+
+fn dead_letter(chunk: &Chunk, i: usize, ctx: &PoolCtx, err: &dyn std::fmt::Display) {
+    if let Err(e) = ctx.dead_letters.frame(
+        &chunk.cluster.name,
+        &chunk.node,
+        chunk.seq_base + i as u64,
+        err,
+        chunk.frame(i),
+    ) {
+        dead_letter_failed(ctx, &e);
+    }
+}
+
+fn dead_letter_failed(ctx: &PoolCtx, err: &std::io::Error) {
+    ctx.metrics.pool.dead_letter_errors.inc();
+    if let Some(suppressed) = DEAD_LETTER_LOG.check() {
+        error!(error = %err, suppressed, "cannot write the dead-letter file");
+    }
+}
