@@ -1107,6 +1107,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let raw = RawConfig::parse(include_str!("../deploy/qbroker.toml")).unwrap();
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.targets[0].name, "varonis");
+        assert_eq!(cfg.queue.size, 100_000);
+    }
+
+    #[test]
     fn sources_map_clusters_and_mapped_v4_matches() {
         let text = format!(
             "{}\n[[clusters]]\nname = \"east\"\nsources = [\"10.1.0.0/16\", \"192.0.2.7\"]\nfiler_id = 7\n[ingest]\nallow_sources = [\"10.0.0.0/8\"]\n",

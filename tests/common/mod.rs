@@ -1,0 +1,470 @@
+//! Shared pieces of the integration tests: a real HTTPS sink with a certificate
+//! made for the test, the broker run in-process on loopback, syslog senders, and
+//! event identities that tell exactly what was lost or duplicated.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// A CA and a server certificate for 127.0.0.1, ::1 and localhost.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "qbroker test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "localhost".to_string(),
+        ])
+        .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            cert: leaf.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        }
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// How the sink answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Accept,
+    /// Answer this status, with an optional Retry-After in seconds.
+    Fail(u16, Option<u64>),
+    /// Wait, then accept.
+    Delay(Duration),
+}
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub idempotency_key: String,
+    pub authorization: Option<String>,
+    pub gzip: bool,
+    pub body: Value,
+    pub accepted: bool,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct SinkState {
+    requests: Mutex<Vec<Received>>,
+    /// Protocol violations seen (wrong headers, bodies that are not the schema).
+    problems: Mutex<Vec<String>>,
+    mode: Mutex<Option<Mode>>,
+    count: AtomicU64,
+}
+
+/// A Varonis stand-in: HTTPS on loopback, recording every request.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    pki: Arc<Pki>,
+    state: Arc<SinkState>,
+    stop: Option<watch::Sender<bool>>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Arc::new(Pki::new());
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut sink = Sink {
+            addr,
+            ca_file,
+            pki,
+            state: Arc::new(SinkState::default()),
+            stop: None,
+            runtime,
+            _dir: dir,
+        };
+        sink.set_mode(Mode::Accept);
+        sink.serve(listener);
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}/events", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = Some(mode);
+    }
+
+    /// Stop listening and drop every connection: the target is away.
+    pub fn go_away(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Listen again on the same port.
+    pub fn come_back(&mut self) {
+        let addr = self.addr;
+        let listener = wait_for(Duration::from_secs(10), || {
+            self.runtime.block_on(async { TcpListener::bind(addr).await.ok() })
+        });
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.stop = Some(stop_tx);
+        let acceptor = self.pki.acceptor();
+        let state = self.state.clone();
+        self.runtime.spawn(async move {
+            let mut stop = stop_rx.clone();
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.changed() => return,
+                    r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+                };
+                let (acceptor, state, mut stop) = (acceptor.clone(), state.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = stop.changed() => {},
+                        _ = conn => {},
+                    }
+                });
+            }
+        });
+    }
+
+    /// Protocol violations the sink saw; tests assert there are none.
+    pub fn problems(&self) -> Vec<String> {
+        self.state.problems.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    /// Bodies of accepted requests.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.accepted).collect()
+    }
+
+    /// Every event of every accepted batch, with its batch's cluster.
+    pub fn events(&self) -> Vec<(String, Value)> {
+        self.accepted()
+            .iter()
+            .flat_map(|r| {
+                let cluster = r.body["cluster"].as_str().unwrap().to_string();
+                r.body["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |e| (cluster.clone(), e.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+async fn handle(
+    state: Arc<SinkState>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    state.count.fetch_add(1, Ordering::SeqCst);
+    let mode = state.mode.lock().unwrap().clone().unwrap_or(Mode::Accept);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let key = header("idempotency-key").unwrap_or_default();
+    let authorization = header("authorization");
+    let gzip = header("content-encoding").as_deref() == Some("gzip");
+    let content_type = header("content-type").unwrap_or_default();
+    let raw = req.into_body().collect().await.unwrap().to_bytes();
+    let raw = if gzip {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
+        out
+    } else {
+        raw.to_vec()
+    };
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    {
+        let mut problems = state.problems.lock().unwrap();
+        if content_type != "application/json" {
+            problems.push(format!("content-type {content_type:?}"));
+        }
+        if body["schema"] != "qbroker.varonis.v1" || !body["events"].is_array() {
+            problems.push(format!("not a qbroker.varonis.v1 batch: {}", String::from_utf8_lossy(&raw)));
+        }
+        if body["batch_id"].as_str() != Some(key.as_str()) {
+            problems.push(format!("Idempotency-Key {key:?} is not the batch id {}", body["batch_id"]));
+        }
+    }
+    let (status, retry_after) = match mode {
+        Mode::Accept => (200, None),
+        Mode::Fail(status, retry_after) => (status, retry_after),
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            (200, None)
+        }
+    };
+    state.requests.lock().unwrap().push(Received {
+        idempotency_key: key,
+        authorization,
+        gzip,
+        body,
+        accepted: status == 200,
+        at: Instant::now(),
+    });
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A broker running in-process on loopback with its own runtime.
+pub struct Broker {
+    pub syslog: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The configuration of a test broker: loopback, small batches, the given sink.
+pub fn config_text(sink: &Sink, data_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+workers = 2
+io_threads = 2
+data_dir = "{data}"
+default_target = "sink"
+[batch]
+max_events = 50
+max_age_ms = 50
+[shutdown]
+grace_secs = 5
+[[targets]]
+name = "sink"
+url = "{url}"
+ca_file = "{ca}"
+in_flight = 2
+retry_initial_ms = 20
+retry_max_ms = 200
+{extra}
+"#,
+        data = data_dir.display(),
+        url = sink.url(),
+        ca = sink.ca_file.display(),
+    )
+}
+
+impl Broker {
+    pub fn start(config: &str) -> Broker {
+        let raw = qbroker::config::RawConfig::parse(config).expect("test config parses");
+        let cfg = raw.validate().expect("test config is valid");
+        let data_dir = cfg.data_dir.clone();
+        let listeners = qbroker::Listeners::bind(&cfg).unwrap();
+        let syslog = listeners.syslog.local_addr().unwrap();
+        let metrics = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(qbroker::run(cfg, listeners, async {
+                let _ = stop_rx.await;
+            }))
+            .expect("broker runs");
+        });
+        Broker {
+            syslog,
+            metrics,
+            data_dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Shut down as on SIGTERM and wait for the broker to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("broker thread");
+        }
+    }
+
+    /// The Prometheus page.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics")
+    }
+
+    /// The value of one sample, such as `qbroker_queue_messages` or
+    /// `qbroker_cluster_frames_total{cluster="a"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&self.metrics_text(), sample)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A plain HTTP/1.0 GET on loopback.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// The identity a test event carries in its file id: node and index.
+pub fn file_id(node: u32, index: u64) -> String {
+    // Always above 2^64, as real Qumulo ids can be.
+    format!("9{node:04}{index:016}")
+}
+
+pub fn identity(event: &Value) -> (u32, u64) {
+    let id = event["file_id"].as_str().expect("file_id is a string");
+    (id[1..5].parse().unwrap(), id[5..].parse().unwrap())
+}
+
+/// A Qumulo JSON audit frame (without framing) for `host`.
+pub fn json_frame(host: &str, op: &str, path: &str, file_id: &str) -> String {
+    format!(
+        r#"<14>1 2026-11-26T10:00:00.123456Z {host} qumulo - - - {{"user_id":{{"sid":"S-1-5-21-1-2-3-1104","auth_id":"1104","name":"AD\\alice"}},"user_ip":"10.1.2.3","protocol":"smb2","operation":"{op}","status":"ok","details":{{"file_id":"{file_id}","path":"{path}"}}}}"#
+    )
+}
+
+/// A Qumulo CSV audit frame (without framing) for `host`.
+pub fn csv_frame(host: &str, op: &str, path: &str, file_id: &str) -> String {
+    format!(
+        r#"<14>1 2026-11-26T10:00:00.9Z {host} qumulo - - - 10.1.2.4,"AD\bob",nfs3,{op},ok,{file_id},"{path}","""#
+    )
+}
+
+/// Frame a message for the wire: newline-delimited or octet-counted.
+pub fn framed(msg: &str, octet: bool) -> Vec<u8> {
+    if octet {
+        format!("{} {msg}", msg.len()).into_bytes()
+    } else {
+        format!("{msg}\n").into_bytes()
+    }
+}
+
+/// Events per (cluster, node) in arrival order, checking seq rules on the way:
+/// seq strictly increasing within each batch, and unique per cluster.
+pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
+    let mut per_cluster: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in sink.accepted() {
+        let cluster = r.body["cluster"].as_str().unwrap().to_string();
+        let events = r.body["events"].as_array().unwrap();
+        assert!(!events.is_empty(), "no empty batches");
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq increases within a batch: {seqs:?}");
+        for e in events {
+            let node = e["node"].as_str().unwrap();
+            assert!(node.starts_with(&cluster), "event of {node} in a batch of {cluster}");
+        }
+        per_cluster.entry(cluster).or_default().extend(events.iter().cloned());
+    }
+    for events in per_cluster.values() {
+        let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        let n = seqs.len();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), n, "seq unique per cluster");
+    }
+    per_cluster
+}
