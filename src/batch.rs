@@ -29,6 +29,9 @@ use crate::sync::gate::Gate;
 /// The body schema name.
 pub const SCHEMA: &str = "qbroker.varonis.v1";
 
+/// Receive-time entries kept per batch, for the latency histogram.
+const MAX_RECEIVED: usize = 64;
+
 /// How long one spool append may wait before the batcher logs and tries again.
 const APPEND_WAIT: Duration = Duration::from_secs(1);
 
@@ -247,8 +250,13 @@ impl Batcher {
                 .extend_from_slice(&out.events[start_of(i)..out.ends[j - 1] as usize]);
             let taken = (j - i) as u32;
             open.events += taken;
+            let full_profile = open.received.len() >= MAX_RECEIVED;
             match open.received.last_mut() {
-                Some((at, count)) if *at == out.received_unix_us => *count += taken,
+                // Same read, or enough entries for a batch's latency profile: fold
+                // into the last one (its time is then a little early, never late).
+                Some((at, count)) if *at == out.received_unix_us || full_profile => {
+                    *count += taken
+                }
                 _ => open.received.push((out.received_unix_us, taken)),
             }
             let full = open.events as usize >= self.limits.max_events

@@ -268,6 +268,16 @@ pub async fn run(
     if let Some(server) = metrics_server {
         let _ = server.await;
     }
+    for c in metrics.clusters() {
+        info!(
+            cluster = %c.name,
+            frames = c.frames.get(),
+            events = c.events_total(),
+            filtered = c.filtered.iter().map(|f| f.get()).sum::<u64>(),
+            parse_errors = c.parse_errors_total(),
+            "cluster totals"
+        );
+    }
     info!(
         delivered_everything = finished.iter().all(|d| *d),
         "qbroker stopped"

@@ -468,3 +468,105 @@ pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
     }
     per_cluster
 }
+
+/// The broker binary as a child process, its log collected.
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    pub syslog: SocketAddr,
+    pub metrics: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BrokerProcess {
+    /// Start `qbroker run --config <file>`; the config should listen on port 0
+    /// for syslog and metrics: the ports are read from the log.
+    pub fn spawn(config_file: &std::path::Path) -> BrokerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qbroker"))
+            .args(["run", "--config"])
+            .arg(config_file)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("qbroker starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let find = |what: &str| {
+            let log = log.clone();
+            let what = what.to_string();
+            wait_for(Duration::from_secs(20), move || {
+                log.lock().unwrap().iter().find_map(|l| {
+                    if !l.contains(&what) {
+                        return None;
+                    }
+                    l.split("listen=").nth(1)?.split_whitespace().next()?.parse().ok()
+                })
+            })
+        };
+        let syslog = find("accepting syslog connections");
+        let metrics = find("serving /metrics");
+        BrokerProcess {
+            child,
+            syslog,
+            metrics,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (`TERM`, `KILL`) and wait for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&http_get(self.metrics, "/metrics"), sample)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` of the first log line containing `marker` and `key=`.
+pub fn log_field(log: &[String], marker: &str, key: &str) -> Option<u64> {
+    log.iter().filter(|l| l.contains(marker)).find_map(|l| {
+        l.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+    })
+}
