@@ -1,11 +1,54 @@
 //! spool: the durable, segmented, checksummed log of sealed batches, one per target.
 //!
-//! SKELETON: signatures only; the real implementation replaces this file.
+//! The batcher appends sealed batches from plain threads ([`Spool::append`]); egress
+//! lanes take them in id order ([`Spool::next`], async) and acknowledge them in any
+//! order once the target accepted them ([`Spool::ack`]). A record leaves the disk
+//! only when every record before it was acknowledged too (the watermark), and the
+//! watermark is persisted before any segment is deleted, so a restart sends again
+//! exactly the records at or above the persisted watermark (at-least-once).
+//!
+//! On disk, one directory per target:
+//!
+//! - `<first id, 18 digits>.seg`: append-only segments of records (see `record`),
+//!   a new one once the current one passes `segment_bytes`;
+//! - `watermark`: the persisted acknowledgement watermark (see `watermark`);
+//! - `<segment>.corrupt`: bytes set aside by recovery, never deleted by the spool.
+//!
+//! Threads and locks: appenders write under the log lock, then share fsyncs (group
+//! commit: one appender fsyncs for every record written so far while the others
+//! wait for it). A housekeeper thread per spool persists the watermark, deletes
+//! acknowledged segments and, with [`Fsync::Interval`], fsyncs. Readers hand out
+//! records from a bounded cache of recent appends, or from the segment files (in a
+//! blocking task) when they lag behind it.
+//!
+//! Modules: `record` (encoding), `segment` (files), `watermark`, `recover` (open),
+//! `writer` (append, group commit), `reader` (next), `housekeeper`.
 
-use std::path::Path;
-use std::time::Duration;
+mod housekeeper;
+mod reader;
+mod record;
+mod recover;
+mod segment;
+mod watermark;
+mod writer;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::sync::acks::AckTracker;
+
+use reader::{Cache, ReadState};
+use writer::{CommitState, Log};
+
+/// Default budget of the in-memory cache of recently appended records.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// When appended records are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,53 +115,313 @@ pub enum AppendError {
     Closed,
     #[error("spool write failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The encoded batch exceeds the largest record the spool stores (256 MiB);
+    /// retrying cannot help.
+    #[error("batch of {bytes} bytes is too large for the spool")]
+    TooLarge { bytes: usize },
 }
 
 /// Point-in-time figures for metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
+    /// Bytes of all segments on disk (side files excluded).
     pub bytes: u64,
     pub segments: u64,
     pub unacked_records: u64,
     pub oldest_unacked_age_ms: u64,
     pub appended_records: u64,
+    /// Acknowledgements received (a repeated one counts again).
     pub acked_records: u64,
+    /// Records found on disk at open and handed out again.
     pub replayed_records: u64,
+    /// Stretches of bad bytes set aside (at open, or found while reading).
     pub corrupt_records: u64,
+    /// Appends that found the spool full and had to wait.
     pub full_waits: u64,
     pub io_errors: u64,
+    /// Every record id below this was acknowledged.
+    pub watermark: u64,
+    /// Bytes of record data held in the read cache.
+    pub cache_bytes: u64,
 }
 
-pub struct Spool {
-    _private: (),
+/// A position in the log: a segment (by first id) and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Pos {
+    pub(crate) seg: u64,
+    pub(crate) off: u64,
 }
+
+#[derive(Default)]
+struct Counters {
+    appended: AtomicU64,
+    acked: AtomicU64,
+    replayed: AtomicU64,
+    corrupt: AtomicU64,
+    full_waits: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct HkState {
+    wake: bool,
+    stop: bool,
+}
+
+/// Everything the spool's handle, its readers and its housekeeper share.
+/// Lock order: `reader` -> `log` -> `cache`; `persisted` -> `log`; `commit` is
+/// never held while taking another lock, nor `handed`.
+struct Shared {
+    dir: PathBuf,
+    opts: Options,
+    log: Mutex<Log>,
+    /// Appenders waiting for space, with `log`.
+    space: Condvar,
+    commit: Mutex<CommitState>,
+    committed: Condvar,
+    tracker: AckTracker,
+    /// The watermark last written to disk; held while writing it and deleting.
+    persisted: Mutex<u64>,
+    reader: Mutex<ReadState>,
+    /// Serialises `next` callers, across their awaits.
+    read_turn: tokio::sync::Mutex<()>,
+    readable: tokio::sync::Notify,
+    cache: Mutex<Cache>,
+    cache_budget: AtomicUsize,
+    /// (id, sealed ms) of records handed out and not below the watermark, in id order.
+    handed: Mutex<VecDeque<(u64, u64)>>,
+    /// One past the highest id handed out.
+    handed_end: AtomicU64,
+    /// End id of the oldest sealed segment (u64::MAX when only the active one): a
+    /// watermark reaching it makes a segment deletable.
+    deletable_at: AtomicU64,
+    /// Records written since the last flush (for `Fsync::Interval`).
+    dirty: AtomicBool,
+    hk: Mutex<HkState>,
+    hk_cv: Condvar,
+    /// Ids below this were on disk at open.
+    first_new_id: u64,
+    counters: Counters,
+}
+
+/// Locks, carrying on through poisoning: every critical section leaves the state
+/// consistent before anything that can panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    fn wake_housekeeper(&self) {
+        lock(&self.hk).wake = true;
+        self.hk_cv.notify_one();
+    }
+
+    /// After the watermark moved to `w`.
+    fn advanced(&self, w: u64) {
+        {
+            let mut h = lock(&self.handed);
+            while h.front().is_some_and(|f| f.0 < w) {
+                h.pop_front();
+            }
+        }
+        if w >= self.deletable_at.load(Ordering::Acquire) {
+            self.wake_housekeeper();
+        }
+    }
+}
+
+/// The durable log of one target. `Send + Sync`: share it as `Arc<Spool>`.
+pub struct Spool {
+    shared: Arc<Shared>,
+    housekeeper: Option<JoinHandle<()>>,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Spool>();
+};
 
 impl Spool {
+    /// Opens (creating when missing) the spool in `dir` and recovers what is on
+    /// disk: records above the persisted watermark are handed out first, with
+    /// `replayed` set.
     pub fn open(dir: &Path, opts: Options) -> Result<Spool, SpoolError> {
-        let _ = (dir, opts);
-        Ok(Spool { _private: () })
+        let rec = recover::recover(dir)?;
+        let tracker = AckTracker::new(rec.watermark);
+        for &(lo, hi) in &rec.gaps {
+            tracker.ack_range(lo, hi);
+        }
+        let expected = tracker.watermark();
+        let log = Log::new(rec.segments, rec.next_id);
+        let deletable_at = log.deletable_at();
+        let counters = Counters::default();
+        counters.corrupt.store(rec.corrupt, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            opts,
+            log: Mutex::new(log),
+            space: Condvar::new(),
+            commit: Mutex::new(CommitState::new(rec.next_id)),
+            committed: Condvar::new(),
+            tracker,
+            persisted: Mutex::new(rec.watermark),
+            reader: Mutex::new(ReadState {
+                pos: rec.start,
+                expected,
+            }),
+            read_turn: tokio::sync::Mutex::new(()),
+            readable: tokio::sync::Notify::new(),
+            cache: Mutex::new(Cache::default()),
+            cache_budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
+            handed: Mutex::new(VecDeque::new()),
+            handed_end: AtomicU64::new(0),
+            deletable_at: AtomicU64::new(deletable_at),
+            dirty: AtomicBool::new(false),
+            hk: Mutex::new(HkState::default()),
+            hk_cv: Condvar::new(),
+            first_new_id: rec.next_id,
+            counters,
+        });
+        let hk_shared = shared.clone();
+        let housekeeper = std::thread::Builder::new()
+            .name("spool-housekeeper".into())
+            .spawn(move || housekeeper::run(&hk_shared))
+            .map_err(|source| SpoolError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok(Spool {
+            shared,
+            housekeeper: Some(housekeeper),
+        })
     }
 
+    /// Appends a sealed batch and returns its record id. Blocking: call it from a
+    /// plain thread. With [`Fsync::Always`] it returns once the record is on disk.
+    ///
+    /// When the spool holds `max_bytes` or more it waits up to `wait` for
+    /// acknowledgements to free space, then returns [`AppendError::Full`]; the
+    /// caller keeps the batch and calls again. After an [`AppendError::Io`] the
+    /// spool stays usable; when the failure was the fsync, the record may still be
+    /// delivered, so a retry can deliver it twice (the batch id lets the target
+    /// drop the duplicate).
     pub fn append(&self, batch: &NewBatch<'_>, wait: Duration) -> Result<u64, AppendError> {
-        let _ = (batch, wait);
-        Err(AppendError::Closed)
+        self.shared.append(batch, wait)
     }
 
+    /// The next record not yet handed out, in id order; waits for one to be
+    /// appended. `None` once [`close`](Self::close) was called and every record was
+    /// handed out. Cancel-safe: a dropped call hands out nothing.
     pub async fn next(&self) -> Option<Record> {
-        None
+        self.shared.next().await
     }
 
+    /// Acknowledges a record handed out by [`next`](Self::next), in any order.
     pub fn ack(&self, id: u64) {
-        let _ = id;
+        let sh = &self.shared;
+        if id >= sh.handed_end.load(Ordering::Acquire) {
+            warn!(dir = %sh.dir.display(), id, "ack of a record never handed out ignored");
+            return;
+        }
+        Counters::bump(&sh.counters.acked);
+        if let Some(w) = sh.tracker.ack(id) {
+            sh.advanced(w);
+        }
     }
 
-    pub fn close(&self) {}
+    /// No more appends (they return [`AppendError::Closed`]); wakes waiting
+    /// appenders and readers, and syncs (see [`sync`](Self::sync)), logging any
+    /// failure. Records already appended are still handed out and acknowledged.
+    pub fn close(&self) {
+        let sh = &self.shared;
+        lock(&sh.log).closed = true;
+        sh.space.notify_all();
+        sh.readable.notify_waiters();
+        if let Err(error) = self.sync() {
+            warn!(dir = %sh.dir.display(), %error, "spool sync at close failed");
+        }
+    }
 
+    /// Fsyncs every record appended so far, persists the watermark and deletes the
+    /// segments it passed.
     pub fn sync(&self) -> std::io::Result<()> {
-        Ok(())
+        let sh = &self.shared;
+        let (from, end) = {
+            let covered = lock(&sh.commit).covered;
+            (covered, lock(&sh.log).next_id)
+        };
+        sh.commit_until(from, end)?;
+        sh.persist_and_delete()
+    }
+
+    /// Sets the budget of the cache of recent records (default
+    /// [`DEFAULT_CACHE_BYTES`]); records past it are read back from the segments.
+    pub fn set_cache_bytes(&self, bytes: usize) {
+        self.shared.cache_budget.store(bytes, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> Stats {
-        Stats::default()
+        let sh = &self.shared;
+        let c = &sh.counters;
+        let (w, ahead) = sh.tracker.snapshot();
+        let (bytes, segments, next_id) = {
+            let log = lock(&sh.log);
+            (log.bytes, log.segments.len() as u64, log.next_id)
+        };
+        let unacked = next_id.saturating_sub(w).saturating_sub(ahead);
+        let oldest_unacked_age_ms = if unacked == 0 {
+            0
+        } else {
+            sh.oldest_unacked_sealed_ms(w)
+                .map_or(0, |s| now_ms().saturating_sub(s))
+        };
+        Stats {
+            bytes,
+            segments,
+            unacked_records: unacked,
+            oldest_unacked_age_ms,
+            appended_records: c.appended.load(Ordering::Relaxed),
+            acked_records: c.acked.load(Ordering::Relaxed),
+            replayed_records: c.replayed.load(Ordering::Relaxed),
+            corrupt_records: c.corrupt.load(Ordering::Relaxed),
+            full_waits: c.full_waits.load(Ordering::Relaxed),
+            io_errors: c.io_errors.load(Ordering::Relaxed),
+            watermark: w,
+            cache_bytes: lock(&sh.cache).bytes as u64,
+        }
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for Spool {
+    /// Stops the housekeeper, which persists the watermark one last time.
+    fn drop(&mut self) {
+        {
+            let mut hk = lock(&self.shared.hk);
+            hk.stop = true;
+        }
+        self.shared.hk_cv.notify_one();
+        if let Some(h) = self.housekeeper.take() {
+            if h.join().is_err() {
+                warn!(dir = %self.shared.dir.display(), "spool housekeeper panicked");
+            }
+        }
+        info!(dir = %self.shared.dir.display(), "spool dropped");
     }
 }
