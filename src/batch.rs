@@ -337,6 +337,18 @@ impl Batcher {
                             (50u64 << failures.min(5)).min(1000),
                         ));
                     }
+                    Err(AppendError::TooLarge { bytes }) => {
+                        // Cannot happen within the configured limits (batch.max_bytes
+                        // and ingest.max_frame_bytes are far below the record cap).
+                        error!(
+                            cluster = %self.cluster,
+                            batch_id = %batch.batch_id,
+                            events = batch.events,
+                            bytes,
+                            "batch too large for the spool: batch lost"
+                        );
+                        break;
+                    }
                     Err(AppendError::Closed) => {
                         error!(
                             cluster = %self.cluster,

@@ -553,8 +553,8 @@ impl RawConfig {
 
         let b = &self.batch;
         positive("batch.max_events", b.max_events)?;
-        if b.max_bytes < 4096 {
-            return Err(invalid("batch.max_bytes", "must be at least 4096"));
+        if b.max_bytes < 4096 || b.max_bytes > 64 * 1024 * 1024 {
+            return Err(invalid("batch.max_bytes", "must be 4096 to 67108864"));
         }
         let batch = BatchConfig {
             max_events: b.max_events,
