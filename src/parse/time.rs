@@ -489,6 +489,32 @@ mod tests {
         assert_eq!(month(b"jan"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn rfc3339_round_trip(
+            ms in (MIN_MS + DAY_MS)..(MAX_MS - DAY_MS),
+            off_min in -1439i64..=1439,
+            digits in 0u32..13,
+            extra in 0u64..1_000_000_000,
+        ) {
+            // Write the local time for a random offset, with a fraction of `digits` digits.
+            let mut local = Vec::new();
+            write_rfc3339_ms(&mut local, ms + off_min * 60_000);
+            let millis = ms.rem_euclid(1000);
+            let mut s = String::from_utf8(local[..19].to_vec()).unwrap();
+            if digits > 0 {
+                let frac = format!("{millis:03}{extra:09}");
+                s.push('.');
+                s.push_str(&frac[..digits as usize]);
+            }
+            let (sign, a) = if off_min < 0 { ('-', -off_min) } else { ('+', off_min) };
+            s.push_str(&format!("{sign}{:02}:{:02}", a / 60, a % 60));
+            let kept = 10i64.pow(3 - digits.min(3));
+            let want = ms - millis + millis / kept * kept;
+            proptest::prop_assert_eq!(parse_rfc3339(s.as_bytes()), Ok(want), "{}", s);
+        }
+    }
+
     #[test]
     fn received_range() {
         assert_eq!(fmt(received(0).unwrap()), "1970-01-01T00:00:00.000Z");
