@@ -8,9 +8,8 @@
 //! `"C:\"` is therefore the field `C:\`. Fewer than eight fields is an error;
 //! anything after the eighth is ignored.
 
-use memchr::memchr;
-
 use super::record::{Record, Val};
+use super::scan::find;
 use super::ParseError;
 
 const BAD: ParseError = ParseError::Payload;
@@ -52,12 +51,12 @@ pub(crate) fn parse(msg: &[u8]) -> Result<Record<'_>, ParseError> {
 fn field(b: &[u8], i: usize) -> Result<(Val<'_>, usize), ParseError> {
     let rest = b.get(i..).ok_or(BAD)?;
     if rest.first() != Some(&b'"') {
-        let end = memchr(b',', rest).unwrap_or(rest.len());
+        let end = find(rest, b',').unwrap_or(rest.len());
         return Ok((Val::Csv(&rest[..end]), i + end));
     }
     let mut j = 1;
     loop {
-        let k = j + memchr(b'"', rest.get(j..).ok_or(BAD)?).ok_or(BAD)?;
+        let k = j + find(rest.get(j..).ok_or(BAD)?, b'"').ok_or(BAD)?;
         match rest.get(k + 1) {
             Some(b'"') => j = k + 2,
             None | Some(b',') => return Ok((Val::CsvQuoted(&rest[1..k]), i + k + 1)),

@@ -8,9 +8,8 @@
 //! and the content of skipped containers is only checked for balanced brackets
 //! and well-formed strings. Nesting deeper than [`MAX_DEPTH`] is an error.
 
-use memchr::memchr2;
-
 use super::record::{Owner, Record, Val};
+use super::scan::find2;
 use super::ParseError;
 
 const BAD: ParseError = ParseError::Payload;
@@ -45,21 +44,23 @@ impl<'a> Cur<'a> {
     }
 
     /// At `"`: the string's content (escapes kept), leaving the cursor after the closing quote.
+    #[inline]
     fn string(&mut self) -> Res<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.i;
-        loop {
-            let rest = self.b.get(self.i..).ok_or(BAD)?;
-            let k = memchr2(b'"', b'\\', rest).ok_or(BAD)?;
-            self.i += k;
-            if rest[k] == b'"' {
-                let s = &self.b[start..self.i];
-                self.i += 1;
-                return Ok(s);
+        if self.peek() != Some(b'"') {
+            return Err(BAD);
+        }
+        let start = self.i + 1;
+        let mut j = start;
+        while let Some(rest) = self.b.get(j..) {
+            let k = j + find2(rest, b'"', b'\\').ok_or(BAD)?;
+            if self.b.get(k) == Some(&b'"') {
+                self.i = k + 1;
+                return Ok(&self.b[start..k]);
             }
             // Any escape, valid or not: skip the backslash and the byte after it.
-            self.i += 2;
+            j = k + 2;
         }
+        Err(BAD)
     }
 
     /// A value: strings, numbers, literals and null are captured; objects and arrays

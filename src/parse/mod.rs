@@ -22,6 +22,7 @@ mod event;
 mod filter;
 mod json;
 mod record;
+mod scan;
 mod syslog;
 mod time;
 
@@ -195,9 +196,19 @@ pub fn convert(
         return Err(ParseError::Empty);
     }
     let start = out.len();
-    let result = match std::str::from_utf8(frame) {
-        Ok(_) => convert_utf8(frame, ctx, filter, out),
-        Err(_) => convert_utf8(String::from_utf8_lossy(frame).as_bytes(), ctx, filter, out),
+    let result = match convert_bytes(frame, ctx, filter, out) {
+        Err(Step::NotUtf8) => {
+            // Rare: replace invalid sequences with U+FFFD and start over. Only bytes
+            // >= 0x80 change, so the header and payload split the same way.
+            let lossy = String::from_utf8_lossy(frame);
+            convert_bytes(lossy.as_bytes(), ctx, filter, out).map_err(|step| match step {
+                Step::Failed(e) => e,
+                // Cannot happen (the lossy copy is valid UTF-8); still, no panics here.
+                Step::NotUtf8 => ParseError::Payload,
+            })
+        }
+        Err(Step::Failed(e)) => Err(e),
+        Ok(outcome) => Ok(outcome),
     };
     if !matches!(result, Ok(Outcome::Event(_))) {
         out.truncate(start);
@@ -205,14 +216,29 @@ pub fn convert(
     result
 }
 
-/// [`convert`] on a trimmed frame that is valid UTF-8: every slice copied into `out`
-/// lies between ASCII delimiters, so the output is valid UTF-8 too.
-fn convert_utf8(
+/// Why [`convert_bytes`] stopped short of an outcome.
+enum Step {
+    Failed(ParseError),
+    /// The frame must be made valid UTF-8 before anything is written.
+    NotUtf8,
+}
+
+impl From<ParseError> for Step {
+    fn from(e: ParseError) -> Step {
+        Step::Failed(e)
+    }
+}
+
+/// [`convert`] on a trimmed frame. The parsers look only at ASCII delimiters, so they
+/// work on any bytes; UTF-8 is checked only once the frame is kept (most frames are
+/// filtered out). Every slice copied into `out` lies between ASCII delimiters of a
+/// valid UTF-8 frame, so the output is valid UTF-8 too.
+fn convert_bytes(
     frame: &[u8],
     ctx: &FrameCtx,
     filter: &Filter,
     out: &mut Vec<u8>,
-) -> Result<Outcome, ParseError> {
+) -> Result<Outcome, Step> {
     let h = syslog::parse_header(frame)?;
     if !filter.app_ok(h.app) {
         return Ok(Outcome::Filtered(FilterReason::AppName));
@@ -231,6 +257,9 @@ fn convert_utf8(
         Ok(kind) => kind,
         Err(reason) => return Ok(Outcome::Filtered(reason)),
     };
+    if std::str::from_utf8(frame).is_err() {
+        return Err(Step::NotUtf8);
+    }
     let m = event::map(kind, &rec)?;
     out.reserve(frame.len() + 256);
     event::write(out, ctx.seq, time_ms, h.host, &m, &rec);

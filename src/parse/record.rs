@@ -41,16 +41,17 @@ impl<'a> Val<'a> {
 
     /// Write as a JSON string, or `null` when absent or null.
     pub(crate) fn write(self, out: &mut Vec<u8>) {
-        type Rule = fn(&mut Vec<u8>, &[u8]);
-        let (s, rule): (&[u8], Rule) = match self {
-            Val::Absent | Val::Null => return out.extend_from_slice(b"null"),
-            Val::Json(s) => (s, escape::json_raw),
-            // Numbers and literals hold only `[-+.0-9a-zA-Z]`; plain() is a cheap copy.
-            Val::Lit(s) | Val::Csv(s) => (s, escape::plain),
-            Val::CsvQuoted(s) => (s, escape::csv_quoted),
-        };
         out.push(b'"');
-        rule(out, s);
+        match self {
+            Val::Absent | Val::Null => {
+                out.pop();
+                return out.extend_from_slice(b"null");
+            }
+            Val::Json(s) => escape::json_raw(out, s),
+            // Numbers and literals hold only `[-+.0-9a-zA-Z]`; plain() is a cheap copy.
+            Val::Lit(s) | Val::Csv(s) => escape::plain(out, s),
+            Val::CsvQuoted(s) => escape::csv_quoted(out, s),
+        }
         out.push(b'"');
     }
 

@@ -10,8 +10,7 @@
 //! `name[pid]:`; the app name is `name`. The timestamp is only tokenised here;
 //! [`Ts::resolve`] turns it into milliseconds, so `frame_hostname` does not pay for it.
 
-use memchr::memchr;
-
+use super::scan::find;
 use super::time::{self, Bsd};
 use super::ParseError;
 
@@ -52,7 +51,7 @@ const HDR: ParseError = ParseError::Header;
 
 /// The token up to the next space, and what follows that space. The token must not be empty.
 fn token(b: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
-    let k = memchr(b' ', b).ok_or(HDR)?;
+    let k = find(b, b' ').ok_or(HDR)?;
     match b.split_at(k) {
         ([], _) => Err(HDR),
         (tok, rest) => Ok((tok, &rest[1..])),
@@ -197,7 +196,7 @@ fn tag(b: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
         return Err(HDR);
     }
     if rest.first() == Some(&b'[') {
-        let close = memchr(b']', rest).ok_or(HDR)?;
+        let close = find(rest, b']').ok_or(HDR)?;
         rest = &rest[close + 1..];
     }
     let colon = rest.first() == Some(&b':');
