@@ -8,10 +8,10 @@
 //! borrowed from the frame and escaped straight into the output), leaves the
 //! output buffer untouched unless it returns [`Outcome::Event`].
 //!
-//! The steps, one submodule each: [`syslog`] splits the header, [`record`] picks
-//! the payload format ([`json`] or [`csv`]) and captures the audit fields,
-//! [`filter`] decides, [`event`] maps and serialises, with [`escape`] and
-//! [`time`] doing the byte-level writing. A frame that is not valid UTF-8 is
+//! The steps, one submodule each: `syslog` splits the header, `record` picks
+//! the payload format (`json` or `csv`) and captures the audit fields,
+//! `filter` decides, `event` maps and serialises, with `escape`, `scan` and
+//! `time` doing the byte-level work. A frame that is not valid UTF-8 is
 //! converted lossily (U+FFFD) first; that rare path allocates.
 
 use std::fmt;
