@@ -1,13 +1,12 @@
 //! scan: byte searches tuned for the short fields of an audit record.
 //!
 //! Most searches end within a few bytes (header tokens, CSV fields, JSON keys),
-//! where `memchr`'s dispatch costs more than the search. These look at eight bytes
-//! per step (SWAR) for the first [`SWAR_LEN`] bytes, then hand longer haystacks
-//! (paths) to `memchr`.
+//! where `memchr`'s dispatch costs more than the search itself, and even paths are
+//! short. These look at eight bytes per step (SWAR), inline, with no set-up.
+//! (`memchr` stays the reference in the tests.)
 
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
-const SWAR_LEN: usize = 64;
 
 /// High bit set in every byte of `w` that is zero, and possibly in bytes above (more
 /// significant than) a zero byte; so the lowest set bit marks exactly the first zero byte.
@@ -32,8 +31,7 @@ fn first(mask: u64) -> usize {
 #[inline]
 pub(crate) fn find(hay: &[u8], c: u8) -> Option<usize> {
     let pat = LO * u64::from(c);
-    let head = &hay[..hay.len().min(SWAR_LEN)];
-    let mut chunks = head.chunks_exact(8);
+    let mut chunks = hay.chunks_exact(8);
     let mut i = 0;
     for w in &mut chunks {
         let m = zero_bytes(word(w) ^ pat);
@@ -42,22 +40,18 @@ pub(crate) fn find(hay: &[u8], c: u8) -> Option<usize> {
         }
         i += 8;
     }
-    if let Some(k) = chunks.remainder().iter().position(|&b| b == c) {
-        return Some(i + k);
-    }
-    let tail = &hay[head.len()..];
-    if tail.is_empty() {
-        return None;
-    }
-    memchr::memchr(c, tail).map(|k| k + SWAR_LEN)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == c)
+        .map(|k| i + k)
 }
 
 /// The first index of `a` or `b` in `hay`.
 #[inline]
 pub(crate) fn find2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (LO * u64::from(a), LO * u64::from(b));
-    let head = &hay[..hay.len().min(SWAR_LEN)];
-    let mut chunks = head.chunks_exact(8);
+    let mut chunks = hay.chunks_exact(8);
     let mut i = 0;
     for w in &mut chunks {
         let w = word(w);
@@ -67,14 +61,11 @@ pub(crate) fn find2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
         }
         i += 8;
     }
-    if let Some(k) = chunks.remainder().iter().position(|&x| x == a || x == b) {
-        return Some(i + k);
-    }
-    let tail = &hay[head.len()..];
-    if tail.is_empty() {
-        return None;
-    }
-    memchr::memchr2(a, b, tail).map(|k| k + SWAR_LEN)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&x| x == a || x == b)
+        .map(|k| i + k)
 }
 
 #[cfg(test)]
