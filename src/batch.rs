@@ -254,9 +254,7 @@ impl Batcher {
             match open.received.last_mut() {
                 // Same read, or enough entries for a batch's latency profile: fold
                 // into the last one (its time is then a little early, never late).
-                Some((at, count)) if *at == out.received_unix_us || full_profile => {
-                    *count += taken
-                }
+                Some((at, count)) if *at == out.received_unix_us || full_profile => *count += taken,
                 _ => open.received.push((out.received_unix_us, taken)),
             }
             let full = open.events as usize >= self.limits.max_events

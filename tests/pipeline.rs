@@ -39,7 +39,10 @@ fn assert_exactly(events: &[Value], expected: &BTreeSet<(u32, u64)>) {
     }
     let missing: Vec<_> = expected.difference(&got).take(5).collect();
     let extra: Vec<_> = got.difference(expected).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
 }
 
 #[test]
@@ -50,7 +53,12 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
 
     // alpha-1: JSON, LF; alpha-2: CSV, CRLF; beta-1: JSON, octet counting;
     // beta-2: CSV, octet counting. Each: kept events, filtered ones, bad frames.
-    let nodes = [("alpha-1", 1u32), ("alpha-2", 2), ("beta-1", 3), ("beta-2", 4)];
+    let nodes = [
+        ("alpha-1", 1u32),
+        ("alpha-2", 2),
+        ("beta-1", 3),
+        ("beta-2", 4),
+    ];
     let per_node = 400u64;
     let mut expected = BTreeSet::new();
     let mut threads = Vec::new();
@@ -58,7 +66,12 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
         let mut frames = Vec::new();
         for i in 0..per_node {
             let id = file_id(node, i);
-            let op = ["fs_create_file", "fs_write_data", "fs_read_data", "fs_delete"][i as usize % 4];
+            let op = [
+                "fs_create_file",
+                "fs_write_data",
+                "fs_read_data",
+                "fs_delete",
+            ][i as usize % 4];
             let path = format!("/share/dépt {node}/file \"{i}\".txt");
             let msg = if node % 2 == 1 {
                 json_frame(host, op, &path.replace('"', "\\\""), &id)
@@ -74,7 +87,12 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
             frames.push(f);
             expected.insert((node, i));
             if i % 10 == 0 {
-                let skip = json_frame(host, "fs_read_metadata", "/share/x", &file_id(node, 900_000 + i));
+                let skip = json_frame(
+                    host,
+                    "fs_read_metadata",
+                    "/share/x",
+                    &file_id(node, 900_000 + i),
+                );
                 frames.push(framed(&skip, octet));
             }
             if i % 100 == 0 {
@@ -88,7 +106,9 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
         t.join().unwrap();
     }
     let total = expected.len();
-    wait_for(Duration::from_secs(30), || (events_once(&sink).len() >= total).then_some(()));
+    wait_for(Duration::from_secs(30), || {
+        (events_once(&sink).len() >= total).then_some(())
+    });
     std::thread::sleep(Duration::from_millis(300));
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
 
@@ -122,7 +142,10 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
         assert_eq!(e["status"], "ok");
         assert_eq!(e["success"], true);
         assert_eq!(e["path"], format!("/share/dépt {node}/file \"5\".txt"));
-        assert_eq!(e["time"].as_str().unwrap().len(), "2026-11-26T10:00:00.123Z".len());
+        assert_eq!(
+            e["time"].as_str().unwrap().len(),
+            "2026-11-26T10:00:00.123Z".len()
+        );
         if node % 2 == 1 {
             assert_eq!(e["user"]["name"], "AD\\alice");
             assert_eq!(e["user"]["sid"], "S-1-5-21-1-2-3-1104");
@@ -140,7 +163,13 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
     let text = broker.metrics_text();
     let filtered: f64 = ["alpha", "beta"]
         .iter()
-        .map(|c| metric_value(&text, &format!("qbroker_cluster_filtered_total{{cluster=\"{c}\",reason=\"operation\"}}")).unwrap())
+        .map(|c| {
+            metric_value(
+                &text,
+                &format!("qbroker_cluster_filtered_total{{cluster=\"{c}\",reason=\"operation\"}}"),
+            )
+            .unwrap()
+        })
         .sum();
     assert_eq!(filtered, 4.0 * 40.0);
     let errors: f64 = text
@@ -149,8 +178,20 @@ fn two_clusters_every_event_once_in_order_in_the_schema() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(errors, 4.0 * 4.0);
-    assert_eq!(metric_value(&text, "qbroker_node_connected{cluster=\"beta\",node=\"beta-2\"}"), Some(0.0));
-    assert_eq!(metric_value(&text, "qbroker_target_events_delivered_total{target=\"sink\"}"), Some(total as f64));
+    assert_eq!(
+        metric_value(
+            &text,
+            "qbroker_node_connected{cluster=\"beta\",node=\"beta-2\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "qbroker_target_events_delivered_total{target=\"sink\"}"
+        ),
+        Some(total as f64)
+    );
     assert!(metric_value(&text, "qbroker_event_latency_seconds_count").unwrap() >= total as f64);
     let dead = std::fs::read_to_string(dir.path().join("dead-letter/frames.jsonl")).unwrap();
     assert_eq!(dead.lines().count(), 16);
@@ -165,18 +206,32 @@ fn the_target_away_then_back_loses_nothing() {
     let broker = Broker::start(&config_text(&sink, dir.path(), ""));
     sink.go_away();
     let frames: Vec<Vec<u8>> = (0..300)
-        .map(|i| framed(&json_frame("gamma-1", "fs_create_file", "/a", &file_id(1, i)), false))
+        .map(|i| {
+            framed(
+                &json_frame("gamma-1", "fs_create_file", "/a", &file_id(1, i)),
+                false,
+            )
+        })
         .collect();
     send_all(broker.syslog, &frames);
     // Let egress fail and back off a few times.
     wait_for(Duration::from_secs(10), || {
-        (broker.metric("qbroker_target_failures_connect_total{target=\"sink\"}")? >= 3.0).then_some(())
+        (broker.metric("qbroker_target_failures_connect_total{target=\"sink\"}")? >= 3.0)
+            .then_some(())
     });
-    assert_eq!(broker.metric("qbroker_target_failing{target=\"sink\"}"), Some(1.0));
+    assert_eq!(
+        broker.metric("qbroker_target_failing{target=\"sink\"}"),
+        Some(1.0)
+    );
     sink.come_back();
-    wait_for(Duration::from_secs(20), || (events_once(&sink).len() >= 300).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (events_once(&sink).len() >= 300).then_some(())
+    });
     assert_exactly(&events_once(&sink), &(0..300).map(|i| (1, i)).collect());
-    assert_eq!(broker.metric("qbroker_target_failing{target=\"sink\"}"), Some(0.0));
+    assert_eq!(
+        broker.metric("qbroker_target_failing{target=\"sink\"}"),
+        Some(0.0)
+    );
     broker.stop();
 }
 
@@ -195,7 +250,9 @@ max_bytes = 262144
 segment_bytes = 65536
 "#;
     let mut text = config_text(&sink, dir.path(), "");
-    text = text.replace("in_flight = 2", "in_flight = 1");
+    text = text
+        .replace("in_flight = 2", "in_flight = 1")
+        .replace("max_events = 50", "max_events = 50\nmax_bytes = 65536");
     text.push_str(extra);
     let broker = Broker::start(&text);
 
@@ -210,7 +267,15 @@ segment_bytes = 65536
         s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut written = 0u64;
         for i in 0..n {
-            let f = framed(&json_frame("slow-1", "fs_write_data", &format!("/{pad}"), &file_id(1, i)), false);
+            let f = framed(
+                &json_frame(
+                    "slow-1",
+                    "fs_write_data",
+                    &format!("/{pad}"),
+                    &file_id(1, i),
+                ),
+                false,
+            );
             s.write_all(&f).unwrap();
             written += f.len() as u64;
             if i % 100 == 0 {
@@ -224,20 +289,31 @@ segment_bytes = 65536
     std::thread::sleep(Duration::from_secs(4));
     let written = progress_rx.try_iter().last().unwrap_or(0);
     let total = n * 2000;
-    assert!(written < total / 3, "the sender was not held back: {written} of {total} bytes written");
+    assert!(
+        written < total / 3,
+        "the sender was not held back: {written} of {total} bytes written"
+    );
     let text = broker.metrics_text();
     let queue_bytes = metric_value(&text, "qbroker_queue_bytes").unwrap();
     let queue_msgs = metric_value(&text, "qbroker_queue_messages").unwrap();
     let spool_bytes = metric_value(&text, "qbroker_spool_bytes{target=\"sink\"}").unwrap();
-    assert!(queue_bytes <= 1048576.0 + 65536.0, "queue holds {queue_bytes} bytes");
+    assert!(
+        queue_bytes <= 1048576.0 + 65536.0,
+        "queue holds {queue_bytes} bytes"
+    );
     assert!(queue_msgs <= 2000.0, "queue holds {queue_msgs} frames");
-    assert!(spool_bytes <= 262144.0 + 1048576.0, "spool holds {spool_bytes} bytes");
+    assert!(
+        spool_bytes <= 262144.0 + 1048576.0,
+        "spool holds {spool_bytes} bytes"
+    );
     assert!(metric_value(&text, "qbroker_reading_paused_total").unwrap() >= 1.0);
 
     // The target speeds up: everything arrives.
     sink.set_mode(Mode::Accept);
     writer.join().unwrap();
-    wait_for(Duration::from_secs(60), || (events_once(&sink).len() as u64 >= n).then_some(()));
+    wait_for(Duration::from_secs(60), || {
+        (events_once(&sink).len() as u64 >= n).then_some(())
+    });
     assert_exactly(&events_once(&sink), &(0..n).map(|i| (1, i)).collect());
     broker.stop();
 }
@@ -249,7 +325,12 @@ fn a_batch_refused_for_good_is_dead_lettered_and_delivery_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&config_text(&sink, dir.path(), ""));
     let frames: Vec<Vec<u8>> = (0..10)
-        .map(|i| framed(&json_frame("delta-1", "fs_create_file", "/a", &file_id(1, i)), false))
+        .map(|i| {
+            framed(
+                &json_frame("delta-1", "fs_create_file", "/a", &file_id(1, i)),
+                false,
+            )
+        })
         .collect();
     send_all(broker.syslog, &frames);
     let batches = dir.path().join("dead-letter/batches/sink");
@@ -265,10 +346,17 @@ fn a_batch_refused_for_good_is_dead_lettered_and_delivery_goes_on() {
     assert_eq!(meta["cluster"], "delta");
     sink.set_mode(Mode::Accept);
     let frames: Vec<Vec<u8>> = (10..20)
-        .map(|i| framed(&json_frame("delta-1", "fs_create_file", "/a", &file_id(1, i)), false))
+        .map(|i| {
+            framed(
+                &json_frame("delta-1", "fs_create_file", "/a", &file_id(1, i)),
+                false,
+            )
+        })
         .collect();
     send_all(broker.syslog, &frames);
-    wait_for(Duration::from_secs(10), || (!events_once(&sink).is_empty()).then_some(()));
+    wait_for(Duration::from_secs(10), || {
+        (!events_once(&sink).is_empty()).then_some(())
+    });
     std::thread::sleep(Duration::from_millis(200));
     let delivered: BTreeSet<u64> = events_once(&sink).iter().map(|e| identity(e).1).collect();
     assert_eq!(delivered, (10..20).collect());
@@ -282,7 +370,10 @@ fn a_batch_refused_for_good_is_dead_lettered_and_delivery_goes_on() {
         }
     }
     assert_eq!(dead_events, 10);
-    assert_eq!(broker.metric("qbroker_target_events_dead_lettered_total{target=\"sink\"}"), Some(10.0));
+    assert_eq!(
+        broker.metric("qbroker_target_events_dead_lettered_total{target=\"sink\"}"),
+        Some(10.0)
+    );
     broker.stop();
 }
 
@@ -292,15 +383,34 @@ fn throttling_is_honoured_with_retry_after() {
     sink.set_mode(Mode::Fail(429, Some(1)));
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&config_text(&sink, dir.path(), ""));
-    send_all(broker.syslog, &[framed(&json_frame("eps-1", "fs_create_file", "/a", &file_id(1, 0)), false)]);
-    wait_for(Duration::from_secs(10), || (sink.request_count() >= 1).then_some(()));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("eps-1", "fs_create_file", "/a", &file_id(1, 0)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (sink.request_count() >= 1).then_some(())
+    });
     sink.set_mode(Mode::Accept);
-    wait_for(Duration::from_secs(10), || (!sink.accepted().is_empty()).then_some(()));
+    wait_for(Duration::from_secs(10), || {
+        (!sink.accepted().is_empty()).then_some(())
+    });
     let reqs = sink.requests();
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_millis(900), "retried after {gap:?}, before Retry-After");
-    assert_eq!(reqs[0].idempotency_key, reqs[1].idempotency_key, "a retry keeps the batch id");
-    assert_eq!(broker.metric("qbroker_target_throttled_total{target=\"sink\"}"), Some(1.0));
+    assert!(
+        gap >= Duration::from_millis(900),
+        "retried after {gap:?}, before Retry-After"
+    );
+    assert_eq!(
+        reqs[0].idempotency_key, reqs[1].idempotency_key,
+        "a retry keeps the batch id"
+    );
+    assert_eq!(
+        broker.metric("qbroker_target_throttled_total{target=\"sink\"}"),
+        Some(1.0)
+    );
     broker.stop();
 }
 
@@ -308,14 +418,27 @@ fn throttling_is_honoured_with_retry_after() {
 fn token_and_gzip_reach_the_target() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config_text(&sink, dir.path(), "token = \"s3cret-token\"\ngzip = true"));
-    send_all(broker.syslog, &[framed(&csv_frame("zeta-7", "fs_rename", "/a/old", &file_id(7, 0)), true)]);
-    wait_for(Duration::from_secs(10), || (!sink.accepted().is_empty()).then_some(()));
+    let broker = Broker::start(&config_text(
+        &sink,
+        dir.path(),
+        "token = \"s3cret-token\"\ngzip = true",
+    ));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &csv_frame_to("zeta-7", "fs_rename", "/a/old", "/a/new", &file_id(7, 0)),
+            true,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (!sink.accepted().is_empty()).then_some(())
+    });
     let r = &sink.accepted()[0];
     assert!(r.gzip);
     assert_eq!(r.authorization.as_deref(), Some("Bearer s3cret-token"));
     assert_eq!(r.body["cluster"], "zeta");
     assert_eq!(r.body["events"][0]["operation"], "file.rename");
+    assert_eq!(r.body["events"][0]["new_path"], "/a/new");
     // The token is nowhere on the metrics page.
     assert!(!broker.metrics_text().contains("s3cret"));
     broker.stop();
@@ -331,7 +454,10 @@ fn a_source_outside_the_allowlist_is_closed_and_counted() {
     ));
     let mut s = TcpStream::connect(broker.syslog).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(&framed(&json_frame("eta-1", "fs_create_file", "/a", &file_id(1, 0)), false));
+    let _ = s.write_all(&framed(
+        &json_frame("eta-1", "fs_create_file", "/a", &file_id(1, 0)),
+        false,
+    ));
     let mut buf = [0u8; 16];
     let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
     assert!(closed, "the connection should be closed");
@@ -347,9 +473,16 @@ fn a_source_outside_the_allowlist_is_closed_and_counted() {
 fn shutdown_delivers_what_was_read() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config_text(&sink, dir.path(), "").replace("max_age_ms = 50", "max_age_ms = 60000"));
+    let broker = Broker::start(
+        &config_text(&sink, dir.path(), "").replace("max_age_ms = 50", "max_age_ms = 60000"),
+    );
     let frames: Vec<Vec<u8>> = (0..120)
-        .map(|i| framed(&json_frame("theta-1", "fs_write_data", "/a", &file_id(1, i)), false))
+        .map(|i| {
+            framed(
+                &json_frame("theta-1", "fs_write_data", "/a", &file_id(1, i)),
+                false,
+            )
+        })
         .collect();
     send_all(broker.syslog, &frames);
     wait_for(Duration::from_secs(10), || {

@@ -20,12 +20,19 @@ fn write_config(dir: &std::path::Path, sink: &Sink, fsync: &str) -> std::path::P
 }
 
 /// Send numbered frames to `addr` until told to stop or the connection breaks.
-fn stream_frames(addr: std::net::SocketAddr, host: &'static str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+fn stream_frames(
+    addr: std::net::SocketAddr,
+    host: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let f = framed(&json_frame(host, "fs_write_data", "/data/f", &file_id(1, i)), false);
+            let f = framed(
+                &json_frame(host, "fs_write_data", "/data/f", &file_id(1, i)),
+                false,
+            );
             if s.write_all(&f).is_err() {
                 break;
             }
@@ -46,7 +53,9 @@ fn sigterm_mid_stream_keeps_every_frame_read_through_a_restart() {
     let mut broker = BrokerProcess::spawn(&config);
     let stop = Arc::new(AtomicBool::new(false));
     let sender = stream_frames(broker.syslog, "kappa-1", stop.clone());
-    wait_for(Duration::from_secs(20), || (sink.accepted().len() >= 5).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (sink.accepted().len() >= 5).then_some(())
+    });
     // The target fails from now on: what is read but not delivered must survive
     // the shutdown in the spool.
     sink.set_mode(Mode::Fail(503, None));
@@ -58,7 +67,11 @@ fn sigterm_mid_stream_keeps_every_frame_read_through_a_restart() {
     let log = broker.log();
     let read = log_field(&log, "cluster totals", "frames").expect("totals logged");
     assert!(read > 0 && read <= sent, "read {read} of {sent}");
-    assert!(log.iter().any(|l| l.contains("undelivered batches stay in the spool")), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("undelivered batches stay in the spool")),
+        "{log:#?}"
+    );
 
     sink.set_mode(Mode::Accept);
     let _again = BrokerProcess::spawn(&config);
@@ -79,7 +92,10 @@ fn unique_identities(sink: &Sink) -> BTreeSet<(u32, u64)> {
     for r in sink.accepted() {
         if seen.insert(r.idempotency_key.clone()) {
             for e in r.body["events"].as_array().unwrap() {
-                assert!(ids.insert(identity(e)), "event twice in different batches: {e}");
+                assert!(
+                    ids.insert(identity(e)),
+                    "event twice in different batches: {e}"
+                );
             }
         }
     }

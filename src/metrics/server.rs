@@ -47,6 +47,7 @@ pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Recei
                 async move { Ok::<_, Infallible>(respond(&req, &render)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(err) = tokio::time::timeout(Duration::from_secs(60), conn).await {

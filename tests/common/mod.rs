@@ -153,7 +153,8 @@ impl Sink {
     pub fn come_back(&mut self) {
         let addr = self.addr;
         let listener = wait_for(Duration::from_secs(10), || {
-            self.runtime.block_on(async { TcpListener::bind(addr).await.ok() })
+            self.runtime
+                .block_on(async { TcpListener::bind(addr).await.ok() })
         });
         self.serve(listener);
     }
@@ -170,9 +171,12 @@ impl Sink {
                     _ = stop.changed() => return,
                     r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
                 };
-                let (acceptor, state, mut stop) = (acceptor.clone(), state.clone(), stop_rx.clone());
+                let (acceptor, state, mut stop) =
+                    (acceptor.clone(), state.clone(), stop_rx.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = service_fn(move |req| handle(state.clone(), req));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service);
@@ -239,7 +243,9 @@ async fn handle(
     let raw = req.into_body().collect().await.unwrap().to_bytes();
     let raw = if gzip {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .unwrap();
         out
     } else {
         raw.to_vec()
@@ -251,10 +257,16 @@ async fn handle(
             problems.push(format!("content-type {content_type:?}"));
         }
         if body["schema"] != "qbroker.varonis.v1" || !body["events"].is_array() {
-            problems.push(format!("not a qbroker.varonis.v1 batch: {}", String::from_utf8_lossy(&raw)));
+            problems.push(format!(
+                "not a qbroker.varonis.v1 batch: {}",
+                String::from_utf8_lossy(&raw)
+            ));
         }
         if body["batch_id"].as_str() != Some(key.as_str()) {
-            problems.push(format!("Idempotency-Key {key:?} is not the batch id {}", body["batch_id"]));
+            problems.push(format!(
+                "Idempotency-Key {key:?} is not the batch id {}",
+                body["batch_id"]
+            ));
         }
     }
     let (status, retry_after) = match mode {
@@ -289,7 +301,10 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -395,8 +410,13 @@ impl Drop for Broker {
 }
 
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A plain HTTP/1.0 GET on loopback.
@@ -406,7 +426,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// The identity a test event carries in its file id: node and index.
@@ -429,8 +451,13 @@ pub fn json_frame(host: &str, op: &str, path: &str, file_id: &str) -> String {
 
 /// A Qumulo CSV audit frame (without framing) for `host`.
 pub fn csv_frame(host: &str, op: &str, path: &str, file_id: &str) -> String {
+    csv_frame_to(host, op, path, "", file_id)
+}
+
+/// A Qumulo CSV audit frame with a target path (renames).
+pub fn csv_frame_to(host: &str, op: &str, path: &str, target: &str, file_id: &str) -> String {
     format!(
-        r#"<14>1 2026-11-26T10:00:00.9Z {host} qumulo - - - 10.1.2.4,"AD\bob",nfs3,{op},ok,{file_id},"{path}","""#
+        "<14>1 2026-11-26T10:00:00.9Z {host} qumulo - - - 10.1.2.4,\"AD\\bob\",nfs3,{op},ok,{file_id},\"{path}\",\"{target}\""
     )
 }
 
@@ -452,12 +479,21 @@ pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
         let events = r.body["events"].as_array().unwrap();
         assert!(!events.is_empty(), "no empty batches");
         let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq increases within a batch: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "seq increases within a batch: {seqs:?}"
+        );
         for e in events {
             let node = e["node"].as_str().unwrap();
-            assert!(node.starts_with(&cluster), "event of {node} in a batch of {cluster}");
+            assert!(
+                node.starts_with(&cluster),
+                "event of {node} in a batch of {cluster}"
+            );
         }
-        per_cluster.entry(cluster).or_default().extend(events.iter().cloned());
+        per_cluster
+            .entry(cluster)
+            .or_default()
+            .extend(events.iter().cloned());
     }
     for events in per_cluster.values() {
         let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
@@ -508,7 +544,12 @@ impl BrokerProcess {
                     if !l.contains(&what) {
                         return None;
                     }
-                    l.split("listen=").nth(1)?.split_whitespace().next()?.parse().ok()
+                    l.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
                 })
             })
         };
@@ -567,6 +608,11 @@ impl Drop for BrokerProcess {
 /// `key=value` of the first log line containing `marker` and `key=`.
 pub fn log_field(log: &[String], marker: &str, key: &str) -> Option<u64> {
     log.iter().filter(|l| l.contains(marker)).find_map(|l| {
-        l.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+        l.split(&format!("{key}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     })
 }
