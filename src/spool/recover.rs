@@ -156,7 +156,7 @@ impl Scan {
         let mut off = 0u64;
         while off < file_len {
             let p = match probe(&file, off, file_len)? {
-                Probe::Good { len, id } if self.last_id.map_or(true, |l| id > l) => {
+                Probe::Good { len, id } if self.last_id.is_none_or(|l| id > l) => {
                     match good.last_mut() {
                         Some(g) if g.1 == off => g.1 += len,
                         _ => good.push((off, off + len)),
