@@ -122,13 +122,11 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
 }
 
 fn push_u64_padded(out: &mut Vec<u8>, v: u64, width: usize) {
-    let start = out.len();
-    push_u64(out, v);
-    let len = out.len() - start;
-    if len < width {
-        let pad = width - len;
-        out.splice(start..start, std::iter::repeat_n(b'0', pad));
+    let digits = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    for _ in digits..width {
+        out.push(b'0');
     }
+    push_u64(out, v);
 }
 
 pub fn push_u128(out: &mut Vec<u8>, v: u128) {

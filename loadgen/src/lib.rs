@@ -17,4 +17,5 @@
 #![forbid(unsafe_code)]
 
 pub mod gen;
+pub mod sink;
 pub mod verify;
