@@ -16,6 +16,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod discard;
 pub mod gen;
+pub mod send;
 pub mod sink;
 pub mod verify;
