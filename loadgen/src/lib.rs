@@ -16,8 +16,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod discard;
 pub mod gen;
+pub mod report;
 pub mod send;
 pub mod sink;
 pub mod verify;
