@@ -328,28 +328,26 @@ impl Broker {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
-    async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+    /// SIGTERM, then SIGKILL after `grace`; says how it ended.
+    async fn stop(mut self, grace: Duration) -> anyhow::Result<String> {
+        if let Some(st) = self.child.try_wait()? {
+            return Ok(format!("had already exited ({st}) before SIGTERM"));
         }
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())
             .status();
         match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(r) => {
-                r?;
-            }
+            Ok(r) => Ok(format!("{} after SIGTERM", r?)),
             Err(_) => {
                 tracing::warn!(
                     pid = self.pid,
                     "qbroker ignored SIGTERM for {grace:?}; killing it"
                 );
                 self.child.kill().await?;
+                Ok(format!("killed: still running {grace:?} after SIGTERM"))
             }
         }
-        Ok(())
     }
 }
 
@@ -485,32 +483,35 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let drain_start = Instant::now();
     let totals = send.totals();
     let mut last = verifier.delivered();
-    let mut last_change = Instant::now();
+    // when the delivered count last grew (it may have stopped before now)
+    let mut last_delivery = (last > 0).then(Instant::now);
     let drain_timeout = match plan.outage {
         Some(w) => opts.drain_timeout.max(w.len),
         None => opts.drain_timeout,
     };
     loop {
         let d = verifier.delivered();
-        if d >= send.expected {
-            last_change = Instant::now();
-            break;
-        }
         if d != last {
             last = d;
-            last_change = Instant::now();
-        } else if last_change.elapsed() > drain_timeout {
+            last_delivery = Some(Instant::now());
+        }
+        if d >= send.expected {
+            break;
+        }
+        let quiet_since = last_delivery.map_or(drain_start, |t| t.max(drain_start));
+        if quiet_since.elapsed() > drain_timeout {
             break;
         }
         pb.set_message(progress("draining"));
         pb.tick();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let through_s = (last_change - send_start).as_secs_f64();
+    // nothing delivered: no throughput to speak of
+    let through_s = last_delivery.map_or(0.0, |t| (t - send_start).as_secs_f64());
     let drain_s = drain_start.elapsed().as_secs_f64();
     let (cpu1, hwm) = sample(broker.pid, tck).unwrap_or((cpu0, 0));
     pb.finish_and_clear();
-    broker.stop(Duration::from_secs(20)).await?;
+    let broker_exit = broker.stop(Duration::from_secs(20)).await?;
 
     let summary = verifier.summary(Some(&totals));
     let responses = sink.counters.snapshot();
@@ -523,6 +524,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         framing: opts.framing,
         seed: opts.seed,
         rate: plan.rate,
+        broker: broker_bin.display().to_string(),
+        broker_exit,
     };
     let report = Report::assemble(
         setup,

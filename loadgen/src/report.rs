@@ -34,6 +34,10 @@ pub struct Setup {
     pub seed: u64,
     /// the configured send rate (events/s, all nodes), None: flat out
     pub rate: Option<f64>,
+    /// the qbroker binary
+    pub broker: String,
+    /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
+    pub broker_exit: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -196,10 +200,11 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  broker      CPU {:.2} s = {:.2} s per million events; peak RSS {:.1} MiB",
+            "  broker      CPU {:.2} s = {:.2} s per million events; peak RSS {:.1} MiB; {}",
             self.broker_cpu_s,
             self.broker_cpu_s_per_million,
-            self.broker_peak_rss_bytes as f64 / (1 << 20) as f64
+            self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
+            s.broker_exit
         );
         let l = &self.latency_ms;
         let _ = writeln!(
@@ -294,6 +299,8 @@ mod tests {
             framing: Framing::Lf,
             seed: 1,
             rate: Some(100_000.0),
+            broker: "target/release/qbroker".into(),
+            broker_exit: "exit status: 0 after SIGTERM".into(),
         }
     }
 

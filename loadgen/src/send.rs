@@ -3,9 +3,10 @@
 //!
 //! Frames are built in chunks (up to `chunk_events` per write) into a
 //! reused buffer; just before a chunk is written its timestamps are set to
-//! the send time, so the sink can measure end-to-end latency. A node with a
-//! rate paces itself against its own start (no drift); without one it
-//! writes as fast as the socket takes it.
+//! the send time, so the sink can measure end-to-end latency. All nodes
+//! connect first and start together; a node with a rate paces itself
+//! against that start (no drift); without one it writes as fast as the
+//! socket takes it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +82,7 @@ pub struct NodeTotal {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SendSummary {
+    /// from the common start (all nodes connected) to the last node's end
     pub elapsed: Duration,
     pub events: u64,
     pub expected: u64,
@@ -195,7 +197,6 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<SendSummary> {
     cfg.validate()?;
-    let start = Instant::now();
     let cfg = Arc::new(cfg);
     let plans = plan(&cfg, &core);
     // every node connects (or fails to) before any sends, so all start together
@@ -209,6 +210,7 @@ pub async fn run(
             let mut gen = NodeGen::new(core, c, n, cfg.framing);
             let conn = connect(&cfg.target, cfg.connect_timeout).await;
             barrier.wait().await;
+            let started = Instant::now();
             let r = match conn {
                 Ok(stream) => node_loop(&cfg, p, stream, &mut gen, &stats, stop).await,
                 Err(e) => Err(e),
@@ -219,19 +221,26 @@ pub async fn run(
                 events: gen.expected_count() + gen.filtered_count(),
                 expected: gen.expected_count(),
             };
-            (total, r.err().map(|e| format!("node {c}/{n}: {e:#}")))
+            (
+                total,
+                started,
+                r.err().map(|e| format!("node {c}/{n}: {e:#}")),
+            )
         });
     }
     let mut nodes = Vec::new();
     let mut errors = Vec::new();
+    let mut start: Option<Instant> = None;
     while let Some(r) = tasks.join_next().await {
-        let (total, err) = r.context("sender task panicked")?;
+        let (total, started, err) = r.context("sender task panicked")?;
         nodes.push(total);
         errors.extend(err);
+        start = Some(start.map_or(started, |s| s.min(started)));
     }
     nodes.sort_by_key(|n| (n.cluster, n.node));
     Ok(SendSummary {
-        elapsed: start.elapsed(),
+        // from the moment every node was connected
+        elapsed: start.map_or(Duration::ZERO, |s| s.elapsed()),
         events: nodes.iter().map(|n| n.events).sum(),
         expected: nodes.iter().map(|n| n.expected).sum(),
         bytes: stats.bytes.load(Ordering::Relaxed),
