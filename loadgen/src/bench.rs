@@ -439,7 +439,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             ProgressDrawTarget::stderr(),
         );
         pb.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:24}] {msg}")
+            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:20}] {wide_msg}")
                 .expect("template")
                 .progress_chars("=> "),
         );
@@ -447,18 +447,25 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     } else {
         ProgressBar::hidden()
     };
-    let progress = |phase: &str| {
+    let progress = |sending: bool| {
         let sent = stats.events.load(Ordering::Relaxed);
         let secs = send_start.elapsed().as_secs_f64().max(1e-3);
+        let phase = if sending {
+            format!(
+                "sent {} ({}/s)",
+                num(sent),
+                num((sent as f64 / secs) as u64)
+            )
+        } else {
+            format!("draining; sent {}", num(sent))
+        };
         let outage = if sink.faults.in_outage() {
-            "  [sink answering 503]"
+            ", sink answering 503"
         } else {
             ""
         };
         format!(
-            "{phase} sent {} ({}/s)  delivered {} of {}{outage}",
-            num(sent),
-            num((sent as f64 / secs) as u64),
+            "{phase}, delivered {} of {}{outage}",
             num(verifier.delivered()),
             num(stats.expected.load(Ordering::Relaxed)),
         )
@@ -470,7 +477,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             r = &mut senders => break r.context("sender task")??,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 pb.set_position(send_start.elapsed().as_millis() as u64);
-                pb.set_message(progress("sending"));
+                pb.set_message(progress(true));
                 if send_start.elapsed() > send_limit {
                     let _ = stop_tx.send(true);
                 }
@@ -502,7 +509,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         if quiet_since.elapsed() > drain_timeout {
             break;
         }
-        pb.set_message(progress("draining"));
+        pb.set_message(progress(false));
         pb.tick();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
