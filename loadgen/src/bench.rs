@@ -1,0 +1,636 @@
+//! bench: qbroker end to end on loopback. Starts the sink, then the release
+//! broker as a child process with a generated configuration, then the
+//! senders; runs a named scenario; waits for every expected event to arrive
+//! (or for progress to stop); stops the broker with SIGTERM; and reports.
+//!
+//! Broker CPU comes from /proc/<pid>/stat (utime + stime, sampled when the
+//! senders start and when the drain ends), peak RSS from VmHWM.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::gen::{now_unix_us, Format, Framing, GenConfig, GenCore};
+use crate::report::{num, BrokerUsage, Report, Setup, Timing};
+use crate::send::{SendConfig, SendStats};
+use crate::sink::{CertSource, FaultConfig, SinkConfig, Window};
+use crate::verify::Verifier;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// 2 clusters x 3 nodes at 20,000 events/s
+    Steady,
+    /// 2 clusters x 4 nodes, as fast as the senders go
+    Max,
+    /// 50 clusters x 4 nodes at 20,000 events/s
+    ManyClusters,
+    /// 2 clusters x 3 nodes at 5,000 events/s, plus one node of one user
+    /// reading, overwriting and renaming 5,000 files/s (ransomware-like)
+    Burst,
+    /// 2 clusters x 3 nodes at 10,000 events/s; the sink answers 503 for
+    /// 30 s mid-run; nothing may be lost
+    Outage,
+}
+
+/// What a scenario runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub clusters: u16,
+    pub nodes: u16,
+    pub rate: Option<f64>,
+    pub burst_rate: Option<f64>,
+    pub duration: Duration,
+    /// 503 window, relative to the start of sending
+    pub outage: Option<Window>,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Max => "max",
+            Scenario::ManyClusters => "many-clusters",
+            Scenario::Burst => "burst",
+            Scenario::Outage => "outage",
+        }
+    }
+
+    /// The scenario's shape; `duration` overrides its default length.
+    pub fn plan(self, duration: Option<Duration>) -> Plan {
+        let secs = Duration::from_secs;
+        let base = Plan {
+            clusters: 2,
+            nodes: 3,
+            rate: Some(20_000.0),
+            burst_rate: None,
+            duration: duration.unwrap_or(secs(10)),
+            outage: None,
+        };
+        match self {
+            Scenario::Steady => base,
+            Scenario::Max => Plan {
+                nodes: 4,
+                rate: None,
+                ..base
+            },
+            Scenario::ManyClusters => Plan {
+                clusters: 50,
+                nodes: 4,
+                ..base
+            },
+            Scenario::Burst => Plan {
+                rate: Some(5_000.0),
+                burst_rate: Some(15_000.0),
+                ..base
+            },
+            Scenario::Outage => {
+                let d = duration.unwrap_or(secs(60));
+                // 30 s of 503 in the middle; shorter runs get half their length
+                let len = secs(30).min(d / 2);
+                Plan {
+                    rate: Some(10_000.0),
+                    duration: d,
+                    outage: Some(Window {
+                        start: (d - len) / 2,
+                        len,
+                    }),
+                    ..base
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub duration: Option<Duration>,
+    /// the qbroker binary; default: next to this executable
+    pub broker: Option<PathBuf>,
+    /// broker parse threads; default: the number of CPUs
+    pub workers: Option<usize>,
+    pub format: Format,
+    pub framing: Framing,
+    pub seed: u64,
+    /// give up waiting for deliveries after this long without progress
+    pub drain_timeout: Duration,
+    /// draw a progress bar on stderr (when it is a terminal)
+    pub progress: bool,
+    /// keep the work directory (config, broker log, spool) after success
+    pub keep_dir: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            scenario: Scenario::Steady,
+            duration: None,
+            broker: None,
+            workers: None,
+            format: Format::Json,
+            framing: Framing::Lf,
+            seed: 1,
+            drain_timeout: Duration::from_secs(30),
+            progress: true,
+            keep_dir: false,
+        }
+    }
+}
+
+const BUILD_HINT: &str = "build it with `cargo build --release --workspace`, or pass --broker PATH";
+
+/// The qbroker binary: `explicit`, else next to the running executable
+/// (also from `target/*/deps` test binaries and from a debug loadgen).
+pub fn find_broker(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("qbroker binary {} not found; {BUILD_HINT}", p.display());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let mut candidates = vec![dir.join("qbroker")];
+    if dir.ends_with("deps") {
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("qbroker"));
+        }
+    }
+    // target/debug/loadgen (or target/debug/deps/...) -> target/release/qbroker
+    for d in dir.ancestors().take(3) {
+        if d.file_name().is_some_and(|n| n == "debug") {
+            if let Some(t) = d.parent() {
+                candidates.push(t.join("release").join("qbroker"));
+            }
+        }
+    }
+    // prefer the release build
+    candidates.sort_by_key(|p| !p.to_string_lossy().contains("release"));
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    bail!(
+        "qbroker binary not found (looked at {}); {BUILD_HINT}",
+        tried.join(", ")
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    // a JSON string is a valid TOML basic string
+    serde_json::to_string(s).expect("string")
+}
+
+/// The broker configuration the bench runs with.
+pub fn broker_config(
+    listen: std::net::SocketAddr,
+    workers: usize,
+    metrics: std::net::SocketAddr,
+    data_dir: &Path,
+    sink_url: &str,
+    ca_file: &Path,
+) -> String {
+    format!(
+        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n\n\
+         [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
+        toml_str(&listen.to_string()),
+        toml_str(&metrics.to_string()),
+        toml_str(&data_dir.to_string_lossy()),
+        toml_str(sink_url),
+        toml_str(&ca_file.to_string_lossy()),
+    )
+}
+
+/// utime + stime, in clock ticks, from /proc/<pid>/stat.
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // the command name may hold spaces and parentheses: fields start after the last ')'
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// VmHWM in bytes, from /proc/<pid>/status.
+pub fn parse_vmhwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut it = line["VmHWM:".len()..].split_whitespace();
+    let v: u64 = it.next()?.parse().ok()?;
+    match it.next() {
+        Some("kB") | None => Some(v * 1024),
+        _ => None,
+    }
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// CPU seconds and peak RSS of a live process.
+fn sample(pid: u32, tck: u64) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let ticks = parse_stat_ticks(&stat).context("parsing /proc/<pid>/stat")?;
+    let hwm = parse_vmhwm(&status).unwrap_or(0);
+    Ok((ticks as f64 / tck as f64, hwm))
+}
+
+fn free_port() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?)
+}
+
+fn log_tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The broker child, stopped on drop if still running.
+struct Broker {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Broker {
+    async fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Broker> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("broker exited at once")?;
+        Ok(Broker {
+            child,
+            pid,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Waits until the syslog port accepts connections.
+    async fn ready(
+        &mut self,
+        listen: std::net::SocketAddr,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                bail!(
+                    "qbroker exited ({st}) before listening; its log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(listen),
+            );
+            if let Ok(Ok(_)) = attempt.await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "qbroker not listening on {listen} after {within:?}; its log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; says how it ended.
+    async fn stop(mut self, grace: Duration) -> anyhow::Result<String> {
+        if let Some(st) = self.child.try_wait()? {
+            return Ok(format!("had already exited ({st}) before SIGTERM"));
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(r) => Ok(format!("{} after SIGTERM", r?)),
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "qbroker ignored SIGTERM for {grace:?}; killing it"
+                );
+                self.child.kill().await?;
+                Ok(format!("killed: still running {grace:?} after SIGTERM"))
+            }
+        }
+    }
+}
+
+/// Runs one scenario end to end and returns the report.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
+    let plan = opts.scenario.plan(opts.duration);
+    let broker_bin = find_broker(opts.broker.as_deref())?;
+    let workers = opts
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let work = std::env::temp_dir().join(format!(
+        "loadgen-bench-{}-{}",
+        std::process::id(),
+        now_unix_us()
+    ));
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+
+    let gen_cfg = GenConfig {
+        seed: opts.seed,
+        format: opts.format,
+        burst: plan.burst_rate.is_some(),
+        ..GenConfig::default()
+    };
+    let core = Arc::new(GenCore::new(gen_cfg)?);
+    let verifier = Arc::new(Verifier::new(core.clone()));
+    let ca_file = work.join("sink-ca.pem");
+    let sink = crate::sink::start(
+        SinkConfig {
+            listen: "127.0.0.1:0".parse()?,
+            cert: CertSource::Generate,
+            cert_out: Some(ca_file.clone()),
+            faults: FaultConfig::default(),
+        },
+        verifier.clone(),
+    )
+    .await?;
+
+    let listen = free_port()?;
+    let metrics = free_port()?;
+    let config = broker_config(
+        listen,
+        workers,
+        metrics,
+        &data_dir,
+        &format!("https://127.0.0.1:{}/events", sink.addr.port()),
+        &ca_file,
+    );
+    let config_path = work.join("qbroker.toml");
+    std::fs::write(&config_path, &config)?;
+    let mut broker = Broker::start(&broker_bin, &config_path, &work.join("qbroker.log")).await?;
+    broker.ready(listen, Duration::from_secs(20)).await?;
+    let tck = clock_ticks_per_sec();
+    let (cpu0, _) = sample(broker.pid, tck)?;
+
+    // senders
+    let send_cfg = SendConfig {
+        target: listen.to_string(),
+        clusters: plan.clusters,
+        nodes: plan.nodes,
+        rate: plan.rate,
+        burst_rate: plan.burst_rate,
+        duration: Some(plan.duration),
+        events: None,
+        framing: opts.framing,
+        ..SendConfig::default()
+    };
+    let stats = Arc::new(SendStats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let send_start = Instant::now();
+    let senders = tokio::spawn(crate::send::run(
+        send_cfg,
+        core.clone(),
+        stats.clone(),
+        stop_rx,
+    ));
+    if let Some(w) = plan.outage {
+        let faults = sink.faults.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(w.start).await;
+            faults.outage(w.len);
+        });
+    }
+
+    let pb = if opts.progress {
+        let pb = ProgressBar::with_draw_target(
+            Some(plan.duration.as_millis() as u64),
+            ProgressDrawTarget::stderr(),
+        );
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:20}] {wide_msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let progress = |sending: bool| {
+        let sent = stats.events.load(Ordering::Relaxed);
+        let secs = send_start.elapsed().as_secs_f64().max(1e-3);
+        let phase = if sending {
+            format!(
+                "sent {} ({}/s)",
+                num(sent),
+                num((sent as f64 / secs) as u64)
+            )
+        } else {
+            format!("draining; sent {}", num(sent))
+        };
+        let outage = if sink.faults.in_outage() {
+            ", sink answering 503"
+        } else {
+            ""
+        };
+        format!(
+            "{phase}, delivered {} of {}{outage}",
+            num(verifier.delivered()),
+            num(stats.expected.load(Ordering::Relaxed)),
+        )
+    };
+    let send_limit = plan.duration + Duration::from_secs(90);
+    let mut senders = senders;
+    let send = loop {
+        tokio::select! {
+            r = &mut senders => break r.context("sender task")??,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                pb.set_position(send_start.elapsed().as_millis() as u64);
+                pb.set_message(progress(true));
+                if send_start.elapsed() > send_limit {
+                    let _ = stop_tx.send(true);
+                }
+            }
+        }
+    };
+    let send_s = send_start.elapsed().as_secs_f64();
+
+    // drain: until everything expected arrived, or progress stops
+    let drain_start = Instant::now();
+    let totals = send.totals();
+    let mut last = verifier.delivered();
+    // when the delivered count last grew (it may have stopped before now)
+    let mut last_delivery = (last > 0).then(Instant::now);
+    let drain_timeout = match plan.outage {
+        Some(w) => opts.drain_timeout.max(w.len),
+        None => opts.drain_timeout,
+    };
+    loop {
+        let d = verifier.delivered();
+        if d != last {
+            last = d;
+            last_delivery = Some(Instant::now());
+        }
+        if d >= send.expected {
+            break;
+        }
+        let quiet_since = last_delivery.map_or(drain_start, |t| t.max(drain_start));
+        if quiet_since.elapsed() > drain_timeout {
+            break;
+        }
+        pb.set_message(progress(false));
+        pb.tick();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // nothing delivered: no throughput to speak of
+    let through_s = last_delivery.map_or(0.0, |t| (t - send_start).as_secs_f64());
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    let (cpu1, hwm) = sample(broker.pid, tck).unwrap_or((cpu0, 0));
+    pb.finish_and_clear();
+    let broker_exit = broker.stop(Duration::from_secs(20)).await?;
+
+    let summary = verifier.summary(Some(&totals));
+    let responses = sink.counters.snapshot();
+    sink.stop().await;
+    let setup = Setup {
+        scenario: opts.scenario.name().to_string(),
+        clusters: plan.clusters,
+        nodes_per_cluster: plan.nodes,
+        format: opts.format,
+        framing: opts.framing,
+        seed: opts.seed,
+        rate: plan.rate,
+        broker: broker_bin.display().to_string(),
+        broker_exit,
+    };
+    let report = Report::assemble(
+        setup,
+        &send,
+        &summary,
+        responses,
+        BrokerUsage {
+            cpu_s: cpu1 - cpu0,
+            peak_rss_bytes: hwm,
+        },
+        Timing {
+            send_s,
+            drain_s,
+            through_s,
+        },
+    );
+    if report.ok && !opts.keep_dir {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!(
+            "bench work directory (config, broker log, spool): {}",
+            work.display()
+        );
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_parsing() {
+        let stat = "4242 (q broker) (x)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 25 0 0 20 0 9 0 123 456789 1000 18446744073709551615";
+        assert_eq!(parse_stat_ticks(stat), Some(175));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+        let status =
+            "Name:\tqbroker\nVmPeak:\t  200000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(parse_vmhwm(status), Some(51200 * 1024));
+        assert_eq!(parse_vmhwm("Name: x\n"), None);
+        // this process, for real
+        let (cpu, hwm) = sample(std::process::id(), clock_ticks_per_sec()).unwrap();
+        assert!(cpu >= 0.0 && hwm > 0);
+    }
+
+    #[test]
+    fn scenarios() {
+        let s = Scenario::Steady.plan(None);
+        assert_eq!(
+            (s.clusters, s.nodes, s.duration),
+            (2, 3, Duration::from_secs(10))
+        );
+        assert_eq!(Scenario::Max.plan(None).rate, None);
+        let m = Scenario::ManyClusters.plan(None);
+        assert_eq!((m.clusters, m.nodes), (50, 4));
+        assert!(Scenario::Burst.plan(None).burst_rate.is_some());
+        let o = Scenario::Outage.plan(None).outage.unwrap();
+        assert_eq!(
+            (o.start, o.len),
+            (Duration::from_secs(15), Duration::from_secs(30))
+        );
+        let o = Scenario::Outage
+            .plan(Some(Duration::from_secs(20)))
+            .outage
+            .unwrap();
+        assert_eq!(
+            (o.start, o.len),
+            (Duration::from_secs(5), Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn config_is_toml_with_the_documented_fields() {
+        let c = broker_config(
+            "127.0.0.1:5514".parse().unwrap(),
+            2,
+            "127.0.0.1:9100".parse().unwrap(),
+            Path::new("/tmp/a \"b\"/data"),
+            "https://127.0.0.1:8443/events",
+            Path::new("/tmp/ca.pem"),
+        );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["listen"].as_str(), Some("127.0.0.1:5514"));
+        assert_eq!(v["workers"].as_integer(), Some(2));
+        assert_eq!(v["data_dir"].as_str(), Some("/tmp/a \"b\"/data"));
+        assert_eq!(v["default_target"].as_str(), Some("sink"));
+        let t = &v["targets"][0];
+        assert_eq!(t["name"].as_str(), Some("sink"));
+        assert_eq!(t["url"].as_str(), Some("https://127.0.0.1:8443/events"));
+        assert_eq!(t["ca_file"].as_str(), Some("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn missing_broker_says_how_to_build_it() {
+        let e = find_broker(Some(Path::new("/nonexistent/qbroker"))).unwrap_err();
+        assert!(
+            e.to_string().contains("cargo build --release --workspace"),
+            "{e}"
+        );
+    }
+}

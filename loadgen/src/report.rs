@@ -1,0 +1,391 @@
+//! report: what a benchmark run measured, for people (`render`) and as JSON
+//! (the keys an integration test or a CI job reads: `sent`, `delivered`,
+//! `lost`, `duplicated`, `events_per_sec`, `broker_cpu_us_per_event`,
+//! `broker_peak_rss_bytes`, `latency_ms.{p50,p99,p999,max}`).
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::gen::{Format, Framing};
+use crate::send::SendSummary;
+use crate::sink::Responses;
+use crate::verify::{Latency, SinkSummary};
+
+/// The broker process, as /proc saw it.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct BrokerUsage {
+    /// user + system CPU seconds while the run lasted (send start to drain end)
+    pub cpu_s: f64,
+    /// VmHWM
+    pub peak_rss_bytes: u64,
+}
+
+/// How the run was set up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Setup {
+    pub scenario: String,
+    pub clusters: u16,
+    pub nodes_per_cluster: u16,
+    pub format: Format,
+    pub framing: Framing,
+    pub seed: u64,
+    /// the configured send rate (events/s, all nodes), None: flat out
+    pub rate: Option<f64>,
+    /// the qbroker binary
+    pub broker: String,
+    /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
+    pub broker_exit: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub setup: Setup,
+    /// nothing lost, invented, altered or malformed; see `failures`
+    pub ok: bool,
+    pub failures: Vec<String>,
+    /// seconds spent sending
+    pub duration_s: f64,
+    /// seconds from the end of sending to the last delivery (or giving up)
+    pub drain_s: f64,
+    /// events written to the broker, filtered ones included
+    pub sent: u64,
+    /// of which qbroker must deliver
+    pub sent_expected: u64,
+    /// distinct expected events the sink accepted
+    pub delivered: u64,
+    pub lost: u64,
+    /// events received more than once
+    pub duplicated: u64,
+    /// accepted batches whose batch_id came before
+    pub duplicate_batches: u64,
+    pub batches: u64,
+    pub reordered: u64,
+    pub order_violations: u64,
+    pub unexpected: u64,
+    pub foreign: u64,
+    pub schema_errors: u64,
+    pub mismatches: u64,
+    /// events/s the senders wrote while sending
+    pub send_rate: f64,
+    /// events/s through the broker: sent / (send start to last delivery)
+    pub events_per_sec: f64,
+    /// delivered / (send start to last delivery)
+    pub delivered_per_sec: f64,
+    pub sender_reconnects: u64,
+    pub broker_cpu_s: f64,
+    /// broker CPU per event sent (its input, filtered events included)
+    pub broker_cpu_us_per_event: f64,
+    pub broker_cpu_s_per_million: f64,
+    pub broker_peak_rss_bytes: u64,
+    /// receipt time minus event time; event time is truncated to ms, so
+    /// these read up to 1 ms high
+    pub latency_ms: Latency,
+    pub sink: Responses,
+    pub gaps: Vec<(String, u64, u64)>,
+    pub problems: Vec<String>,
+    pub sender_errors: Vec<String>,
+}
+
+/// Inputs to [`Report::assemble`] beyond the summaries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub send_s: f64,
+    pub drain_s: f64,
+    /// send start to the last delivery
+    pub through_s: f64,
+}
+
+impl Report {
+    pub fn assemble(
+        setup: Setup,
+        send: &SendSummary,
+        sink: &SinkSummary,
+        responses: Responses,
+        broker: BrokerUsage,
+        t: Timing,
+    ) -> Report {
+        let mut failures = sink.failures();
+        failures.extend(send.errors.iter().map(|e| format!("sender: {e}")));
+        if send.events == 0 {
+            failures.push("nothing was sent".to_string());
+        }
+        let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        let cpu_us_per_event = if send.events > 0 {
+            broker.cpu_s * 1e6 / send.events as f64
+        } else {
+            0.0
+        };
+        Report {
+            setup,
+            ok: failures.is_empty(),
+            failures,
+            duration_s: t.send_s,
+            drain_s: t.drain_s,
+            sent: send.events,
+            sent_expected: send.expected,
+            delivered: sink.delivered,
+            lost: sink.lost,
+            duplicated: sink.duplicated,
+            duplicate_batches: sink.duplicate_batches,
+            batches: sink.batches,
+            reordered: sink.reordered,
+            order_violations: sink.order_violations,
+            unexpected: sink.unexpected,
+            foreign: sink.foreign,
+            schema_errors: sink.schema_errors,
+            mismatches: sink.mismatches,
+            send_rate: per_s(send.events, t.send_s),
+            events_per_sec: per_s(send.events, t.through_s),
+            delivered_per_sec: per_s(sink.delivered, t.through_s),
+            sender_reconnects: send.reconnects,
+            broker_cpu_s: broker.cpu_s,
+            broker_cpu_us_per_event: cpu_us_per_event,
+            broker_cpu_s_per_million: cpu_us_per_event,
+            broker_peak_rss_bytes: broker.peak_rss_bytes,
+            latency_ms: sink.latency_ms.clone(),
+            sink: responses,
+            gaps: sink.gaps.clone(),
+            problems: sink.problems.clone(),
+            sender_errors: send.errors.clone(),
+        }
+    }
+
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let mut s = serde_json::to_string_pretty(self)?;
+        s.push('\n');
+        std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The report for people.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let s = &self.setup;
+        let verdict = if self.ok { "PASS" } else { "FAIL" };
+        let _ = writeln!(o, "loadgen bench: scenario {} -- {verdict}", s.scenario);
+        let rate = s
+            .rate
+            .map_or("flat out".to_string(), |r| format!("{}/s", num(r as u64)));
+        let _ = writeln!(
+            o,
+            "  senders     {} clusters x {} nodes, {:?}/{:?}, seed {}, {rate}",
+            s.clusters, s.nodes_per_cluster, s.format, s.framing, s.seed
+        );
+        let _ = writeln!(
+            o,
+            "  sent        {} events in {:.1} s ({}/s); {} to be delivered",
+            num(self.sent),
+            self.duration_s,
+            num(self.send_rate as u64),
+            num(self.sent_expected)
+        );
+        let _ = writeln!(
+            o,
+            "  delivered   {} ({}/s); lost {}; duplicated {} ({} duplicate batches); reordered {}",
+            num(self.delivered),
+            num(self.delivered_per_sec as u64),
+            num(self.lost),
+            num(self.duplicated),
+            num(self.duplicate_batches),
+            num(self.reordered)
+        );
+        let _ = writeln!(
+            o,
+            "  throughput  {} events/s through the broker (send start to last delivery; drain {:.1} s)",
+            num(self.events_per_sec as u64),
+            self.drain_s
+        );
+        let _ = writeln!(
+            o,
+            "  broker      CPU {:.2} s = {:.2} s per million events; peak RSS {:.1} MiB; {}",
+            self.broker_cpu_s,
+            self.broker_cpu_s_per_million,
+            self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
+            s.broker_exit
+        );
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            o,
+            "  latency     p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms  ({} events)",
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            num(l.count)
+        );
+        let r = &self.sink;
+        let _ = writeln!(
+            o,
+            "  sink        {} requests: {} accepted, {} x 503, {} x 429, {} resets, {} lost acks, {} refused",
+            num(r.requests),
+            num(r.accepted),
+            num(r.unavailable),
+            num(r.throttled),
+            num(r.resets),
+            num(r.lost_acks),
+            num(r.refused)
+        );
+        let checks = [
+            (self.unexpected, "filtered-out events delivered"),
+            (self.foreign, "foreign events"),
+            (self.schema_errors, "schema errors"),
+            (self.mismatches, "events with wrong fields"),
+            (self.order_violations, "order violations inside batches"),
+            (self.sender_reconnects, "sender reconnects"),
+        ];
+        for (n, what) in checks {
+            if n > 0 {
+                let _ = writeln!(o, "  !           {} {what}", num(n));
+            }
+        }
+        for f in &self.failures {
+            let _ = writeln!(o, "  FAIL        {f}");
+        }
+        for (node, a, b) in &self.gaps {
+            let _ = writeln!(o, "  gap         {node}: seq {a}..{b} missing");
+        }
+        for p in &self.problems {
+            let _ = writeln!(o, "  problem     {p}");
+        }
+        o
+    }
+}
+
+/// 1234567 -> "1,234,567"
+pub fn num(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::send::NodeTotal;
+    use std::time::Duration;
+
+    fn send_summary() -> SendSummary {
+        SendSummary {
+            elapsed: Duration::from_secs(10),
+            events: 1_000_000,
+            expected: 300_000,
+            bytes: 300_000_000,
+            reconnects: 0,
+            nodes: vec![NodeTotal {
+                cluster: 0,
+                node: 1,
+                events: 1_000_000,
+                expected: 300_000,
+            }],
+            errors: vec![],
+        }
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            scenario: "steady".into(),
+            clusters: 1,
+            nodes_per_cluster: 1,
+            format: Format::Json,
+            framing: Framing::Lf,
+            seed: 1,
+            rate: Some(100_000.0),
+            broker: "target/release/qbroker".into(),
+            broker_exit: "exit status: 0 after SIGTERM".into(),
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let sink = SinkSummary {
+            delivered: 300_000,
+            latency_ms: Latency {
+                count: 300_000,
+                p50: 2.0,
+                p99: 9.5,
+                p999: 20.0,
+                max: 31.0,
+            },
+            ..SinkSummary::default()
+        };
+        let usage = BrokerUsage {
+            cpu_s: 1.5,
+            peak_rss_bytes: 50 << 20,
+        };
+        let t = Timing {
+            send_s: 10.0,
+            drain_s: 0.5,
+            through_s: 10.5,
+        };
+        let r = Report::assemble(
+            setup(),
+            &send_summary(),
+            &sink,
+            Responses::default(),
+            usage,
+            t,
+        );
+        assert!(r.ok, "{:?}", r.failures);
+        let v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "sent",
+            "delivered",
+            "lost",
+            "duplicated",
+            "events_per_sec",
+            "broker_cpu_us_per_event",
+            "broker_peak_rss_bytes",
+            "scenario",
+            "ok",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing");
+        }
+        for k in ["p50", "p99", "p999", "max"] {
+            assert!(v["latency_ms"][k].is_number(), "latency_ms.{k}");
+        }
+        assert_eq!(v["sent"], 1_000_000);
+        assert!((r.broker_cpu_us_per_event - 1.5).abs() < 1e-9);
+        assert!((r.events_per_sec - 1e6 / 10.5).abs() < 1e-6);
+        let text = r.render();
+        assert!(
+            text.contains("PASS") && text.contains("1,000,000") && text.contains("p99 9.5 ms"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn losses_fail_the_run() {
+        let sink = SinkSummary {
+            delivered: 299_990,
+            lost: 10,
+            ..SinkSummary::default()
+        };
+        let r = Report::assemble(
+            setup(),
+            &send_summary(),
+            &sink,
+            Responses::default(),
+            BrokerUsage::default(),
+            Timing::default(),
+        );
+        assert!(!r.ok);
+        assert!(r.render().contains("10 events lost"));
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(num(0), "0");
+        assert_eq!(num(999), "999");
+        assert_eq!(num(1000), "1,000");
+        assert_eq!(num(1_234_567), "1,234,567");
+    }
+}
