@@ -345,6 +345,7 @@ impl Batcher {
                             bytes,
                             "batch too large for the spool: batch lost"
                         );
+                        self.metrics.events_lost.add(u64::from(batch.events));
                         break;
                     }
                     Err(AppendError::Closed) => {
@@ -354,6 +355,7 @@ impl Batcher {
                             events = batch.events,
                             "spool closed before a batch could be appended: batch lost"
                         );
+                        self.metrics.events_lost.add(u64::from(batch.events));
                         break;
                     }
                 }
@@ -364,6 +366,7 @@ impl Batcher {
                         events = batch.events,
                         "shutdown deadline passed while the spool was unavailable: batch lost"
                     );
+                    self.metrics.events_lost.add(u64::from(batch.events));
                     break;
                 }
             }

@@ -275,6 +275,7 @@ pub async fn run(
             events = c.events_total(),
             filtered = c.filtered.iter().map(|f| f.get()).sum::<u64>(),
             parse_errors = c.parse_errors_total(),
+            lost = c.events_lost.get(),
             "cluster totals"
         );
     }

@@ -25,6 +25,9 @@ use crate::metrics::{Metrics, RateLimit, Tally};
 use crate::model::Chunk;
 use crate::parse::{self, FrameCtx, Outcome, ParseError};
 
+/// The conversion of one frame: [`parse::convert`], or a stand-in in tests.
+type Convert = fn(&[u8], &FrameCtx, &parse::Filter, &mut Vec<u8>) -> Result<Outcome, ParseError>;
+
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
 static DEAD_LETTER_LOG: RateLimit = RateLimit::new(Duration::from_secs(60), 1);
 
@@ -85,7 +88,7 @@ fn work(queue: &Receiver<Chunk>, ctx: &PoolCtx) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let out = convert_chunk(&chunk, ctx, &mut tally);
+        let out = convert_chunk(&chunk, ctx, &mut tally, parse::convert);
         let cluster = &chunk.cluster;
         cluster.metrics.add(&tally);
         tally = Tally::default();
@@ -95,7 +98,7 @@ fn work(queue: &Receiver<Chunk>, ctx: &PoolCtx) {
 }
 
 /// Convert every frame of a chunk. Never panics.
-fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally) -> ChunkOut {
+fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Convert) -> ChunkOut {
     let mut out = ChunkOut {
         chunk_no: chunk.chunk_no,
         events: Vec::with_capacity(chunk.data.len() * 3 / 2),
@@ -107,7 +110,7 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally) -> ChunkOut {
     let whole = panic::catch_unwind(AssertUnwindSafe(|| {
         let mut local = Tally::default();
         for i in 0..chunk.frames.len() {
-            convert_frame(chunk, i, ctx, &mut out, &mut local, &mut wrote_dead_letter);
+            convert_frame(chunk, i, ctx, convert, &mut out, &mut local, &mut wrote_dead_letter);
         }
         local
     }));
@@ -123,7 +126,7 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally) -> ChunkOut {
                 let mut local = Tally::default();
                 let mut dl = false;
                 let one = panic::catch_unwind(AssertUnwindSafe(|| {
-                    convert_frame(chunk, i, ctx, &mut out, &mut local, &mut dl);
+                    convert_frame(chunk, i, ctx, convert, &mut out, &mut local, &mut dl);
                 }));
                 wrote_dead_letter |= dl;
                 match one {
@@ -176,6 +179,7 @@ fn convert_frame(
     chunk: &Chunk,
     i: usize,
     ctx: &PoolCtx,
+    convert: Convert,
     out: &mut ChunkOut,
     tally: &mut Tally,
     wrote_dead_letter: &mut bool,
@@ -189,7 +193,7 @@ fn convert_frame(
     if !out.ends.is_empty() {
         out.events.push(b',');
     }
-    match parse::convert(frame, &fctx, &ctx.filter, &mut out.events) {
+    match convert(frame, &fctx, &ctx.filter, &mut out.events) {
         Ok(Outcome::Event(op)) => {
             out.ends.push(out.events.len() as u32);
             tally.events[op.index()] += 1;
@@ -237,5 +241,109 @@ fn dead_letter_failed(ctx: &PoolCtx, err: &std::io::Error) {
     ctx.metrics.pool.dead_letter_errors.inc();
     if let Some(suppressed) = DEAD_LETTER_LOG.check() {
         error!(error = %err, suppressed, "cannot write the dead-letter file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BatchConfig, DeadLetterConfig};
+    use crate::model::ClusterShared;
+    use crate::spool::{Fsync, Options, Spool};
+    use crate::sync::gate::Gate;
+    use bytes::Bytes;
+
+    /// Converts like the parser, but panics on frames that say "boom".
+    fn boom(
+        frame: &[u8],
+        ctx: &FrameCtx,
+        filter: &parse::Filter,
+        out: &mut Vec<u8>,
+    ) -> Result<Outcome, ParseError> {
+        if frame.windows(4).any(|w| w == b"boom") {
+            out.extend_from_slice(b"{\"half\":");
+            panic!("injected");
+        }
+        parse::convert(frame, ctx, filter, out)
+    }
+
+    #[test]
+    fn a_panicking_frame_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let spool = Arc::new(
+            Spool::open(
+                &dir.path().join("spool"),
+                Options {
+                    max_bytes: 1 << 30,
+                    segment_bytes: 1 << 20,
+                    fsync: Fsync::Never,
+                },
+            )
+            .unwrap(),
+        );
+        let batches = crate::batch::Batches::start(
+            BatchConfig {
+                max_events: 100,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+            vec![spool],
+        )
+        .unwrap();
+        let gate = Arc::new(Gate::new(1000, 1 << 20));
+        let gate_id = gate.register();
+        let cm = metrics.cluster("c");
+        let cluster = Arc::new(ClusterShared {
+            name: Arc::from("c"),
+            gate_id,
+            metrics: cm.clone(),
+            batcher: batches.create(Arc::from("c"), 0, None, cm.clone(), (gate, gate_id)),
+        });
+        let frame = |op: &str, id: u32| {
+            format!(
+                "<14>1 2026-01-27T14:12:23.9558Z c-1 qumulo - - - 10.0.0.1,\"u\",smb2,{op},ok,{id},\"/f{id}\",\"\""
+            )
+        };
+        let frames = [frame("fs_create_file", 1), frame("fs_write_data", 2), "<14>1 boom".to_string(), frame("fs_delete", 3)];
+        let mut data = Vec::new();
+        let mut ranges = Vec::new();
+        for f in &frames {
+            ranges.push((data.len() as u32, (data.len() + f.len()) as u32));
+            data.extend_from_slice(f.as_bytes());
+        }
+        let chunk = Chunk {
+            cluster: cluster.clone(),
+            node: Arc::from("c-1"),
+            node_metrics: cm.node("c-1"),
+            data: Bytes::from(data),
+            frames: ranges,
+            seq_base: 10,
+            chunk_no: 0,
+            received_unix_us: 1,
+        };
+        let ctx = PoolCtx {
+            filter: parse::Filter::reference_default(),
+            dead_letters: Arc::new(
+                DeadLetters::open(&DeadLetterConfig {
+                    dir: dir.path().join("dl"),
+                    max_file_bytes: 1 << 20,
+                })
+                .unwrap(),
+            ),
+            metrics: metrics.clone(),
+        };
+        let mut tally = Tally::default();
+        let out = convert_chunk(&chunk, &ctx, &mut tally, boom);
+        // The three good frames are converted, in order, as valid JSON.
+        let events: Vec<serde_json::Value> =
+            serde_json::from_slice(&[b"[", &out.events[..], b"]"].concat()).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [10, 11, 13]);
+        assert_eq!(out.ends.len(), 3);
+        assert_eq!(tally.errors, vec![("internal", 1)]);
+        assert_eq!(metrics.pool.worker_panics.get(), 1);
+        let dead = std::fs::read_to_string(ctx.dead_letters.frames_path()).unwrap();
+        assert!(dead.contains("boom") && dead.contains("panicked"), "{dead}");
     }
 }
