@@ -110,7 +110,15 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Conve
     let whole = panic::catch_unwind(AssertUnwindSafe(|| {
         let mut local = Tally::default();
         for i in 0..chunk.frames.len() {
-            convert_frame(chunk, i, ctx, convert, &mut out, &mut local, &mut wrote_dead_letter);
+            convert_frame(
+                chunk,
+                i,
+                ctx,
+                convert,
+                &mut out,
+                &mut local,
+                &mut wrote_dead_letter,
+            );
         }
         local
     }));
@@ -305,7 +313,12 @@ mod tests {
                 "<14>1 2026-01-27T14:12:23.9558Z c-1 qumulo - - - 10.0.0.1,\"u\",smb2,{op},ok,{id},\"/f{id}\",\"\""
             )
         };
-        let frames = [frame("fs_create_file", 1), frame("fs_write_data", 2), "<14>1 boom".to_string(), frame("fs_delete", 3)];
+        let frames = [
+            frame("fs_create_file", 1),
+            frame("fs_write_data", 2),
+            "<14>1 boom".to_string(),
+            frame("fs_delete", 3),
+        ];
         let mut data = Vec::new();
         let mut ranges = Vec::new();
         for f in &frames {

@@ -1,0 +1,385 @@
+//! Faults the spool exists for: a long outage of the target, kill -9 of the
+//! broker, damaged spool files, and a full spool. Loopback only, bounded in time.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Accepted events, each batch id counted once; an event in two different
+/// batches is a real duplicate and fails the test.
+fn delivered(sink: &Sink) -> BTreeSet<(u32, u64)> {
+    let mut batches = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for r in sink.accepted() {
+        if batches.insert(r.idempotency_key.clone()) {
+            for e in r.body["events"].as_array().unwrap() {
+                assert!(
+                    ids.insert(identity(e)),
+                    "event delivered in two batches: {e}"
+                );
+            }
+        }
+    }
+    ids
+}
+
+/// Every event any request carried, accepted or not.
+fn seen(sink: &Sink) -> BTreeSet<(u32, u64)> {
+    sink.requests()
+        .iter()
+        .flat_map(|r| {
+            r.body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(identity)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Send numbered frames at about `per_sec` until `stop`; returns how many were written.
+fn paced_sender(
+    addr: std::net::SocketAddr,
+    host: &'static str,
+    node: u32,
+    per_sec: u64,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        let start = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let due = start.elapsed().as_secs_f64() * per_sec as f64;
+            while (i as f64) < due {
+                let f = framed(
+                    &json_frame(host, "fs_write_data", "/data/f", &file_id(node, i)),
+                    false,
+                );
+                if s.write_all(&f).is_err() {
+                    return;
+                }
+                i += 1;
+                written.store(i, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+#[test]
+fn a_30_second_outage_at_steady_load_loses_nothing() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(&sink, dir.path(), ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let sender = paced_sender(
+        broker.syslog,
+        "omega-1",
+        1,
+        1000,
+        stop.clone(),
+        written.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    sink.set_mode(Mode::Fail(503, None));
+    let outage = Instant::now();
+    let mut max_queue_bytes = 0f64;
+    let mut max_spool_bytes = 0f64;
+    while outage.elapsed() < Duration::from_secs(30) {
+        let text = broker.metrics_text();
+        max_queue_bytes = max_queue_bytes.max(metric_value(&text, "qbroker_queue_bytes").unwrap());
+        max_spool_bytes = max_spool_bytes
+            .max(metric_value(&text, "qbroker_spool_bytes{target=\"sink\"}").unwrap());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    sink.set_mode(Mode::Accept);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let n = written.load(Ordering::Relaxed);
+    assert!(n >= 30_000, "only {n} frames sent");
+    wait_for(Duration::from_secs(30), || {
+        (delivered(&sink).len() as u64 >= n).then_some(())
+    });
+    assert_eq!(
+        delivered(&sink),
+        (0..n).map(|i| (1, i)).collect::<BTreeSet<_>>()
+    );
+    // The backlog waited on disk, not in memory.
+    assert!(
+        max_spool_bytes > 1_000_000.0,
+        "the spool held {max_spool_bytes} bytes at most"
+    );
+    assert!(
+        max_queue_bytes < 4_000_000.0,
+        "the queue held {max_queue_bytes} bytes"
+    );
+    let failures = sink.requests().iter().filter(|r| !r.accepted).count();
+    assert!(
+        failures >= 30,
+        "{failures} requests refused during the outage"
+    );
+    assert!(sink.problems().is_empty(), "{:?}", sink.problems());
+}
+
+fn process_config(dir: &Path, sink: &Sink, fsync: &str) -> PathBuf {
+    let text = config_text(sink, dir, &format!("\n[spool]\nfsync = \"{fsync}\"\n"));
+    let path = dir.join("qbroker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// kill -9 mid-stream while the target refuses, restart, and return (frames the
+/// broker had read, events delivered in the end).
+fn kill_and_restart(fsync: &str) -> (u64, BTreeSet<(u32, u64)>) {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(dir.path(), &sink, fsync);
+    let mut broker = BrokerProcess::spawn(&config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let sender = paced_sender(
+        broker.syslog,
+        "sigma-1",
+        1,
+        5000,
+        stop.clone(),
+        written.clone(),
+    );
+    wait_for(Duration::from_secs(20), || {
+        (sink.accepted().len() >= 5).then_some(())
+    });
+    sink.set_mode(Mode::Fail(503, None));
+    std::thread::sleep(Duration::from_millis(800));
+    let read = broker
+        .metric("qbroker_cluster_frames_total{cluster=\"sigma\"}")
+        .unwrap() as u64;
+    broker.signal_and_wait("KILL");
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let seen_before = seen(&sink);
+
+    sink.set_mode(Mode::Accept);
+    let again = BrokerProcess::spawn(&config);
+    // Deliveries stop growing once the spool is replayed.
+    let mut last = (0, Instant::now());
+    let got = wait_for(Duration::from_secs(30), || {
+        let got = delivered(&sink);
+        if got.len() != last.0 {
+            last = (got.len(), Instant::now());
+            None
+        } else if !got.is_empty() && last.1.elapsed() > Duration::from_secs(2) {
+            Some(got)
+        } else {
+            None
+        }
+    });
+    assert_eq!(
+        again.metric("qbroker_spool_unacked_batches{target=\"sink\"}"),
+        Some(0.0)
+    );
+    // Everything that reached the target's door was spooled, so it survived.
+    let lost: Vec<_> = seen_before.difference(&got).take(5).collect();
+    assert!(lost.is_empty(), "spooled events lost: {lost:?}");
+    // Batches are spooled in order: what survived is a prefix of what was sent.
+    let n = got.len() as u64;
+    assert_eq!(
+        got,
+        (0..n).map(|i| (1, i)).collect::<BTreeSet<_>>(),
+        "a hole in what survived"
+    );
+    assert!(
+        n <= read + 5000,
+        "delivered {n}, but only about {read} were read"
+    );
+    (read, got)
+}
+
+#[test]
+fn kill_9_with_fsync_always_loses_nothing_spooled() {
+    let (read, got) = kill_and_restart("always");
+    eprintln!(
+        "fsync=always: about {read} frames read before kill -9; {} delivered after restart; {} in flight, not yet spooled",
+        got.len(),
+        read.saturating_sub(got.len() as u64)
+    );
+}
+
+#[test]
+fn kill_9_with_the_default_policy_reports_what_was_in_flight() {
+    let (read, got) = kill_and_restart("interval");
+    eprintln!(
+        "fsync=interval: about {read} frames read before kill -9; {} delivered after restart; {} in flight, not yet spooled",
+        got.len(),
+        read.saturating_sub(got.len() as u64)
+    );
+}
+
+#[test]
+fn a_truncated_and_a_bit_flipped_segment_are_set_aside_and_the_rest_delivered() {
+    let mut sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sink, dir.path(), "").replace("grace_secs = 5", "grace_secs = 1");
+    // Spool everything with the target away, then stop cleanly.
+    sink.go_away();
+    let broker = Broker::start(&text);
+    let n = 2000u64;
+    let mut s = TcpStream::connect(broker.syslog).unwrap();
+    for i in 0..n {
+        s.write_all(&framed(
+            &json_frame("tau-1", "fs_create_file", "/d/f", &file_id(1, i)),
+            false,
+        ))
+        .unwrap();
+    }
+    drop(s);
+    wait_for(Duration::from_secs(20), || {
+        (broker.metric("qbroker_cluster_frames_total{cluster=\"tau\"}")? == n as f64).then_some(())
+    });
+    broker.stop();
+
+    // Damage the spool: flip a bit in the middle of the first segment, and tear
+    // the last record of the last one in half.
+    let spool = dir.path().join("spool/sink");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    assert!(!segments.is_empty());
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let at = bytes.len() * 2 / 5;
+    bytes[at] ^= 0x10;
+    std::fs::write(first, &bytes).unwrap();
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    sink.come_back();
+    let broker = Broker::start(&text);
+    let mut last_len = (0, Instant::now());
+    let got = wait_for(Duration::from_secs(30), || {
+        let got = delivered(&sink);
+        if got.len() != last_len.0 {
+            last_len = (got.len(), Instant::now());
+            None
+        } else if !got.is_empty() && last_len.1.elapsed() > Duration::from_secs(2) {
+            Some(got)
+        } else {
+            None
+        }
+    });
+    // Two batches (of at most 50 events) are gone: the flipped one, set aside,
+    // and the torn one; each is one contiguous run. The rest arrived.
+    let missing: Vec<u64> = (0..n).filter(|i| !got.contains(&(1, *i))).collect();
+    let mut runs = BTreeMap::new();
+    for &i in &missing {
+        let start = if i > 0 && missing.contains(&(i - 1)) {
+            *runs.keys().next_back().unwrap()
+        } else {
+            i
+        };
+        *runs.entry(start).or_insert(0u64) += 1;
+    }
+    assert_eq!(runs.len(), 2, "missing runs {runs:?}");
+    assert!(runs.values().all(|&len| len <= 50), "missing runs {runs:?}");
+    assert!(
+        broker
+            .metric("qbroker_spool_corrupt_records_total{target=\"sink\"}")
+            .unwrap()
+            >= 1.0
+    );
+    let set_aside: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".corrupt"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "the damaged bytes are kept aside");
+    broker.stop();
+}
+
+#[test]
+fn a_full_spool_pushes_back_and_intake_resumes_when_the_target_returns() {
+    let mut sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[queue]\nsize = 5000\nmax_bytes = 4194304\n[spool]\nmax_bytes = 524288\nsegment_bytes = 65536\n",
+        config_text(&sink, dir.path(), "")
+    )
+    .replace("max_events = 50", "max_events = 50\nmax_bytes = 65536");
+    sink.go_away();
+    let broker = Broker::start(&text);
+    let pad = "q".repeat(1900);
+    let n = 30_000u64;
+    let written = Arc::new(AtomicU64::new(0));
+    let addr = broker.syslog;
+    let w2 = written.clone();
+    let writer = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(90))).unwrap();
+        for i in 0..n {
+            let f = framed(
+                &json_frame(
+                    "upsilon-1",
+                    "fs_write_data",
+                    &format!("/{pad}"),
+                    &file_id(1, i),
+                ),
+                false,
+            );
+            s.write_all(&f).unwrap();
+            w2.fetch_add(f.len() as u64, Ordering::Relaxed);
+        }
+    });
+    wait_for(Duration::from_secs(20), || {
+        (broker.metric("qbroker_spool_full_waits_total{target=\"sink\"}")? >= 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let before = written.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = written.load(Ordering::Relaxed);
+    assert_eq!(
+        before, after,
+        "the sender must be held back while the spool is full"
+    );
+    assert!(after < n * 2000 / 2, "{after} bytes written");
+    let text_now = broker.metrics_text();
+    let spool_bytes = metric_value(&text_now, "qbroker_spool_bytes{target=\"sink\"}").unwrap();
+    assert!(
+        spool_bytes <= 524_288.0 + 65_536.0,
+        "the spool holds {spool_bytes} bytes"
+    );
+    assert!(metric_value(&text_now, "qbroker_queue_bytes").unwrap() <= 4_194_304.0 + 65_536.0);
+
+    sink.come_back();
+    writer.join().unwrap();
+    wait_for(Duration::from_secs(60), || {
+        (delivered(&sink).len() as u64 >= n).then_some(())
+    });
+    assert_eq!(
+        delivered(&sink),
+        (0..n).map(|i| (1, i)).collect::<BTreeSet<_>>()
+    );
+    broker.stop();
+}
