@@ -495,3 +495,224 @@ fn shutdown_delivers_what_was_read() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_exactly(&events_once(&sink), &(0..120).map(|i| (1, i)).collect());
 }
+
+#[test]
+fn clusters_go_to_their_own_targets_with_their_filer_id() {
+    let sink = Sink::start();
+    let second = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[[targets]]\nname = \"second\"\nurl = \"{}\"\nca_file = \"{}\"\n\n[[clusters]]\nname = \"alpha\"\ntarget = \"second\"\nfiler_id = 42\n",
+        config_text(&sink, dir.path(), ""),
+        second.url(),
+        second.ca_file.display()
+    );
+    let broker = Broker::start(&text);
+    assert!(http_get(broker.metrics, "/healthz").contains("\"ok\""));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("alpha-1", "fs_create_file", "/a", &file_id(1, 0)),
+            false,
+        )],
+    );
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("beta-1", "fs_create_file", "/b", &file_id(2, 0)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (!sink.accepted().is_empty() && !second.accepted().is_empty()).then_some(())
+    });
+    let a = &second.accepted()[0].body;
+    assert_eq!(
+        (a["cluster"].as_str(), a["filer_id"].as_u64()),
+        (Some("alpha"), Some(42))
+    );
+    let b = &sink.accepted()[0].body;
+    assert_eq!(
+        (b["cluster"].as_str(), b["filer_id"].is_null()),
+        (Some("beta"), true)
+    );
+    assert_eq!(sink.accepted().len() + second.accepted().len(), 2);
+    broker.stop();
+}
+
+#[test]
+fn a_source_mapped_to_a_cluster_names_it_whatever_the_hostname() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[[clusters]]\nname = \"lab\"\nsources = [\"127.0.0.0/8\", \"::1\"]\n",
+        config_text(&sink, dir.path(), "")
+    );
+    let broker = Broker::start(&text);
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("qumulo-7", "fs_create_file", "/a", &file_id(7, 0)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (!sink.accepted().is_empty()).then_some(())
+    });
+    let body = &sink.accepted()[0].body;
+    assert_eq!(body["cluster"], "lab");
+    assert_eq!(body["events"][0]["node"], "qumulo-7");
+    broker.stop();
+}
+
+#[test]
+fn client_certificates_authenticate_the_broker() {
+    let sink = Sink::start_mtls();
+    let dir = tempfile::tempdir().unwrap();
+    // Without a client certificate the handshake fails and nothing is accepted.
+    let broker = Broker::start(&config_text(&sink, dir.path(), ""));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("iota-1", "fs_create_file", "/a", &file_id(1, 0)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (broker.metric("qbroker_target_failures_connect_total{target=\"sink\"}")? >= 2.0)
+            .then_some(())
+    });
+    assert_eq!(sink.request_count(), 0);
+    broker.stop();
+    // With one, the spooled batch and a new one go through.
+    let extra = format!(
+        "client_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        sink.client_cert_file.display(),
+        sink.client_key_file.display()
+    );
+    let broker = Broker::start(&config_text(&sink, dir.path(), &extra));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("iota-1", "fs_create_file", "/a", &file_id(1, 1)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (events_once(&sink).len() == 2).then_some(())
+    });
+    assert_exactly(&events_once(&sink), &[(1, 0), (1, 1)].into_iter().collect());
+    broker.stop();
+}
+
+#[test]
+fn a_request_that_times_out_is_sent_again_with_the_same_batch_id() {
+    let sink = Sink::start();
+    sink.set_mode(Mode::Delay(Duration::from_millis(2500)));
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(&sink, dir.path(), "timeout_secs = 1"));
+    send_all(
+        broker.syslog,
+        &[framed(
+            &json_frame("kappa-1", "fs_create_file", "/a", &file_id(1, 0)),
+            false,
+        )],
+    );
+    wait_for(Duration::from_secs(10), || {
+        (sink.request_count() >= 1).then_some(())
+    });
+    sink.set_mode(Mode::Accept);
+    wait_for(Duration::from_secs(10), || {
+        (!sink.accepted().is_empty()).then_some(())
+    });
+    let keys = sink.started_keys();
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert_eq!(
+        keys[0], keys[1],
+        "the copy carries the same Idempotency-Key"
+    );
+    assert_eq!(sink.accepted()[0].idempotency_key, keys[0]);
+    assert!(
+        broker
+            .metric("qbroker_target_failures_timeout_total{target=\"sink\"}")
+            .unwrap()
+            >= 1.0
+    );
+    broker.stop();
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&format!(
+        "{}\n[ingest]\nidle_timeout_secs = 1\n",
+        config_text(&sink, dir.path(), "")
+    ));
+    let mut s = TcpStream::connect(broker.syslog).unwrap();
+    s.write_all(&framed(
+        &json_frame("lambda-1", "fs_create_file", "/a", &file_id(1, 0)),
+        false,
+    ))
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert!(matches!(s.read(&mut buf), Ok(0)), "closed by the broker");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    wait_for(Duration::from_secs(5), || {
+        (events_once(&sink).len() == 1).then_some(())
+    });
+    assert_eq!(broker.metric("qbroker_idle_timeouts_total"), Some(1.0));
+    broker.stop();
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&format!(
+        "{}\n[ingest]\nmax_connections = 2\n",
+        config_text(&sink, dir.path(), "")
+    ));
+    let mut held = Vec::new();
+    for node in 1..=2 {
+        let mut s = TcpStream::connect(broker.syslog).unwrap();
+        s.write_all(&framed(
+            &json_frame(
+                &format!("mu-{node}"),
+                "fs_create_file",
+                "/a",
+                &file_id(node, 0),
+            ),
+            false,
+        ))
+        .unwrap();
+        held.push(s);
+    }
+    wait_for(Duration::from_secs(5), || {
+        (broker.metric("qbroker_connections_active")? == 2.0).then_some(())
+    });
+    let mut third = TcpStream::connect(broker.syslog).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "the third is closed"
+    );
+    assert_eq!(
+        broker.metric("qbroker_connections_refused_limit_total"),
+        Some(1.0)
+    );
+    wait_for(Duration::from_secs(5), || {
+        (events_once(&sink).len() == 2).then_some(())
+    });
+    drop(held);
+    broker.stop();
+}

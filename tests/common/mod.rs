@@ -22,11 +22,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// A CA and a server certificate for 127.0.0.1, ::1 and localhost.
+/// A CA and a server certificate for 127.0.0.1, ::1 and localhost, and a
+/// client certificate signed by the same CA.
 pub struct Pki {
     pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl Pki {
@@ -46,19 +50,41 @@ impl Pki {
         .unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "qbroker");
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
         Pki {
             ca_pem: ca.pem(),
+            ca_der: ca.der().clone(),
             cert: leaf.der().clone(),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
         }
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
+    fn acceptor(&self, require_client_cert: bool) -> TlsAcceptor {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .unwrap();
         TlsAcceptor::from(Arc::new(config))
@@ -89,6 +115,8 @@ pub struct Received {
 #[derive(Default)]
 struct SinkState {
     requests: Mutex<Vec<Received>>,
+    /// Idempotency-Key of every request as it arrives, answered or not.
+    started: Mutex<Vec<String>>,
     /// Protocol violations seen (wrong headers, bodies that are not the schema).
     problems: Mutex<Vec<String>>,
     mode: Mutex<Option<Mode>>,
@@ -99,6 +127,10 @@ struct SinkState {
 pub struct Sink {
     pub addr: SocketAddr,
     pub ca_file: PathBuf,
+    /// A client certificate and key the sink accepts, when it requires one.
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+    require_client_cert: bool,
     pki: Arc<Pki>,
     state: Arc<SinkState>,
     stop: Option<watch::Sender<bool>>,
@@ -108,10 +140,23 @@ pub struct Sink {
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_with(false)
+    }
+
+    /// A sink that accepts only TLS clients with a certificate of its CA.
+    pub fn start_mtls() -> Sink {
+        Sink::start_with(true)
+    }
+
+    fn start_with(require_client_cert: bool) -> Sink {
         let dir = tempfile::tempdir().unwrap();
         let pki = Arc::new(Pki::new());
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+        let client_cert_file = dir.path().join("client.pem");
+        let client_key_file = dir.path().join("client.key");
+        std::fs::write(&client_cert_file, &pki.client_cert_pem).unwrap();
+        std::fs::write(&client_key_file, &pki.client_key_pem).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -122,6 +167,9 @@ impl Sink {
         let mut sink = Sink {
             addr,
             ca_file,
+            client_cert_file,
+            client_key_file,
+            require_client_cert,
             pki,
             state: Arc::new(SinkState::default()),
             stop: None,
@@ -162,7 +210,7 @@ impl Sink {
     fn serve(&mut self, listener: TcpListener) {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.stop = Some(stop_tx);
-        let acceptor = self.pki.acceptor();
+        let acceptor = self.pki.acceptor(self.require_client_cert);
         let state = self.state.clone();
         self.runtime.spawn(async move {
             let mut stop = stop_rx.clone();
@@ -196,6 +244,12 @@ impl Sink {
 
     pub fn requests(&self) -> Vec<Received> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Idempotency-Key of every request that arrived, including ones whose
+    /// client gave up before the answer.
+    pub fn started_keys(&self) -> Vec<String> {
+        self.state.started.lock().unwrap().clone()
     }
 
     pub fn request_count(&self) -> u64 {
@@ -237,6 +291,7 @@ async fn handle(
             .map(str::to_string)
     };
     let key = header("idempotency-key").unwrap_or_default();
+    state.started.lock().unwrap().push(key.clone());
     let authorization = header("authorization");
     let gzip = header("content-encoding").as_deref() == Some("gzip");
     let content_type = header("content-type").unwrap_or_default();
