@@ -165,21 +165,13 @@ pub struct RawFilter {
     pub app_names: Vec<String>,
 }
 
-/// The reference broker's operations.
-pub const REFERENCE_OPERATIONS: [&str; 7] = [
-    "fs_create_file",
-    "fs_create_directory",
-    "fs_read_data",
-    "fs_write_data",
-    "fs_write_metadata",
-    "fs_rename",
-    "fs_delete",
-];
-
 impl Default for RawFilter {
     fn default() -> Self {
         RawFilter {
-            operations: REFERENCE_OPERATIONS.iter().map(|s| s.to_string()).collect(),
+            operations: parse::REFERENCE_OPERATIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             protocols: Vec::new(),
             statuses: Vec::new(),
             access_denied: true,

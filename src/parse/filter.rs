@@ -104,6 +104,18 @@ fn byte_list(v: &[String]) -> Box<[Box<[u8]>]> {
     v.iter().map(|s| s.as_bytes().into()).collect()
 }
 
+/// The operations the reference broker forwarded (its rsyslog filter), the
+/// default of `filter.operations`.
+pub const REFERENCE_OPERATIONS: [&str; 7] = [
+    "fs_create_file",
+    "fs_create_directory",
+    "fs_read_data",
+    "fs_write_data",
+    "fs_write_metadata",
+    "fs_rename",
+    "fs_delete",
+];
+
 impl Filter {
     /// `operations`: Qumulo operations to keep (must be mappable);
     /// `protocols`/`statuses`: empty means all; `access_denied`: keep any operation whose
@@ -130,27 +142,12 @@ impl Filter {
         })
     }
 
-    /// The reference broker's operations over every protocol: fs_create_file,
-    /// fs_create_directory, fs_read_data, fs_write_data, fs_write_metadata, fs_rename,
-    /// fs_delete, plus access denied, for APP-NAME `qumulo*`.
+    /// The reference broker's operations ([`REFERENCE_OPERATIONS`]) over every
+    /// protocol, plus access denied, for APP-NAME `qumulo*`.
     pub fn reference_default() -> Filter {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Filter::new(
-            &s(&[
-                "fs_create_file",
-                "fs_create_directory",
-                "fs_read_data",
-                "fs_write_data",
-                "fs_write_metadata",
-                "fs_rename",
-                "fs_delete",
-            ]),
-            &[],
-            &[],
-            true,
-            &s(&["qumulo"]),
-        )
-        .unwrap_or_else(|e| unreachable!("reference operations are mappable: {e}"))
+        Filter::new(&s(&REFERENCE_OPERATIONS), &[], &[], true, &s(&["qumulo"]))
+            .unwrap_or_else(|e| unreachable!("reference operations are mappable: {e}"))
     }
 
     /// Whether APP-NAME starts with one of the accepted prefixes.

@@ -26,7 +26,7 @@ mod scan;
 mod syslog;
 mod time;
 
-pub use filter::{Filter, UnsupportedOperation};
+pub use filter::{Filter, UnsupportedOperation, REFERENCE_OPERATIONS};
 
 /// What the caller knows about a frame besides its bytes.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@
 //! verifies.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,15 +254,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 fn rewrite(file: &File, path: &Path, good: &[(u64, u64)]) -> io::Result<File> {
     let tmp = tmp_path(path);
     let mut out = segment::create_file(&tmp)?;
-    let mut buf = vec![0u8; 1 << 20];
     for &(from, to) in good {
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], at)?;
-            out.write_all(&buf[..n])?;
-            at += n as u64;
-        }
+        segment::copy_range(file, from, to, &mut out)?;
     }
     out.sync_all()?;
     drop(out);

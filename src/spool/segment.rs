@@ -74,7 +74,14 @@ pub(crate) fn set_aside(file: &File, segment: &Path, from: u64, to: u64) -> io::
         .create(true)
         .mode(0o600)
         .open(&side)?;
-    let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
+    copy_range(file, from, to, &mut out)?;
+    out.sync_all()?;
+    Ok(side)
+}
+
+/// Appends bytes `from..to` of `file` to `out`, a megabyte at a time.
+pub(crate) fn copy_range(file: &File, from: u64, to: u64, out: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; (to.saturating_sub(from)).min(1 << 20) as usize];
     let mut at = from;
     while at < to {
         let n = (to - at).min(buf.len() as u64) as usize;
@@ -82,8 +89,7 @@ pub(crate) fn set_aside(file: &File, segment: &Path, from: u64, to: u64) -> io::
         out.write_all(&buf[..n])?;
         at += n as u64;
     }
-    out.sync_all()?;
-    Ok(side)
+    Ok(())
 }
 
 /// Removes a file, treating "already gone" as done.
