@@ -7,6 +7,17 @@
 //! admission gate bounds). Events are copied once, from the worker's buffer into
 //! the open batch's body, which is the finished HTTP body once sealed.
 //!
+//! Order contract: `seq` is the cluster's arrival number of the audit record an
+//! event came from; one record can make several events (an enriched metadata
+//! change), which share its `seq`. Events go into batches in arrival order,
+//! except that a metadata change being enriched (see [`crate::enrich`]), and every
+//! later event of the same file, are held and go out when the enrichment is
+//! done: later than other files' events, possibly in a later batch, still with
+//! their own `seq`. So within a batch `seq` increases except around held events,
+//! and per file the order is always the arrival order. The batcher also keeps the
+//! type cache (creates teach it; deletes and renames without a trailing `/`, and
+//! metadata changes, ask it).
+//!
 //! A batch is sealed at `max_events`, at `max_bytes`, or `max_age` after it was
 //! opened, whichever comes first; the first two by the worker that fills it, the
 //! third by the target's [`Sealer`] thread. Sealed batches of one cluster are
@@ -14,15 +25,18 @@
 //! which holds the worker, which holds the queue, which pauses the readers.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use crate::config::BatchConfig;
+use crate::config::{BatchConfig, EnrichConfig};
+use crate::enrich::{self, Completion, Enricher, Fallback, Held, Link, Order};
 use crate::metrics::{ClusterMetrics, RateLimit};
+use crate::parse::{EventInfo, Hint, Operation};
 use crate::spool::{AppendError, NewBatch, Spool};
 use crate::sync::gate::Gate;
 
@@ -53,6 +67,13 @@ pub struct ChunkOut {
     /// once the chunk's events are in a batch, not before: a chunk kept aside
     /// for its turn still counts against the queue.
     pub weight: (usize, usize),
+    /// Per event, the key of its file (`EventInfo::file_key`, 0 for none), for
+    /// per-file order behind enrichments. May be empty when no event has one.
+    pub file_keys: Vec<u64>,
+    /// Events with a hint (`EventInfo::hint` not `None`), by index, in order.
+    /// The operation of an `Untyped` or `WriteMetadata` one is tallied by the
+    /// batcher (it may change it), the others' by the worker.
+    pub hints: Vec<(u32, Operation, EventInfo)>,
 }
 
 struct Open {
@@ -74,6 +95,8 @@ struct State {
     next_chunk: u64,
     pending: BTreeMap<u64, ChunkOut>,
     open: Option<Open>,
+    /// Per-file order behind enrichments, and the type cache.
+    order: Order,
 }
 
 /// Batches of one cluster.
@@ -91,6 +114,13 @@ pub struct Batcher {
     /// the spool receives a cluster's batches in the order they were sealed.
     append: Mutex<()>,
     abort: Arc<AtomicBool>,
+    /// Set when the cluster's metadata changes are enriched.
+    enrich: OnceLock<Arc<Link>>,
+}
+
+/// Whether the event already says directory (its operation does).
+fn typed_directory(ev: &Held) -> bool {
+    ev.op.is_some_and(Operation::is_directory)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,10 +164,150 @@ impl Batcher {
                 next_chunk: 0,
                 pending: BTreeMap::new(),
                 open: None,
+                order: {
+                    let e = EnrichConfig::default();
+                    Order::new(e.type_cache_entries, e.queue_max_events, e.queue_max_bytes)
+                },
             }),
             append: Mutex::new(()),
             abort,
+            enrich: OnceLock::new(),
         }
+    }
+
+    /// Size the type cache and the enrichment bounds, and enrich this cluster's
+    /// metadata changes through `link` when it has one.
+    fn configure(self: &Arc<Self>, cfg: &EnrichConfig, link: Option<Arc<Link>>) {
+        let mut st = lock(&self.state);
+        st.order = Order::new(
+            cfg.type_cache_entries,
+            cfg.queue_max_events,
+            cfg.queue_max_bytes,
+        );
+        if let Some(link) = link {
+            st.order.set_metrics(link.metrics.clone());
+            link.attach(Arc::downgrade(self));
+            let _ = self.enrich.set(link);
+        }
+    }
+
+    /// The result of an enrichment: its events go out, then the events of the
+    /// file that waited behind it, in order.
+    pub fn complete(&self, c: Completion) {
+        let mut sealed = Vec::new();
+        let mut st = lock(&self.state);
+        let Some((head, waiting)) = st.order.finish(c.key, c.id) else {
+            if let Some(link) = self.enrich.get() {
+                link.metrics.late_results.inc();
+            }
+            return;
+        };
+        if let Some(d) = c.directory {
+            st.order.learn(c.key, d);
+        }
+        for (op, bytes) in &c.events {
+            self.metrics.events[op.index()].inc();
+            self.append_one(&mut st, bytes, head.received_us, &mut sealed);
+        }
+        for ev in waiting {
+            self.route(&mut st, ev, &mut sealed);
+        }
+        let order = (!sealed.is_empty()).then(|| lock(&self.append));
+        drop(st);
+        if let Some(order) = order {
+            self.write(sealed, order);
+        }
+    }
+
+    /// Events of a file given up (queue full, shutdown): its generic event now,
+    /// then the events that waited.
+    fn abandon(
+        &self,
+        st: &mut State,
+        chain: (Arc<Held>, std::collections::VecDeque<Held>),
+        reason: Fallback,
+        sealed: &mut Vec<Sealed>,
+    ) {
+        let (head, waiting) = chain;
+        if let Some(link) = self.enrich.get() {
+            link.metrics.fallbacks[reason.index()].inc();
+        }
+        let directory = st.order.directory(head.info.file_key);
+        let (op, bytes) = enrich::generic(&head, directory);
+        self.metrics.events[op.index()].inc();
+        self.append_one(st, &bytes, head.received_us, sealed);
+        for ev in waiting {
+            self.route(st, ev, sealed);
+        }
+    }
+
+    /// One event that needs a decision: wait behind its file, teach or ask the
+    /// type cache, start an enrichment, or go out.
+    fn route(&self, st: &mut State, ev: Held, sealed: &mut Vec<Sealed>) {
+        let key = ev.info.file_key;
+        let mut ev = ev;
+        if st.order.pending(key) {
+            match st.order.defer(ev) {
+                Ok(()) => return,
+                Err(back) => {
+                    ev = back;
+                    if let Some(chain) = st.order.abandon(key) {
+                        self.abandon(st, chain, Fallback::QueueFull, sealed);
+                    }
+                }
+            }
+        }
+        let directory = match ev.info.hint {
+            Hint::None => None,
+            Hint::Created { directory } => {
+                st.order.learn(key, directory);
+                None
+            }
+            Hint::Untyped => st.order.directory(key),
+            Hint::WriteMetadata {
+                typed,
+                owner_changed,
+            } => {
+                let directory = if typed {
+                    Some(true)
+                } else {
+                    st.order.directory(key)
+                };
+                if let Some(link) = self.enrich.get() {
+                    if ev.info.file_id_span.0 < ev.info.file_id_span.1 {
+                        match st
+                            .order
+                            .start(ev, directory, owner_changed, |job| link.dispatch(job))
+                        {
+                            Ok(()) => return,
+                            Err((back, reason)) => {
+                                link.metrics.fallbacks[reason.index()].inc();
+                                ev = back;
+                            }
+                        }
+                    }
+                }
+                directory
+            }
+        };
+        if directory == Some(true) && !typed_directory(&ev) {
+            if let Some(link) = self.enrich.get() {
+                link.metrics.type_cache_hits.inc();
+            }
+        }
+        match ev.op {
+            Some(_) => {
+                let (op, bytes) = enrich::generic(&ev, directory);
+                self.metrics.events[op.index()].inc();
+                self.append_one(st, &bytes, ev.received_us, sealed);
+            }
+            None => self.append_one(st, &ev.bytes, ev.received_us, sealed),
+        }
+    }
+
+    fn append_one(&self, st: &mut State, event: &[u8], received_us: u64, sealed: &mut Vec<Sealed>) {
+        let ends = [event.len() as u32];
+        self.append(st, event, &ends, 0..1, received_us, sealed);
     }
 
     /// Take a converted chunk (even one with no events: it moves the order on).
@@ -186,9 +356,23 @@ impl Batcher {
         }
     }
 
-    /// Seal whatever is open (shutdown).
+    /// Seal whatever is open (shutdown), after giving up the enrichments that
+    /// have not come back: their generic events go out first.
     fn flush(&self) {
         let mut st = lock(&self.state);
+        let chains = st.order.close();
+        if !chains.is_empty() {
+            let mut sealed = Vec::new();
+            for chain in chains {
+                self.abandon(&mut st, chain, Fallback::Shutdown, &mut sealed);
+            }
+            let order = (!sealed.is_empty()).then(|| lock(&self.append));
+            drop(st);
+            if let Some(order) = order {
+                self.write(sealed, order);
+            }
+            st = lock(&self.state);
+        }
         if !st.pending.is_empty() {
             // Only a chunk lost in a worker could leave a gap; its successors are
             // still whole and are delivered.
@@ -217,21 +401,122 @@ impl Batcher {
 
     fn apply(&self, st: &mut State, out: &ChunkOut, sealed: &mut Vec<Sealed>) {
         let n = out.ends.len();
+        if out.hints.is_empty() && st.order.idle() {
+            return self.append(
+                st,
+                &out.events,
+                &out.ends,
+                0..n,
+                out.received_unix_us,
+                sealed,
+            );
+        }
+        // Walk the events; runs that need no decision are still copied in one piece.
+        let enriched = self.enrich.get().is_some();
+        let mut run = 0;
+        let mut hints = out.hints.iter().peekable();
+        for i in 0..n {
+            let key = out.file_keys.get(i).copied().unwrap_or(0);
+            let hint = hints.next_if(|h| h.0 as usize == i);
+            let decide = st.order.pending(key)
+                || match hint {
+                    None => false,
+                    Some((_, op, info)) => match info.hint {
+                        Hint::None => false,
+                        Hint::Created { directory } => {
+                            st.order.learn(key, directory);
+                            false
+                        }
+                        Hint::WriteMetadata { .. } if enriched => true,
+                        Hint::Untyped | Hint::WriteMetadata { .. } => {
+                            let dir = st.order.directory(key) == Some(true);
+                            if !dir || op.is_directory() {
+                                self.metrics.events[op.index()].inc();
+                            }
+                            dir && !op.is_directory()
+                        }
+                    },
+                };
+            if !decide {
+                continue;
+            }
+            if run < i {
+                self.append(
+                    st,
+                    &out.events,
+                    &out.ends,
+                    run..i,
+                    out.received_unix_us,
+                    sealed,
+                );
+            }
+            let start = if i == 0 {
+                0
+            } else {
+                out.ends[i - 1] as usize + 1
+            };
+            let (op, info) = match hint {
+                Some((_, op, info)) => {
+                    let tallied_here =
+                        matches!(info.hint, Hint::Untyped | Hint::WriteMetadata { .. });
+                    (tallied_here.then_some(*op), *info)
+                }
+                None => (
+                    None,
+                    EventInfo {
+                        file_key: key,
+                        ..EventInfo::default()
+                    },
+                ),
+            };
+            let ev = Held {
+                bytes: out.events[start..out.ends[i] as usize].to_vec(),
+                received_us: out.received_unix_us,
+                info,
+                op,
+            };
+            self.route(st, ev, sealed);
+            run = i + 1;
+        }
+        if run < n {
+            self.append(
+                st,
+                &out.events,
+                &out.ends,
+                run..n,
+                out.received_unix_us,
+                sealed,
+            );
+        }
+    }
+
+    /// Append events `range` of `events` (comma-separated, `ends` as in
+    /// [`ChunkOut`]) to the open batch, sealing batches as they fill.
+    fn append(
+        &self,
+        st: &mut State,
+        events: &[u8],
+        ends: &[u32],
+        range: Range<usize>,
+        received_unix_us: u64,
+        sealed: &mut Vec<Sealed>,
+    ) {
+        let n = range.end;
         let start_of = |i: usize| {
             if i == 0 {
                 0
             } else {
-                out.ends[i - 1] as usize + 1
+                ends[i - 1] as usize + 1
             }
         };
-        let mut i = 0;
+        let mut i = range.start;
         while i < n {
             let open = st.open.get_or_insert_with(|| self.open_batch());
             // Take the longest run of events from `i` that fits the open batch.
             let mut j = i;
             let mut size = open.body.len();
             while j < n && (open.events as usize + (j - i)) < self.limits.max_events {
-                let len = out.ends[j] as usize - start_of(j) + 1;
+                let len = ends[j] as usize - start_of(j) + 1;
                 let empty = open.events == 0 && j == i;
                 if !empty && size + len + 2 > self.limits.max_bytes {
                     break;
@@ -247,15 +532,15 @@ impl Batcher {
                 open.body.push(b',');
             }
             open.body
-                .extend_from_slice(&out.events[start_of(i)..out.ends[j - 1] as usize]);
+                .extend_from_slice(&events[start_of(i)..ends[j - 1] as usize]);
             let taken = (j - i) as u32;
             open.events += taken;
             let full_profile = open.received.len() >= MAX_RECEIVED;
             match open.received.last_mut() {
                 // Same read, or enough entries for a batch's latency profile: fold
                 // into the last one (its time is then a little early, never late).
-                Some((at, count)) if *at == out.received_unix_us || full_profile => *count += taken,
-                _ => open.received.push((out.received_unix_us, taken)),
+                Some((at, count)) if *at == received_unix_us || full_profile => *count += taken,
+                _ => open.received.push((received_unix_us, taken)),
             }
             let full = open.events as usize >= self.limits.max_events
                 || open.body.len() + 2 >= self.limits.max_bytes;
@@ -382,6 +667,7 @@ pub struct Batches {
     stop: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
     sealers: Mutex<Vec<JoinHandle<()>>>,
+    enricher: OnceLock<Arc<Enricher>>,
 }
 
 impl Batches {
@@ -415,6 +701,7 @@ impl Batches {
             stop,
             abort: Arc::new(AtomicBool::new(false)),
             sealers: Mutex::new(sealers),
+            enricher: OnceLock::new(),
         }))
     }
 
@@ -436,12 +723,22 @@ impl Batches {
             gate,
             self.abort.clone(),
         ));
+        if let Some(e) = self.enricher.get() {
+            b.configure(e.config(), e.link(&b.cluster));
+        }
         lock(&self.by_target[target]).push(b.clone());
         b
     }
 
+    /// Enrich the metadata changes of the clusters `enricher` has a link for
+    /// (call before the first cluster is created).
+    pub fn set_enricher(&self, enricher: Arc<Enricher>) {
+        let _ = self.enricher.set(enricher);
+    }
+
     /// Stop the sealers and seal every open batch into its spool (shutdown, after
-    /// the pool has drained).
+    /// the pool has drained). Enrichments that have not come back by then go out
+    /// as their generic events first.
     pub fn flush_all(&self) {
         self.stop.store(true, Ordering::Relaxed);
         for h in lock(&self.sealers).drain(..) {

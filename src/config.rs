@@ -76,6 +76,8 @@ pub struct RawConfig {
     pub dead_letter: RawDeadLetter,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub enrich: RawEnrich,
     /// Where events go: one entry per Varonis endpoint.
     #[serde(default)]
     pub targets: Vec<RawTarget>,
@@ -321,6 +323,86 @@ pub struct RawCluster {
     pub target: Option<String>,
     /// Varonis filer id written into each batch. Default: none (`null`).
     pub filer_id: Option<u64>,
+    /// Base URL of the cluster's REST API (`https://HOST[:PORT]`, port 8000 by
+    /// default), used to read ACLs for permission and protection events. Set this
+    /// or `api_host`; without either the cluster's metadata changes stay generic
+    /// `*.permissions_change` events.
+    pub api_url: Option<String>,
+    /// Host name or address of the cluster's REST API (port 8000); instead of `api_url`.
+    pub api_host: Option<String>,
+    /// REST user for `POST /v1/session/login` (with `password` or `password_file`).
+    pub username: Option<String>,
+    /// Password of `username`. Prefer `password_file`.
+    pub password: Option<String>,
+    /// File holding the password of `username` (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// A long-lived access token (`qq auth_create_access_token`), instead of a login.
+    pub access_token: Option<String>,
+    /// File holding the access token.
+    pub access_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) that signed the cluster's certificate.
+    /// Default: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from the cluster (self-signed clusters without a CA
+    /// file). Default false: only for a trusted network.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `[enrich]`: reading ACLs from the clusters' REST APIs to tell permission and
+/// protection changes apart. Applies to clusters whose `[[clusters]]` entry has
+/// API credentials; others get generic `*.permissions_change` events.
+///
+/// The work waits in a queue bounded by `queue_max_events` and `queue_max_bytes`
+/// per cluster (metadata changes waiting for the API, and the later events of the
+/// same files, which keep their order behind them). When it is full the event is
+/// emitted at once as the generic `*.permissions_change`, and counted; the parse
+/// pool never waits on the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEnrich {
+    /// Turn enrichment off for every cluster. Default true.
+    pub enabled: bool,
+    /// Events held per cluster while their file's ACL is being read, at most. Default 10000.
+    pub queue_max_events: usize,
+    /// Bytes of events held per cluster, at most. Default 16777216 (16 MiB).
+    pub queue_max_bytes: usize,
+    /// REST requests in flight per cluster, at most. Default 8.
+    pub in_flight: usize,
+    /// Last ACL seen, per cluster: how many files are remembered (least recently
+    /// used first out). Default 100000.
+    pub acl_cache_entries: usize,
+    /// File-or-directory of objects seen in creates and attributes, per cluster
+    /// (for deletes without a trailing `/`). Default 100000.
+    pub type_cache_entries: usize,
+    /// Timeout of one REST request, connect included, in milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Timeout of the whole enrichment of one event (login, ACL, attributes), in
+    /// milliseconds; past it the generic event is emitted. Default 15000.
+    pub timeout_ms: u64,
+    /// A login token is renewed when it is this old, in seconds (Qumulo's expire
+    /// after 10 hours). Default 32400 (9 hours).
+    pub token_renew_secs: u64,
+    /// How long shutdown waits for enrichments in flight before emitting the
+    /// generic events, in milliseconds. Default 5000.
+    pub shutdown_wait_ms: u64,
+}
+
+impl Default for RawEnrich {
+    fn default() -> Self {
+        RawEnrich {
+            enabled: true,
+            queue_max_events: 10_000,
+            queue_max_bytes: 16 * 1024 * 1024,
+            in_flight: 8,
+            acl_cache_entries: 100_000,
+            type_cache_entries: 100_000,
+            request_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            token_renew_secs: 9 * 3600,
+            shutdown_wait_ms: 5_000,
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -640,11 +722,13 @@ impl RawConfig {
                     invalid(field("target"), "not set and there is no default_target")
                 })?,
             };
+            let api = validate_cluster_api(i, c)?;
             clusters.push(ClusterConfig {
                 name: c.name.clone(),
                 sources,
                 target,
                 filer_id: c.filer_id,
+                api,
             });
         }
         if targets.is_empty() {
@@ -660,6 +744,8 @@ impl RawConfig {
             ));
         }
 
+        let enrich = validate_enrich(&self.enrich)?;
+
         Ok(Config {
             listen,
             workers,
@@ -673,6 +759,7 @@ impl RawConfig {
             spool,
             dead_letter,
             shutdown_grace: Duration::from_secs(self.shutdown.grace_secs),
+            enrich,
             targets,
             default_target,
             clusters,
@@ -792,6 +879,210 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
     })
 }
 
+fn validate_enrich(e: &RawEnrich) -> Result<EnrichConfig, ConfigError> {
+    positive("enrich.queue_max_events", e.queue_max_events)?;
+    if e.queue_max_bytes < 64 * 1024 {
+        return Err(invalid("enrich.queue_max_bytes", "must be at least 65536"));
+    }
+    if e.in_flight == 0 || e.in_flight > 256 {
+        return Err(invalid("enrich.in_flight", "must be 1 to 256"));
+    }
+    positive("enrich.acl_cache_entries", e.acl_cache_entries)?;
+    positive("enrich.type_cache_entries", e.type_cache_entries)?;
+    let request_timeout = Duration::from_millis(positive_u64(
+        "enrich.request_timeout_ms",
+        e.request_timeout_ms,
+    )?);
+    let timeout = Duration::from_millis(positive_u64("enrich.timeout_ms", e.timeout_ms)?);
+    if timeout < request_timeout {
+        return Err(invalid(
+            "enrich.timeout_ms",
+            "must be at least enrich.request_timeout_ms",
+        ));
+    }
+    let token_renew =
+        Duration::from_secs(positive_u64("enrich.token_renew_secs", e.token_renew_secs)?);
+    if token_renew >= Duration::from_secs(10 * 3600) {
+        return Err(invalid(
+            "enrich.token_renew_secs",
+            "must be below 36000: Qumulo's login tokens expire after 10 hours",
+        ));
+    }
+    Ok(EnrichConfig {
+        enabled: e.enabled,
+        queue_max_events: e.queue_max_events,
+        queue_max_bytes: e.queue_max_bytes,
+        in_flight: e.in_flight,
+        acl_cache_entries: e.acl_cache_entries,
+        type_cache_entries: e.type_cache_entries,
+        request_timeout,
+        timeout,
+        token_renew,
+        shutdown_wait: Duration::from_millis(e.shutdown_wait_ms),
+    })
+}
+
+/// A secret given inline or in a file (not both); trimmed, non-empty.
+fn read_secret(
+    field: &str,
+    inline: &Option<String>,
+    file_field: &str,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    let value = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                file_field,
+                format!("set {field} or {file_field}, not both"),
+            ))
+        }
+        (Some(v), None) => v.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid(file_field, format!("cannot read {}: {e}", path.display())))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    Ok(Some(Secret(value)))
+}
+
+fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, ConfigError> {
+    let field = |name: &str| format!("clusters[{i}].{name}");
+    let password = read_secret(
+        &field("password"),
+        &c.password,
+        &field("password_file"),
+        &c.password_file,
+    )?;
+    let token = read_secret(
+        &field("access_token"),
+        &c.access_token,
+        &field("access_token_file"),
+        &c.access_token_file,
+    )?;
+    if let Some(tok) = &token {
+        if tok.0.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(invalid(
+                field("access_token"),
+                "must be printable ASCII without spaces",
+            ));
+        }
+    }
+    let (host, port) = match (&c.api_url, &c.api_host) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                field("api_host"),
+                "set api_url or api_host, not both",
+            ))
+        }
+        (Some(url), None) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| invalid(field("api_url"), format!("{url:?} is not a URL: {e}")))?;
+            if uri.scheme_str() != Some("https") {
+                return Err(invalid(
+                    field("api_url"),
+                    format!("{url:?} must start with https://"),
+                ));
+            }
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+                return Err(invalid(
+                    field("api_url"),
+                    format!("{url:?}: give only https://HOST[:PORT]"),
+                ));
+            }
+            let host = uri
+                .host()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| invalid(field("api_url"), format!("{url:?} has no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            (host, uri.port_u16().unwrap_or(8000))
+        }
+        (None, Some(host)) => {
+            if host.is_empty() || host.contains(['/', ' ']) {
+                return Err(invalid(
+                    field("api_host"),
+                    format!("{host:?} is not a host"),
+                ));
+            }
+            (
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                8000,
+            )
+        }
+        (None, None) => {
+            let stray = [
+                ("username", c.username.is_some()),
+                ("password", password.is_some()),
+                ("access_token", token.is_some()),
+                ("ca_file", c.ca_file.is_some()),
+                ("insecure_skip_verify", c.insecure_skip_verify),
+            ];
+            if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    field(name),
+                    "needs api_url or api_host: the REST API to use it with",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let auth = match (&c.username, password, token) {
+        (None, None, Some(token)) => ApiAuth::AccessToken(token),
+        (None, Some(_), Some(_)) => {
+            return Err(invalid(
+                field("password"),
+                "needs username (or drop it for access_token)",
+            ))
+        }
+        (Some(_), _, Some(_)) => {
+            return Err(invalid(
+                field("access_token"),
+                "set username and password, or access_token, not both",
+            ))
+        }
+        (Some(user), Some(_), None) if user.is_empty() => {
+            return Err(invalid(field("username"), "must not be empty"))
+        }
+        (Some(user), Some(password), None) => ApiAuth::Login {
+            username: user.clone(),
+            password,
+        },
+        (Some(_), None, None) => {
+            return Err(invalid(
+                field("password"),
+                "username needs password or password_file",
+            ))
+        }
+        (None, _, None) => {
+            return Err(invalid(
+                field("username"),
+                "the REST API needs username and password, or access_token",
+            ))
+        }
+    };
+    if c.ca_file.is_some() && c.insecure_skip_verify {
+        return Err(invalid(
+            field("insecure_skip_verify"),
+            "set ca_file or insecure_skip_verify, not both",
+        ));
+    }
+    Ok(Some(ApiConfig {
+        host,
+        port,
+        auth,
+        ca_file: c.ca_file.clone(),
+        insecure_skip_verify: c.insecure_skip_verify,
+    }))
+}
+
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
@@ -838,6 +1129,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub dead_letter: DeadLetterConfig,
     pub shutdown_grace: Duration,
+    pub enrich: EnrichConfig,
     pub targets: Vec<TargetConfig>,
     /// Index into `targets`.
     pub default_target: Option<usize>,
@@ -947,6 +1239,48 @@ pub struct ClusterConfig {
     /// Index into `Config::targets`.
     pub target: usize,
     pub filer_id: Option<u64>,
+    /// The cluster's REST API, when configured (enrichment).
+    pub api: Option<ApiConfig>,
+}
+
+/// `[enrich]`, validated (see [`RawEnrich`]).
+#[derive(Debug, Clone)]
+pub struct EnrichConfig {
+    pub enabled: bool,
+    pub queue_max_events: usize,
+    pub queue_max_bytes: usize,
+    pub in_flight: usize,
+    pub acl_cache_entries: usize,
+    pub type_cache_entries: usize,
+    pub request_timeout: Duration,
+    pub timeout: Duration,
+    pub token_renew: Duration,
+    pub shutdown_wait: Duration,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        validate_enrich(&RawEnrich::default()).expect("the defaults are valid")
+    }
+}
+
+/// A cluster's REST API (HTTPS).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub host: String,
+    pub port: u16,
+    pub auth: ApiAuth,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+/// How qbroker authenticates to a cluster's REST API.
+#[derive(Debug, Clone)]
+pub enum ApiAuth {
+    /// `POST /v1/session/login`; the bearer token is renewed before it expires and on 401.
+    Login { username: String, password: Secret },
+    /// A long-lived access token, sent as is.
+    AccessToken(Secret),
 }
 
 /// A credential: printed as `<redacted>` by `Debug` and `Display`.
@@ -1104,6 +1438,99 @@ mod tests {
         let cfg = raw.validate().unwrap();
         assert_eq!(cfg.targets[0].name, "varonis");
         assert_eq!(cfg.queue.size, 100_000);
+    }
+
+    #[test]
+    fn cluster_api_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let cluster = |extra: &str| {
+            format!(
+                "{}\n[[clusters]]\nname = \"east\"\n{extra}\n",
+                with_target("")
+            )
+        };
+        let cfg = RawConfig::parse(&cluster(&format!(
+            "api_host = \"q.example\"\nusername = \"svc\"\npassword_file = \"{}\"",
+            pw.display()
+        )))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let api = cfg.clusters[0].api.as_ref().unwrap();
+        assert_eq!((api.host.as_str(), api.port), ("q.example", 8000));
+        match &api.auth {
+            ApiAuth::Login { username, password } => {
+                assert_eq!((username.as_str(), password.expose()), ("svc", "s3cret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let cfg = RawConfig::parse(&cluster(
+            "api_url = \"https://[::1]:9000\"\naccess_token = \"tok\"\ninsecure_skip_verify = true",
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let api = cfg.clusters[0].api.as_ref().unwrap();
+        assert_eq!((api.host.as_str(), api.port), ("::1", 9000));
+        assert!(matches!(&api.auth, ApiAuth::AccessToken(t) if t.expose() == "tok"));
+        assert!(api.insecure_skip_verify);
+        assert!(RawConfig::parse(&cluster(""))
+            .unwrap()
+            .validate()
+            .unwrap()
+            .clusters[0]
+            .api
+            .is_none());
+        assert_eq!(cfg.enrich.in_flight, 8);
+
+        let cases = [
+            (cluster("username = \"u\""), "clusters[0].username"),
+            (cluster("api_host = \"h\""), "clusters[0].username"),
+            (cluster("api_host = \"h\"\nusername = \"u\""), "clusters[0].password"),
+            (
+                cluster("api_url = \"http://h\"\naccess_token = \"t\""),
+                "clusters[0].api_url",
+            ),
+            (
+                cluster("api_url = \"https://h/x\"\naccess_token = \"t\""),
+                "clusters[0].api_url",
+            ),
+            (
+                cluster("api_url = \"https://h\"\napi_host = \"h\"\naccess_token = \"t\""),
+                "clusters[0].api_host",
+            ),
+            (
+                cluster("api_host = \"h\"\naccess_token = \"t\"\naccess_token_file = \"/x\""),
+                "clusters[0].access_token_file",
+            ),
+            (
+                cluster("api_host = \"h\"\nusername = \"u\"\npassword = \"p\"\naccess_token = \"t\""),
+                "clusters[0].access_token",
+            ),
+            (
+                cluster("api_host = \"h\"\naccess_token = \"t\"\nca_file = \"/ca\"\ninsecure_skip_verify = true"),
+                "clusters[0].insecure_skip_verify",
+            ),
+            (
+                format!("[enrich]\nin_flight = 0\n{}", with_target("")),
+                "enrich.in_flight",
+            ),
+            (
+                format!("[enrich]\ntoken_renew_secs = 36000\n{}", with_target("")),
+                "enrich.token_renew_secs",
+            ),
+            (
+                format!("[enrich]\ntimeout_ms = 10\n{}", with_target("")),
+                "enrich.timeout_ms",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = error_of(&text);
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - [`parse`]: plain functions from one syslog frame to one serialised event
 //!   (header, JSON or CSV payload, filter, mapping).
 //! - [`batch`]: per-cluster batchers that restore arrival order and seal batches.
+//! - [`enrich`]: permission and protection events from the clusters' REST APIs
+//!   (ACL diff), off the hot path; the batcher keeps each file's events in order
+//!   behind a lookup.
 //! - [`spool`]: the durable per-target log of sealed batches.
 //! - [`egress`]: HTTPS delivery of spooled batches, with retries.
 //!
@@ -30,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod deadletter;
 pub mod egress;
+pub mod enrich;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
@@ -99,6 +103,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tls(#[from] egress::TlsSetupError),
+    #[error(transparent)]
+    Enrich(#[from] enrich::client::ClientSetupError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -158,6 +164,8 @@ pub async fn run(
     }
     let batches = batch::Batches::start(cfg.batch.clone(), spools.clone())
         .map_err(io_error("cannot start the batch sealers"))?;
+    let enricher = enrich::Enricher::start(&cfg, metrics.enrich.clone())?;
+    batches.set_enricher(enricher.clone());
     let gate = Arc::new(Gate::new(cfg.queue.size, cfg.queue.max_bytes));
     // Capacity in chunks = capacity in messages: the gate, which counts messages
     // and bytes, is the real bound, and the channel can never refuse what it admits.
@@ -241,12 +249,16 @@ pub async fn run(
             batches.abort();
         })
     };
+    let drain_enricher = enricher.clone();
     let drained = tokio::task::spawn_blocking(move || {
         ingest.join();
         pool.join();
+        // Let lookups in flight finish; what is left goes out generic in the flush.
+        drain_enricher.drain(drain_enricher.config().shutdown_wait);
         batches.flush_all();
     })
     .await;
+    enricher.stop();
     if drained.is_err() {
         error!("draining the pipeline panicked");
     }

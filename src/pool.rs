@@ -23,10 +23,16 @@ use crate::batch::ChunkOut;
 use crate::deadletter::DeadLetters;
 use crate::metrics::{Metrics, RateLimit, Tally};
 use crate::model::Chunk;
-use crate::parse::{self, FrameCtx, Outcome, ParseError};
+use crate::parse::{self, EventInfo, FrameCtx, Hint, Outcome, ParseError};
 
-/// The conversion of one frame: [`parse::convert`], or a stand-in in tests.
-type Convert = fn(&[u8], &FrameCtx, &parse::Filter, &mut Vec<u8>) -> Result<Outcome, ParseError>;
+/// The conversion of one frame: [`parse::convert_with_info`], or a stand-in in tests.
+type Convert = fn(
+    &[u8],
+    &FrameCtx,
+    &parse::Filter,
+    &mut Vec<u8>,
+    &mut EventInfo,
+) -> Result<Outcome, ParseError>;
 
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
 static DEAD_LETTER_LOG: RateLimit = RateLimit::new(Duration::from_secs(60), 1);
@@ -88,7 +94,7 @@ fn work(queue: &Receiver<Chunk>, ctx: &PoolCtx) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let out = convert_chunk(&chunk, ctx, &mut tally, parse::convert);
+        let out = convert_chunk(&chunk, ctx, &mut tally, parse::convert_with_info);
         let cluster = &chunk.cluster;
         cluster.metrics.add(&tally);
         tally = Tally::default();
@@ -105,6 +111,8 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Conve
         ends: Vec::with_capacity(chunk.frames.len()),
         received_unix_us: chunk.received_unix_us,
         weight: chunk.weight(),
+        file_keys: Vec::with_capacity(chunk.frames.len()),
+        hints: Vec::new(),
     };
     let mut wrote_dead_letter = false;
     let whole = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -129,8 +137,11 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Conve
             ctx.metrics.pool.worker_panics.inc();
             out.events.clear();
             out.ends.clear();
+            out.file_keys.clear();
+            out.hints.clear();
             for i in 0..chunk.frames.len() {
                 let mark = (out.events.len(), out.ends.len());
+                let marks = (out.file_keys.len(), out.hints.len());
                 let mut local = Tally::default();
                 let mut dl = false;
                 let one = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -142,6 +153,8 @@ fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Conve
                     Err(_) => {
                         out.events.truncate(mark.0);
                         out.ends.truncate(mark.1);
+                        out.file_keys.truncate(marks.0);
+                        out.hints.truncate(marks.1);
                         if mark.1 > 0 {
                             // Drop a comma the panicking frame may have left.
                             out.events.truncate(out.ends[mark.1 - 1] as usize);
@@ -201,10 +214,22 @@ fn convert_frame(
     if !out.ends.is_empty() {
         out.events.push(b',');
     }
-    match convert(frame, &fctx, &ctx.filter, &mut out.events) {
+    let mut info = EventInfo::default();
+    match convert(frame, &fctx, &ctx.filter, &mut out.events, &mut info) {
         Ok(Outcome::Event(op)) => {
+            out.file_keys.push(info.file_key);
+            match info.hint {
+                Hint::None => tally.events[op.index()] += 1,
+                Hint::Created { .. } => {
+                    tally.events[op.index()] += 1;
+                    out.hints.push((out.ends.len() as u32, op, info));
+                }
+                // The batcher may still change these; it tallies them.
+                Hint::Untyped | Hint::WriteMetadata { .. } => {
+                    out.hints.push((out.ends.len() as u32, op, info));
+                }
+            }
             out.ends.push(out.events.len() as u32);
-            tally.events[op.index()] += 1;
         }
         Ok(Outcome::Filtered(reason)) => {
             out.events.truncate(mark);
@@ -267,12 +292,13 @@ mod tests {
         ctx: &FrameCtx,
         filter: &parse::Filter,
         out: &mut Vec<u8>,
+        info: &mut EventInfo,
     ) -> Result<Outcome, ParseError> {
         if frame.windows(4).any(|w| w == b"boom") {
             out.extend_from_slice(b"{\"half\":");
             panic!("injected");
         }
-        parse::convert(frame, ctx, filter, out)
+        parse::convert_with_info(frame, ctx, filter, out, info)
     }
 
     #[test]

@@ -97,6 +97,35 @@ pub struct PoolMetrics {
     pub dead_letter_errors: Counter,
 }
 
+/// Enrichment (`enrich`): REST calls, the ACL cache, the queue, fallbacks.
+#[derive(Debug, Default)]
+pub struct EnrichMetrics {
+    /// Metadata changes handed to the API side.
+    pub jobs: Counter,
+    pub requests_acl: Counter,
+    pub requests_attributes: Counter,
+    /// Logins (`POST /v1/session/login`), the first included.
+    pub logins: Counter,
+    /// Logins that replaced a token: due for renewal, or refused (401).
+    pub token_renewals: Counter,
+    /// Failed requests, by `enrich::client::ApiError::KINDS`.
+    pub errors: [Counter; 6],
+    /// An earlier ACL of the file was cached.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    /// Generic events sent instead, by `enrich::Fallback::ALL`.
+    pub fallbacks: [Counter; 6],
+    /// Results that came back after their file's enrichment was given up.
+    pub late_results: Counter,
+    /// Events whose type came from the type cache.
+    pub type_cache_hits: Counter,
+    /// Events held (metadata changes waiting for the API and the events waiting
+    /// behind them), over all clusters.
+    pub queue_events: Gauge,
+    pub queue_bytes: Gauge,
+    pub in_flight: Gauge,
+}
+
 /// One node of a cluster (one syslog HOSTNAME).
 #[derive(Debug, Default)]
 pub struct NodeMetrics {
@@ -232,6 +261,7 @@ pub struct TargetMetrics {
 pub struct Metrics {
     pub ingest: IngestMetrics,
     pub pool: PoolMetrics,
+    pub enrich: Arc<EnrichMetrics>,
     clusters: RwLock<BTreeMap<Arc<str>, Arc<ClusterMetrics>>>,
     targets: RwLock<BTreeMap<String, Arc<TargetMetrics>>>,
     /// End-to-end latency, receipt of a frame to acknowledgement of its batch, in
@@ -250,6 +280,7 @@ impl Metrics {
         Metrics {
             ingest: IngestMetrics::default(),
             pool: PoolMetrics::default(),
+            enrich: Arc::default(),
             clusters: RwLock::new(BTreeMap::new()),
             targets: RwLock::new(BTreeMap::new()),
             // One hour at three significant digits: a few tens of KiB.
@@ -710,6 +741,8 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         }
     }
 
+    render_enrich(&mut out, &m.enrich);
+
     let (quantiles, count) = m.latency_quantiles(&[0.5, 0.9, 0.99, 0.999, 1.0]);
     header(
         &mut out,
@@ -726,6 +759,114 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     }
     let _ = writeln!(out, "qbroker_event_latency_seconds_count {count}");
     out
+}
+
+fn render_enrich(out: &mut String, e: &EnrichMetrics) {
+    use crate::enrich::{client::ApiError, Fallback};
+    let counters: [(&str, &str, &Counter); 7] = [
+        (
+            "qbroker_enrich_jobs_total",
+            "Metadata changes sent to the clusters' REST APIs.",
+            &e.jobs,
+        ),
+        (
+            "qbroker_enrich_logins_total",
+            "Logins to the clusters' REST APIs.",
+            &e.logins,
+        ),
+        (
+            "qbroker_enrich_token_renewals_total",
+            "Bearer tokens renewed (due, or refused with 401).",
+            &e.token_renewals,
+        ),
+        (
+            "qbroker_enrich_cache_hits_total",
+            "ACL reads that found the file's earlier ACL cached.",
+            &e.cache_hits,
+        ),
+        (
+            "qbroker_enrich_cache_misses_total",
+            "ACL reads with no earlier ACL of the file cached.",
+            &e.cache_misses,
+        ),
+        (
+            "qbroker_enrich_late_results_total",
+            "ACL results that came after their file's enrichment was given up.",
+            &e.late_results,
+        ),
+        (
+            "qbroker_enrich_type_cache_hits_total",
+            "Events whose file-or-directory type came from the type cache.",
+            &e.type_cache_hits,
+        ),
+    ];
+    for (name, help, c) in counters {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", c.get());
+    }
+    header(
+        out,
+        "qbroker_enrich_requests_total",
+        "counter",
+        "REST requests, by kind.",
+    );
+    for (kind, c) in [
+        ("acl", &e.requests_acl),
+        ("attributes", &e.requests_attributes),
+    ] {
+        let _ = writeln!(
+            out,
+            "qbroker_enrich_requests_total{{kind=\"{kind}\"}} {}",
+            c.get()
+        );
+    }
+    header(
+        out,
+        "qbroker_enrich_errors_total",
+        "counter",
+        "Failed REST requests, by kind.",
+    );
+    for (kind, c) in ApiError::KINDS.iter().zip(&e.errors) {
+        let _ = writeln!(
+            out,
+            "qbroker_enrich_errors_total{{kind=\"{kind}\"}} {}",
+            c.get()
+        );
+    }
+    header(
+        out,
+        "qbroker_enrich_fallbacks_total",
+        "counter",
+        "Metadata changes of enriched clusters sent as their generic event, by reason.",
+    );
+    for r in Fallback::ALL {
+        let _ = writeln!(
+            out,
+            "qbroker_enrich_fallbacks_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            e.fallbacks[r.index()].get()
+        );
+    }
+    for (name, help, g) in [
+        (
+            "qbroker_enrich_queue_events",
+            "Events held for enrichment (and behind it), all clusters.",
+            &e.queue_events,
+        ),
+        (
+            "qbroker_enrich_queue_bytes",
+            "Bytes of events held for enrichment.",
+            &e.queue_bytes,
+        ),
+        (
+            "qbroker_enrich_in_flight",
+            "Enrichments being looked up now.",
+            &e.in_flight,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {}", g.get());
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

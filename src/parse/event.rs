@@ -13,7 +13,44 @@
 
 use super::filter::{Kind, QOp};
 use super::record::{Record, Val};
-use super::{escape, time, Operation, ParseError};
+use super::{escape, time, Hint, Operation, ParseError};
+
+/// Where parts of a written event lie, as offsets in the output buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spans {
+    pub op: (usize, usize),
+    pub owner: (usize, usize),
+    pub file_id: (usize, usize),
+}
+
+/// What the event tells or asks the type cache and the enricher.
+pub(crate) fn hint(kind: Kind, m: &Mapped, rec: &Record<'_>) -> Hint {
+    let ok = rec.status.text() == Some(b"ok");
+    match kind {
+        Kind::AccessDenied(_) => Hint::None,
+        Kind::Mapped(q) => match q {
+            QOp::CreateFile
+            | QOp::Create
+            | QOp::CreateHardLink
+            | QOp::CreateSymlink
+            | QOp::CreateStream
+            | QOp::CreateDirectory
+            | QOp::CreateDirectories
+                if ok =>
+            {
+                Hint::Created {
+                    directory: m.directory,
+                }
+            }
+            QOp::Delete | QOp::Rename if !m.directory => Hint::Untyped,
+            QOp::WriteMetadata if ok => Hint::WriteMetadata {
+                typed: m.directory,
+                owner_changed: m.owner,
+            },
+            _ => Hint::None,
+        },
+    }
+}
 
 /// What the writer needs beyond the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +157,8 @@ pub(crate) fn write(
     host: &[u8],
     m: &Mapped,
     rec: &Record<'_>,
-) {
+) -> Spans {
+    let mut spans = Spans::default();
     out.extend_from_slice(b"{\"seq\":");
     write_u64(out, seq);
     out.extend_from_slice(b",\"time\":\"");
@@ -133,20 +171,29 @@ pub(crate) fn write(
         escape::plain(out, host);
         out.push(b'"');
     }
-    out.extend_from_slice(b",\"operation\":\"");
+    out.push(b',');
+    spans.op.0 = out.len();
+    out.extend_from_slice(b"\"operation\":\"");
     out.extend_from_slice(m.op.as_str().as_bytes());
     out.extend_from_slice(if m.directory {
-        b"\",\"object_type\":\"directory\",\"path\":"
+        b"\",\"object_type\":\"directory\""
     } else {
-        b"\",\"object_type\":\"file\",\"path\":"
+        b"\",\"object_type\":\"file\""
     });
+    spans.op.1 = out.len();
+    out.extend_from_slice(b",\"path\":");
     rec.path.write(out);
     if m.new_path {
         out.extend_from_slice(b",\"new_path\":");
         rec.target.write(out);
     }
     out.extend_from_slice(b",\"file_id\":");
+    let id_at = out.len();
     rec.file_id.write_or_null(out);
+    spans.file_id = (id_at, id_at);
+    if out[id_at] == b'"' {
+        spans.file_id = (id_at + 1, out.len() - 1);
+    }
     out.extend_from_slice(b",\"user\":{\"sid\":");
     rec.user_sid.write(out);
     out.extend_from_slice(b",\"auth_id\":");
@@ -164,6 +211,7 @@ pub(crate) fn write(
     } else {
         b",\"success\":false"
     });
+    spans.owner.0 = out.len();
     if m.owner {
         if let (Some(b), Some(a)) = (&rec.owner_before, &rec.owner_after) {
             out.extend_from_slice(b",\"owner\":{\"before\":{\"sid\":");
@@ -177,9 +225,11 @@ pub(crate) fn write(
             out.extend_from_slice(b"}}");
         }
     }
+    spans.owner.1 = out.len();
     out.extend_from_slice(b",\"qumulo_operation\":");
     rec.operation.write(out);
     out.push(b'}');
+    spans
 }
 
 #[cfg(test)]

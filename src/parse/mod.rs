@@ -54,10 +54,19 @@ pub enum Operation {
     FilePermissionsChange,
     DirectoryPermissionsChange,
     AccessDenied,
+    // The next eight are made by `enrich` from a metadata change and its ACL diff.
+    FilePermissionsAdd,
+    DirectoryPermissionsAdd,
+    FilePermissionsRemove,
+    DirectoryPermissionsRemove,
+    FileProtectionAdd,
+    DirectoryProtectionAdd,
+    FileProtectionRemove,
+    DirectoryProtectionRemove,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 21] = [
         Operation::FileCreate,
         Operation::DirectoryCreate,
         Operation::FileRead,
@@ -71,6 +80,14 @@ impl Operation {
         Operation::FilePermissionsChange,
         Operation::DirectoryPermissionsChange,
         Operation::AccessDenied,
+        Operation::FilePermissionsAdd,
+        Operation::DirectoryPermissionsAdd,
+        Operation::FilePermissionsRemove,
+        Operation::DirectoryPermissionsRemove,
+        Operation::FileProtectionAdd,
+        Operation::DirectoryProtectionAdd,
+        Operation::FileProtectionRemove,
+        Operation::DirectoryProtectionRemove,
     ];
 
     /// The name on the wire (`file.create`, ...).
@@ -89,7 +106,55 @@ impl Operation {
             Operation::FilePermissionsChange => "file.permissions_change",
             Operation::DirectoryPermissionsChange => "directory.permissions_change",
             Operation::AccessDenied => "access_denied",
+            Operation::FilePermissionsAdd => "file.permissions_add",
+            Operation::DirectoryPermissionsAdd => "directory.permissions_add",
+            Operation::FilePermissionsRemove => "file.permissions_remove",
+            Operation::DirectoryPermissionsRemove => "directory.permissions_remove",
+            Operation::FileProtectionAdd => "file.protection_add",
+            Operation::DirectoryProtectionAdd => "directory.protection_add",
+            Operation::FileProtectionRemove => "file.protection_remove",
+            Operation::DirectoryProtectionRemove => "directory.protection_remove",
         }
+    }
+
+    /// The same operation on a file (`false`) or a directory (`true`); operations
+    /// that have no such pair (`file.read`, `access_denied`, ...) are returned as they are.
+    pub fn on(self, directory: bool) -> Operation {
+        use Operation as O;
+        let (file, dir) = match self {
+            O::FileCreate | O::DirectoryCreate => (O::FileCreate, O::DirectoryCreate),
+            O::FileDelete | O::DirectoryDelete => (O::FileDelete, O::DirectoryDelete),
+            O::FileRename | O::DirectoryRename => (O::FileRename, O::DirectoryRename),
+            O::FileOwnerChange | O::DirectoryOwnerChange => {
+                (O::FileOwnerChange, O::DirectoryOwnerChange)
+            }
+            O::FilePermissionsChange | O::DirectoryPermissionsChange => {
+                (O::FilePermissionsChange, O::DirectoryPermissionsChange)
+            }
+            O::FilePermissionsAdd | O::DirectoryPermissionsAdd => {
+                (O::FilePermissionsAdd, O::DirectoryPermissionsAdd)
+            }
+            O::FilePermissionsRemove | O::DirectoryPermissionsRemove => {
+                (O::FilePermissionsRemove, O::DirectoryPermissionsRemove)
+            }
+            O::FileProtectionAdd | O::DirectoryProtectionAdd => {
+                (O::FileProtectionAdd, O::DirectoryProtectionAdd)
+            }
+            O::FileProtectionRemove | O::DirectoryProtectionRemove => {
+                (O::FileProtectionRemove, O::DirectoryProtectionRemove)
+            }
+            other => return other,
+        };
+        if directory {
+            dir
+        } else {
+            file
+        }
+    }
+
+    /// Whether this is a directory operation.
+    pub fn is_directory(self) -> bool {
+        self.as_str().starts_with("directory.")
     }
 
     /// Dense index, for per-operation counters.
@@ -146,6 +211,39 @@ pub enum Outcome {
     Filtered(FilterReason),
 }
 
+/// What the later stages need to know of an event beside its bytes: which file
+/// it is about (per-file order behind an enrichment), what it may teach or ask
+/// the type cache, and where its parts lie (so that an enrichment can rewrite the
+/// operation and add `acl` without parsing the event again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    /// A hash of the event's file id, never 0; 0 when the event has no file id.
+    pub file_key: u64,
+    pub hint: Hint,
+    /// `"operation":"…","object_type":"…"` in the event, from its first byte.
+    pub op_span: (u32, u32),
+    /// `,"owner":{…}`; empty (start == end) when the event has none. It ends where
+    /// `,"qumulo_operation":` starts.
+    pub owner_span: (u32, u32),
+    /// The file id's characters inside their quotes; empty when it is `null`.
+    pub file_id_span: (u32, u32),
+}
+
+/// What an event says about its object's type, or asks of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hint {
+    #[default]
+    None,
+    /// A successful create: the object is a directory or a file.
+    Created { directory: bool },
+    /// A delete or rename whose paths have no trailing `/`: `file.*` unless the
+    /// type cache knows a directory.
+    Untyped,
+    /// A successful fs_write_metadata (not access denied); `typed` when a
+    /// trailing `/` said directory.
+    WriteMetadata { typed: bool, owner_changed: bool },
+}
+
 /// Why a frame could not be parsed. Small and `Copy`: it is counted per kind and
 /// the frame itself goes to the dead-letter file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,17 +289,29 @@ pub fn convert(
     filter: &Filter,
     out: &mut Vec<u8>,
 ) -> Result<Outcome, ParseError> {
+    convert_with_info(frame, ctx, filter, out, &mut EventInfo::default())
+}
+
+/// [`convert`], and describe the event in `info` (left as it was unless an event
+/// was written).
+pub fn convert_with_info(
+    frame: &[u8],
+    ctx: &FrameCtx,
+    filter: &Filter,
+    out: &mut Vec<u8>,
+    info: &mut EventInfo,
+) -> Result<Outcome, ParseError> {
     let frame = trim(frame);
     if frame.is_empty() {
         return Err(ParseError::Empty);
     }
     let start = out.len();
-    let result = match convert_bytes(frame, ctx, filter, out) {
+    let result = match convert_bytes(frame, ctx, filter, out, info) {
         Err(Step::NotUtf8) => {
             // Rare: replace invalid sequences with U+FFFD and start over. Only bytes
             // >= 0x80 change, so the header and payload split the same way.
             let lossy = String::from_utf8_lossy(frame);
-            convert_bytes(lossy.as_bytes(), ctx, filter, out).map_err(|step| match step {
+            convert_bytes(lossy.as_bytes(), ctx, filter, out, info).map_err(|step| match step {
                 Step::Failed(e) => e,
                 // Cannot happen (the lossy copy is valid UTF-8); still, no panics here.
                 Step::NotUtf8 => ParseError::Payload,
@@ -238,6 +348,7 @@ fn convert_bytes(
     ctx: &FrameCtx,
     filter: &Filter,
     out: &mut Vec<u8>,
+    info: &mut EventInfo,
 ) -> Result<Outcome, Step> {
     let h = syslog::parse_header(frame)?;
     if !filter.app_ok(h.app) {
@@ -262,8 +373,26 @@ fn convert_bytes(
     }
     let m = event::map(kind, &rec)?;
     out.reserve(frame.len() + 256);
-    event::write(out, ctx.seq, time_ms, h.host, &m, &rec);
+    let start = out.len();
+    let spans = event::write(out, ctx.seq, time_ms, h.host, &m, &rec);
+    let rel = |(a, b): (usize, usize)| ((a - start) as u32, (b - start) as u32);
+    *info = EventInfo {
+        file_key: rec.file_id.non_empty().map_or(0, file_key),
+        hint: event::hint(kind, &m, &rec),
+        op_span: rel(spans.op),
+        owner_span: rel(spans.owner),
+        file_id_span: rel(spans.file_id),
+    };
     Ok(Outcome::Event(m.op))
+}
+
+/// The per-file key of a file id's wire text (FNV-1a, never 0). Collisions only
+/// make unrelated events wait behind each other's enrichment, in order.
+pub fn file_key(id: &[u8]) -> u64 {
+    let h = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
 }
 
 fn trim(frame: &[u8]) -> &[u8] {

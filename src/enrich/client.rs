@@ -1,0 +1,480 @@
+//! client: a Qumulo cluster's REST API over HTTPS (port 8000).
+//!
+//! One [`ApiClient`] per enriched cluster. It keeps a few keep-alive HTTP/1.1
+//! connections (at most `enrich.in_flight` are used at once, by the caller's
+//! bound) and a bearer token: from `POST /v1/session/login`, renewed when it is
+//! `enrich.token_renew_secs` old (Qumulo's expire after 10 hours) and at once on
+//! a 401, which is then retried once; or a configured long-lived access token.
+//! Credentials are [`Secret`]s and never reach a log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, info};
+
+use super::acl::Acl;
+use crate::config::{ApiAuth, ApiConfig, Secret};
+use crate::metrics::EnrichMetrics;
+
+/// Why a REST call failed. The kinds are metric labels.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the cluster refused the credentials (HTTP {0})")]
+    Unauthorized(u16),
+    #[error("HTTP {status} from {path}")]
+    Status { status: u16, path: String },
+    #[error("unexpected response from {path}: {reason}")]
+    Decode { path: String, reason: String },
+    #[error("http: {0}")]
+    Http(String),
+}
+
+impl ApiError {
+    pub const KINDS: [&'static str; 6] = [
+        "timeout",
+        "connect",
+        "unauthorized",
+        "status",
+        "decode",
+        "http",
+    ];
+
+    /// Index into [`ApiError::KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            ApiError::Timeout(_) => 0,
+            ApiError::Connect(_) => 1,
+            ApiError::Unauthorized(_) => 2,
+            ApiError::Status { .. } => 3,
+            ApiError::Decode { .. } => 4,
+            ApiError::Http(_) => 5,
+        }
+    }
+}
+
+/// The TLS settings of a cluster's API could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("cluster {cluster}: cannot read {path}: {source}")]
+    Read {
+        cluster: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster {cluster}: {reason}")]
+    Tls { cluster: String, reason: String },
+}
+
+struct Token {
+    value: Secret,
+    obtained: Instant,
+    generation: u64,
+}
+
+/// The REST API of one cluster.
+pub struct ApiClient {
+    cluster: Arc<str>,
+    host: String,
+    port: u16,
+    authority: String,
+    tls: TlsConnector,
+    server_name: ServerName<'static>,
+    auth: ApiAuth,
+    token: tokio::sync::Mutex<Option<Token>>,
+    generation: AtomicU64,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    max_idle: usize,
+    request_timeout: Duration,
+    token_renew: Duration,
+    metrics: Arc<EnrichMetrics>,
+}
+
+/// Accepts any server certificate (`insecure_skip_verify`), still checking
+/// that the handshake is signed by the key of the certificate presented.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config(cluster: &str, api: &ApiConfig) -> Result<ClientConfig, ClientSetupError> {
+    let tls_err = |reason: String| ClientSetupError::Tls {
+        cluster: cluster.to_string(),
+        reason,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?;
+    let mut config = if api.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        match &api.ca_file {
+            Some(path) => {
+                let read_err = |source| ClientSetupError::Read {
+                    cluster: cluster.to_string(),
+                    path: path.display().to_string(),
+                    source,
+                };
+                let file = std::fs::File::open(path).map_err(read_err)?;
+                let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+                    .collect::<Result<_, _>>()
+                    .map_err(read_err)?;
+                if certs.is_empty() {
+                    return Err(tls_err(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        tls_err(format!("bad CA certificate in {}: {e}", path.display()))
+                    })?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(tls_err(
+                        "no ca_file given and no system root certificates found".to_string(),
+                    ));
+                }
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[derive(serde::Serialize)]
+struct Login<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct LoginResponse {
+    bearer_token: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Attributes {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `/`-free, percent-encoded path segment (file ids are digits in practice).
+fn segment(id: &str) -> String {
+    let mut s = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+impl ApiClient {
+    pub fn new(
+        cluster: Arc<str>,
+        api: &ApiConfig,
+        max_idle: usize,
+        request_timeout: Duration,
+        token_renew: Duration,
+        metrics: Arc<EnrichMetrics>,
+    ) -> Result<ApiClient, ClientSetupError> {
+        let config = tls_config(&cluster, api)?;
+        let server_name =
+            ServerName::try_from(api.host.clone()).map_err(|e| ClientSetupError::Tls {
+                cluster: cluster.to_string(),
+                reason: format!("{:?} is not a valid server name: {e}", api.host),
+            })?;
+        let authority = if api.host.contains(':') {
+            format!("[{}]:{}", api.host, api.port)
+        } else {
+            format!("{}:{}", api.host, api.port)
+        };
+        Ok(ApiClient {
+            cluster,
+            host: api.host.clone(),
+            port: api.port,
+            authority,
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name,
+            auth: api.auth.clone(),
+            token: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            request_timeout,
+            token_renew,
+            metrics,
+        })
+    }
+
+    /// The explicit ACL of a file.
+    pub async fn acl(&self, file_id: &str) -> Result<Acl, ApiError> {
+        let path = format!("/v2/files/{}/info/acl", segment(file_id));
+        self.metrics.requests_acl.inc();
+        let body = self.get(&path).await?;
+        Acl::from_v2_json(&body).map_err(|e| ApiError::Decode {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Whether the object is a directory, from its attributes.
+    pub async fn is_directory(&self, file_id: &str) -> Result<bool, ApiError> {
+        let path = format!("/v1/files/{}/info/attributes", segment(file_id));
+        self.metrics.requests_attributes.inc();
+        let body = self.get(&path).await?;
+        let attrs: Attributes = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(attrs.kind == "FS_FILE_TYPE_DIRECTORY")
+    }
+
+    /// GET with the bearer token; a 401 renews a login token and tries once more.
+    async fn get(&self, path: &str) -> Result<Bytes, ApiError> {
+        let (token, generation) = self.token().await?;
+        match self.call("GET", path, Some(&token), None).await {
+            Err(ApiError::Unauthorized(status)) => {
+                if !matches!(self.auth, ApiAuth::Login { .. }) {
+                    return Err(ApiError::Unauthorized(status));
+                }
+                debug!(cluster = %self.cluster, "bearer token refused; logging in again");
+                self.expire(generation).await;
+                let (token, _) = self.token().await?;
+                self.call("GET", path, Some(&token), None).await
+            }
+            other => other,
+        }
+    }
+
+    /// The current token, logging in first when there is none or it is due.
+    async fn token(&self) -> Result<(Secret, u64), ApiError> {
+        let (username, password) = match &self.auth {
+            ApiAuth::AccessToken(t) => return Ok((t.clone(), 0)),
+            ApiAuth::Login { username, password } => (username, password),
+        };
+        let mut slot = self.token.lock().await;
+        if let Some(t) = slot.as_ref() {
+            if t.obtained.elapsed() < self.token_renew {
+                return Ok((t.value.clone(), t.generation));
+            }
+        }
+        let body = serde_json::to_vec(&Login {
+            username,
+            password: password.expose(),
+        })
+        .expect("login body serialises");
+        self.metrics.logins.inc();
+        let resp = self
+            .call("POST", "/v1/session/login", None, Some(body))
+            .await?;
+        let login: LoginResponse = serde_json::from_slice(&resp).map_err(|e| ApiError::Decode {
+            path: "/v1/session/login".to_string(),
+            reason: e.to_string(),
+        })?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        if generation > 1 {
+            // Every login after the first replaces a token: due, or refused.
+            self.metrics.token_renewals.inc();
+        }
+        info!(cluster = %self.cluster, user = %username, "logged in to the cluster's REST API");
+        let token = Secret::new(login.bearer_token);
+        *slot = Some(Token {
+            value: token.clone(),
+            obtained: Instant::now(),
+            generation,
+        });
+        Ok((token, generation))
+    }
+
+    /// Forget the token of `generation` (refused by the cluster), unless another
+    /// request already replaced it.
+    async fn expire(&self, generation: u64) {
+        let mut slot = self.token.lock().await;
+        if slot.as_ref().is_some_and(|t| t.generation == generation) {
+            *slot = None;
+        }
+    }
+
+    /// One request within the request timeout; 2xx bodies only.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ApiError> {
+        let timeout = self.request_timeout;
+        let result = tokio::time::timeout(timeout, self.exchange(method, path, token, body))
+            .await
+            .unwrap_or(Err(ApiError::Timeout(timeout)));
+        if let Err(err) = &result {
+            self.metrics.errors[err.kind()].inc();
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ApiError> {
+        let mut conn = self.connection().await?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, "qbroker");
+        if let Some(t) = token {
+            req = req.header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", t.expose()),
+            );
+        }
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let resp = conn
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?
+            .to_bytes();
+        self.give_back(conn);
+        match status {
+            200..=299 => Ok(body),
+            401 | 403 => Err(ApiError::Unauthorized(status)),
+            _ => Err(ApiError::Status {
+                status,
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, ApiError> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(mut c) if !c.is_closed() => {
+                    if c.ready().await.is_ok() {
+                        return Ok(c);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| ApiError::Connect(e.to_string()))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| ApiError::Connect(e.to_string()))?;
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ApiError::Connect(format!("tls: {e}")))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ApiError::Connect(e.to_string()))?;
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(cluster = %cluster, error = %err, "REST API connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn give_back(&self, conn: SendRequest<Full<Bytes>>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
