@@ -525,20 +525,27 @@ pub fn framed(msg: &str, octet: bool) -> Vec<u8> {
     }
 }
 
-/// Events per (cluster, node) in arrival order, checking seq rules on the way:
-/// seq strictly increasing within each batch, and unique per cluster.
+/// Events per cluster in arrival order, checking the order contract on the way:
+/// within a batch, per file, `seq` never goes down (the events of one record
+/// share it), and events without a file id have increasing `seq`; per cluster,
+/// (`seq`, `operation`) is unique. (Events held behind an enrichment go out
+/// later with their own `seq`, so `seq` is not increasing across a batch.)
 pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
     let mut per_cluster: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for r in sink.accepted() {
         let cluster = r.body["cluster"].as_str().unwrap().to_string();
         let events = r.body["events"].as_array().unwrap();
         assert!(!events.is_empty(), "no empty batches");
-        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "seq increases within a batch: {seqs:?}"
-        );
+        let mut last: BTreeMap<Option<String>, u64> = BTreeMap::new();
         for e in events {
+            let seq = e["seq"].as_u64().unwrap();
+            let file = e["file_id"].as_str().map(str::to_string);
+            if let Some(prev) = last.insert(file.clone(), seq) {
+                match file {
+                    Some(f) => assert!(prev <= seq, "file {f}: seq {seq} after {prev} in a batch"),
+                    None => assert!(prev < seq, "seq {seq} after {prev} in a batch"),
+                }
+            }
             let node = e["node"].as_str().unwrap();
             assert!(
                 node.starts_with(&cluster),
@@ -551,11 +558,19 @@ pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
             .extend(events.iter().cloned());
     }
     for events in per_cluster.values() {
-        let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        let n = seqs.len();
-        seqs.sort_unstable();
-        seqs.dedup();
-        assert_eq!(seqs.len(), n, "seq unique per cluster");
+        let mut keys: Vec<(u64, String)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let n = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "(seq, operation) unique per cluster");
     }
     per_cluster
 }
@@ -669,5 +684,264 @@ pub fn log_field(log: &[String], marker: &str, key: &str) -> Option<u64> {
             .next()?
             .parse()
             .ok()
+    })
+}
+
+/// How the fake Qumulo REST API answers.
+#[derive(Debug, Clone)]
+pub enum ApiMode {
+    Up,
+    /// 503 to everything.
+    Down,
+    /// Wait, then answer.
+    Delay(Duration),
+}
+
+#[derive(Default)]
+struct ApiState {
+    /// file id -> the v2 ACL body
+    acls: std::collections::HashMap<String, Value>,
+    /// file id -> FS_FILE_TYPE_*
+    types: std::collections::HashMap<String, String>,
+    /// token -> requests it may still make
+    tokens: std::collections::HashMap<String, u32>,
+    mode: Option<ApiMode>,
+    logins: u32,
+    /// requests each token may make before the "cluster" expires it
+    token_uses: u32,
+    /// (method, path, had a valid token)
+    log: Vec<(String, String, bool)>,
+}
+
+/// A Qumulo REST API stand-in over HTTPS on loopback: login, who-am-i,
+/// cluster settings, v2 ACLs and attributes, with tokens that expire after a
+/// number of uses.
+pub struct QumuloApi {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    state: Arc<Mutex<ApiState>>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+pub const API_USER: &str = "qbroker";
+pub const API_PASSWORD: &str = "pa55 word";
+
+impl QumuloApi {
+    pub fn start() -> QumuloApi {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let ca_file = dir.path().join("api-ca.pem");
+        std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ApiState {
+            token_uses: u32::MAX,
+            mode: Some(ApiMode::Up),
+            ..ApiState::default()
+        }));
+        let acceptor = pki.acceptor(false);
+        let st = state.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, st) = (acceptor.clone(), st.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| api_handle(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        QumuloApi {
+            addr,
+            ca_file,
+            state,
+            runtime,
+            _dir: dir,
+        }
+    }
+
+    /// The `[[clusters]]` lines that point a cluster at this API.
+    pub fn cluster_config(&self, name: &str) -> String {
+        format!(
+            "[[clusters]]\nname = \"{name}\"\napi_url = \"https://127.0.0.1:{}\"\nusername = \"{API_USER}\"\npassword = \"{API_PASSWORD}\"\nca_file = \"{}\"\n",
+            self.addr.port(),
+            self.ca_file.display()
+        )
+    }
+
+    pub fn set_acl(&self, file_id: &str, acl: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .acls
+            .insert(file_id.to_string(), acl);
+    }
+
+    pub fn set_type(&self, file_id: &str, directory: bool) {
+        let t = if directory {
+            "FS_FILE_TYPE_DIRECTORY"
+        } else {
+            "FS_FILE_TYPE_FILE"
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .types
+            .insert(file_id.to_string(), t.to_string());
+    }
+
+    pub fn set_mode(&self, mode: ApiMode) {
+        self.state.lock().unwrap().mode = Some(mode);
+    }
+
+    /// Each token is refused (401) after this many requests.
+    pub fn expire_tokens_after(&self, uses: u32) {
+        self.state.lock().unwrap().token_uses = uses;
+    }
+
+    pub fn logins(&self) -> u32 {
+        self.state.lock().unwrap().logins
+    }
+
+    /// (method, path, authorised) of every request so far.
+    pub fn log(&self) -> Vec<(String, String, bool)> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+impl Drop for QumuloApi {
+    fn drop(&mut self) {
+        // the runtime's drop ends the server
+        let _ = &self.runtime;
+    }
+}
+
+async fn api_handle(
+    state: Arc<Mutex<ApiState>>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let mode = state.lock().unwrap().mode.clone().unwrap_or(ApiMode::Up);
+    let respond = |status: u16, body: Value| {
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        resp
+    };
+    match mode {
+        ApiMode::Down => {
+            return Ok(respond(
+                503,
+                serde_json::json!({"error_class": "unavailable"}),
+            ))
+        }
+        ApiMode::Delay(d) => tokio::time::sleep(d).await,
+        ApiMode::Up => {}
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut st = state.lock().unwrap();
+    if method == "POST" && path == "/v1/session/login" {
+        let creds: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        st.log.push((method, path, true));
+        if creds["username"] != API_USER || creds["password"] != API_PASSWORD {
+            return Ok(respond(401, serde_json::json!({"error_class": "auth"})));
+        }
+        st.logins += 1;
+        let token = format!("token-{}", st.logins);
+        let uses = st.token_uses;
+        st.tokens.insert(token.clone(), uses);
+        return Ok(respond(200, serde_json::json!({"bearer_token": token})));
+    }
+    let authorised = match token.as_ref().and_then(|t| st.tokens.get_mut(t)) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            true
+        }
+        _ => false,
+    };
+    st.log.push((method, path.clone(), authorised));
+    if !authorised {
+        return Ok(respond(
+            401,
+            serde_json::json!({"error_class": "http_unauthorized_error"}),
+        ));
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match parts.as_slice() {
+        ["v1", "session", "who-am-i"] => {
+            respond(200, serde_json::json!({"id": "500", "name": API_USER}))
+        }
+        ["v1", "cluster", "settings"] => respond(200, serde_json::json!({"cluster_name": "qa"})),
+        ["v2", "files", id, "info", "acl"] => match st.acls.get(*id) {
+            Some(acl) => respond(200, acl.clone()),
+            None => respond(
+                404,
+                serde_json::json!({"error_class": "fs_no_such_inode_error"}),
+            ),
+        },
+        ["v1", "files", id, "info", "attributes"] => match st.types.get(*id) {
+            Some(t) => respond(200, serde_json::json!({"id": id, "type": t})),
+            None => respond(
+                404,
+                serde_json::json!({"error_class": "fs_no_such_inode_error"}),
+            ),
+        },
+        _ => respond(404, serde_json::json!({"error_class": "no_such_route"})),
+    };
+    Ok(resp)
+}
+
+/// An fs_write_metadata JSON frame with the owner before and after (auth ids).
+pub fn metadata_frame(host: &str, file_id: &str, path: &str, before: &str, after: &str) -> String {
+    format!(
+        concat!(
+            r#"<14>1 2026-11-26T10:00:00.123456Z {host} qumulo - - - {{"user_id":{{"sid":"S-1-5-21-1-2-3-1104","auth_id":"1104","name":"AD\\alice"}},"#,
+            r#""user_ip":"10.1.2.3","protocol":"smb2","operation":"fs_write_metadata","status":"ok","details":{{"file_id":"{file_id}","path":"{path}","#,
+            r#""after":{{"ctime":"2026-11-26T10:00:00.2Z","mtime":"2026-11-26T09:00:00Z","owner":{{"sid":"S-1-5-21-{after}","auth_id":"{after}"}}}},"#,
+            r#""before":{{"ctime":"2026-11-26T10:00:00.1Z","mtime":"2026-11-26T09:00:00Z","owner":{{"sid":"S-1-5-21-{before}","auth_id":"{before}"}}}}}}}}"#
+        ),
+        host = host,
+        file_id = file_id,
+        path = path,
+        before = before,
+        after = after
+    )
+}
+
+/// A v2 ACL body: `protected`, and ACEs of (type, auth id, rights, flags).
+pub fn acl_body(protected: bool, aces: &[(&str, &str, &[&str], &[&str])]) -> Value {
+    let mut control = vec!["PRESENT", "AUTO_INHERIT"];
+    if protected {
+        control.push("PROTECTED");
+    }
+    serde_json::json!({
+        "control": control,
+        "posix_special_permissions": [],
+        "aces": aces.iter().map(|(kind, who, rights, flags)| serde_json::json!({
+            "type": kind,
+            "flags": flags,
+            "trustee": {"domain": "ACTIVE_DIRECTORY", "auth_id": who, "uid": null, "gid": null,
+                        "sid": format!("S-1-5-21-{who}"), "name": format!("AD\\u{who}")},
+            "rights": rights,
+        })).collect::<Vec<_>>(),
     })
 }
