@@ -29,7 +29,7 @@ pub struct Trustee {
 
 impl Trustee {
     /// What makes two trustees the same identity.
-    fn identity(&self) -> (u8, &str, Option<i64>) {
+    fn identity(&self) -> TrusteeId<'_> {
         match (&self.auth_id, &self.sid) {
             (Some(a), _) if !a.is_empty() => (0, a, None),
             (_, Some(s)) if !s.is_empty() => (1, s, None),
@@ -52,8 +52,14 @@ pub struct Ace {
     pub flags: Vec<String>,
 }
 
+/// What makes two trustees the same: (kind of id, id, uid or gid).
+type TrusteeId<'a> = (u8, &'a str, Option<i64>);
+
+/// What makes two ACEs the same: type, trustee, rights, flags.
+type AceKey<'a> = (&'a str, TrusteeId<'a>, &'a [String], &'a [String]);
+
 impl Ace {
-    fn key(&self) -> (&str, (u8, &str, Option<i64>), &[String], &[String]) {
+    fn key(&self) -> AceKey<'_> {
         (
             &self.kind,
             self.trustee.identity(),

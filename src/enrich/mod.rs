@@ -269,7 +269,7 @@ impl ClusterCtx {
         let ev = &job.event;
         let fetched = tokio::time::timeout(self.timeout, self.fetch(ev.file_id(), job.directory))
             .await
-            .unwrap_or_else(|_| Err(client::ApiError::Timeout(self.timeout)));
+            .unwrap_or(Err(client::ApiError::Timeout(self.timeout)));
         let (events, directory) = match fetched {
             Ok((acl, directory)) => {
                 let before = self
