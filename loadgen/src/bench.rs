@@ -17,8 +17,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::acl::Namespace;
 use crate::gen::{now_unix_us, Format, Framing, GenConfig, GenCore};
-use crate::report::{num, BrokerUsage, Report, Setup, Timing};
+use crate::report::{num, BrokerUsage, EnrichReport, Report, Setup, Timing};
 use crate::send::{SendConfig, SendStats};
 use crate::sink::{CertSource, FaultConfig, SinkConfig, Window};
 use crate::verify::Verifier;
@@ -38,6 +39,11 @@ pub enum Scenario {
     /// 2 clusters x 3 nodes at 10,000 events/s; the sink answers 503 for
     /// 30 s mid-run; nothing may be lost
     Outage,
+    /// steady, with 5% of events metadata changes on ACL-carrying objects that
+    /// qbroker enriches from the simulated clusters' REST API
+    Enrich,
+    /// enrich, with every API answer 300 ms late: the rest must not slow down
+    EnrichSlowApi,
 }
 
 /// What a scenario runs.
@@ -50,6 +56,10 @@ pub struct Plan {
     pub duration: Duration,
     /// 503 window, relative to the start of sending
     pub outage: Option<Window>,
+    /// share of metadata changes on the namespace objects, per million (0: none)
+    pub acl_ppm: u32,
+    /// delay of every REST API answer
+    pub api_delay: Duration,
 }
 
 impl Scenario {
@@ -60,6 +70,8 @@ impl Scenario {
             Scenario::ManyClusters => "many-clusters",
             Scenario::Burst => "burst",
             Scenario::Outage => "outage",
+            Scenario::Enrich => "enrich",
+            Scenario::EnrichSlowApi => "enrich-slow-api",
         }
     }
 
@@ -73,9 +85,20 @@ impl Scenario {
             burst_rate: None,
             duration: duration.unwrap_or(secs(10)),
             outage: None,
+            acl_ppm: 0,
+            api_delay: Duration::ZERO,
         };
         match self {
             Scenario::Steady => base,
+            Scenario::Enrich => Plan {
+                acl_ppm: 50_000,
+                ..base
+            },
+            Scenario::EnrichSlowApi => Plan {
+                acl_ppm: 50_000,
+                api_delay: Duration::from_millis(300),
+                ..base
+            },
             Scenario::Max => Plan {
                 nodes: 4,
                 rate: None,
@@ -209,6 +232,50 @@ pub fn broker_config(
         toml_str(sink_url),
         toml_str(&ca_file.to_string_lossy()),
     )
+}
+
+/// `[[clusters]]` entries that point every cluster at the simulated REST API.
+pub fn enrich_config(
+    core: &GenCore,
+    clusters: u16,
+    api: std::net::SocketAddr,
+    ca_file: &Path,
+) -> String {
+    let mut s = String::from("\n[enrich]\nacl_cache_entries = 100000\n");
+    for c in 0..clusters {
+        s.push_str(&format!(
+            "\n[[clusters]]\nname = {}\napi_url = {}\nusername = {}\npassword = {}\nca_file = {}\n",
+            toml_str(&core.cluster_name(c)),
+            toml_str(&format!("https://{api}")),
+            toml_str(crate::acl::API_USER),
+            toml_str(crate::acl::API_PASSWORD),
+            toml_str(&ca_file.to_string_lossy()),
+        ));
+    }
+    s
+}
+
+/// The broker's /metrics page (plain HTTP/1.0).
+async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+/// One sample's value from a Prometheus page.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// utime + stime, in clock ticks, from /proc/<pid>/stat.
@@ -367,13 +434,43 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
 
+    let mut mix = crate::gen::Mix::default();
+    if plan.acl_ppm > 0 {
+        // every metadata change is then one on a namespace object, which the
+        // simulated API knows
+        mix.set_op_weights("fs_write_metadata=0")?;
+    }
     let gen_cfg = GenConfig {
         seed: opts.seed,
         format: opts.format,
         burst: plan.burst_rate.is_some(),
+        acl_ppm: plan.acl_ppm,
+        mix,
         ..GenConfig::default()
     };
     let core = Arc::new(GenCore::new(gen_cfg)?);
+    // the simulated clusters' REST API, serving the namespace the senders change
+    let namespace = (plan.acl_ppm > 0).then(|| Arc::new(Namespace::new(core.clone())));
+    let api = match &namespace {
+        Some(ns) => {
+            let (ca_pem, chain, key) = crate::sink::generate_cert()?;
+            std::fs::write(work.join("api-ca.pem"), ca_pem)?;
+            Some(
+                crate::acl::start(
+                    crate::acl::ApiConfig {
+                        listen: "127.0.0.1:0".parse()?,
+                        token_uses: 2_000,
+                        delay: plan.api_delay,
+                    },
+                    ns.clone(),
+                    chain,
+                    key,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let verifier = Arc::new(Verifier::new(core.clone()));
     let ca_file = work.join("sink-ca.pem");
     let sink = crate::sink::start(
@@ -397,6 +494,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
     );
+    let mut config = config;
+    if let Some(api) = &api {
+        config.push_str(&enrich_config(
+            &core,
+            plan.clusters,
+            api.addr,
+            &work.join("api-ca.pem"),
+        ));
+    }
     let config_path = work.join("qbroker.toml");
     std::fs::write(&config_path, &config)?;
     let mut broker = Broker::start(&broker_bin, &config_path, &work.join("qbroker.log")).await?;
@@ -414,6 +520,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         duration: Some(plan.duration),
         events: None,
         framing: opts.framing,
+        namespace: namespace.clone(),
         ..SendConfig::default()
     };
     let stats = Arc::new(SendStats::default());
@@ -502,7 +609,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             last = d;
             last_delivery = Some(Instant::now());
         }
-        if d >= send.expected {
+        if d >= send.expected && verifier.acl_records() >= send.acl() {
             break;
         }
         let quiet_since = last_delivery.map_or(drain_start, |t| t.max(drain_start));
@@ -517,10 +624,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let through_s = last_delivery.map_or(0.0, |t| (t - send_start).as_secs_f64());
     let drain_s = drain_start.elapsed().as_secs_f64();
     let (cpu1, hwm) = sample(broker.pid, tck).unwrap_or((cpu0, 0));
+    let broker_metrics = if api.is_some() {
+        scrape(metrics).await.unwrap_or_default()
+    } else {
+        String::new()
+    };
     pb.finish_and_clear();
     let broker_exit = broker.stop(Duration::from_secs(20)).await?;
 
+    verifier.set_acl_totals(send.acl_totals());
     let summary = verifier.summary(Some(&totals));
+    if let Some(api) = api {
+        api.stop().await;
+    }
     let responses = sink.counters.snapshot();
     sink.stop().await;
     let setup = Setup {
@@ -534,7 +650,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         broker: broker_bin.display().to_string(),
         broker_exit,
     };
-    let report = Report::assemble(
+    let mut report = Report::assemble(
         setup,
         &send,
         &summary,
@@ -549,6 +665,43 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             through_s,
         },
     );
+    if plan.acl_ppm > 0 {
+        let m = |name: &str| metric(&broker_metrics, name).unwrap_or(0.0) as u64;
+        let (hits, misses) = (
+            m("qbroker_enrich_cache_hits_total"),
+            m("qbroker_enrich_cache_misses_total"),
+        );
+        let jobs = m("qbroker_enrich_jobs_total");
+        let errors: u64 = broker_metrics
+            .lines()
+            .filter(|l| l.starts_with("qbroker_enrich_errors_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum();
+        report.enrich = Some(EnrichReport {
+            sent: send.acl(),
+            share_pct: send.acl() as f64 * 100.0 / send.events.max(1) as f64,
+            records: summary.acl_records,
+            exact: summary.acl_exact,
+            first: summary.acl_first,
+            fallbacks: summary.acl_fallbacks,
+            unverified: summary.acl_unverified,
+            lost: summary.acl_lost,
+            jobs,
+            jobs_per_sec: if through_s > 0.0 {
+                jobs as f64 / through_s
+            } else {
+                0.0
+            },
+            cache_hits: hits,
+            cache_misses: misses,
+            cache_hit_rate: hits as f64 / (hits + misses).max(1) as f64,
+            api_errors: errors,
+            logins: m("qbroker_enrich_logins_total"),
+            token_renewals: m("qbroker_enrich_token_renewals_total"),
+            api_delay_ms: plan.api_delay.as_millis() as u64,
+        });
+    }
     if report.ok && !opts.keep_dir {
         let _ = std::fs::remove_dir_all(&work);
     } else {

@@ -238,7 +238,7 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn key(parts: &[u64]) -> u64 {
+pub fn key(parts: &[u64]) -> u64 {
     let mut h = 0x9e37_79b9_7f4a_7c15u64;
     for &p in parts {
         h = mix64(h ^ p).rotate_left(17).wrapping_add(p);
@@ -601,6 +601,9 @@ pub struct GenConfig {
     pub burst: bool,
     /// cluster names are `<prefix><index:03>`
     pub cluster_prefix: String,
+    /// share of slots that are metadata changes on the namespace objects of
+    /// [`crate::acl`] (ACL, protection, owner), per million; JSON only
+    pub acl_ppm: u32,
 }
 
 impl Default for GenConfig {
@@ -611,6 +614,7 @@ impl Default for GenConfig {
             mix: Mix::default(),
             burst: false,
             cluster_prefix: "qlg-c".to_string(),
+            acl_ppm: 0,
         }
     }
 }
@@ -1124,6 +1128,9 @@ fn config_tag(cfg: &GenConfig) -> u16 {
     for b in cfg.cluster_prefix.bytes() {
         h = mix64(h ^ b as u64);
     }
+    if cfg.acl_ppm > 0 {
+        h = mix64(h ^ 0xAC1 ^ (cfg.acl_ppm as u64) << 16);
+    }
     (h >> 48) as u16
 }
 
@@ -1148,6 +1155,12 @@ impl GenCore {
         }
         if m.denied_ppm as u64 + m.error_ppm as u64 > PPM {
             bail!("denied + error shares above 100%");
+        }
+        if cfg.acl_ppm as u64 > PPM / 2 {
+            bail!("acl share above 50%");
+        }
+        if cfg.acl_ppm > 0 && cfg.format != Format::Json {
+            bail!("metadata changes on the namespace need the JSON format (CSV has no owners)");
         }
         if m.protocols.is_empty() || m.protocols.len() > 255 || m.protocols.iter().all(|p| p.1 == 0)
         {
@@ -1235,6 +1248,20 @@ impl GenCore {
         } else {
             self.exp_total as f64 / self.all_total as f64
         }
+    }
+
+    /// Whether slot `slot` of a node's stream is a namespace metadata change.
+    pub fn slot_is_acl(&self, cluster: u16, node: u16, slot: u64) -> bool {
+        self.cfg.acl_ppm > 0
+            && !self.is_burst(cluster, node)
+            && Rng::new(key(&[
+                self.cfg.seed,
+                0xAC0,
+                cluster as u64,
+                node as u64,
+                slot,
+            ]))
+            .ppm(self.cfg.acl_ppm)
     }
 
     /// Whether slot `slot` of a node's stream is an expected event.
@@ -1375,6 +1402,18 @@ impl GenCore {
             io,
             layout: 0,
         }
+    }
+
+    /// The users that can own files and be ACL trustees (sid, auth_id and name known).
+    pub fn owner_users(&self) -> Vec<u16> {
+        (0..self.users.len() as u16)
+            .filter(|&u| self.users[u as usize].owner_exp.is_some())
+            .collect()
+    }
+
+    /// A user as the JSON format names it.
+    pub fn user_json(&self, user: u16) -> &ExpUser {
+        &self.users[user as usize].json_exp
     }
 
     fn owner_user(&self, r: &mut Rng) -> u16 {
@@ -1736,6 +1775,8 @@ pub struct Chunk {
     pub events: u64,
     /// of which qbroker should deliver
     pub expected: u64,
+    /// namespace metadata changes (delivered too, verified apart)
+    pub acl: u64,
 }
 
 impl Chunk {
@@ -1744,6 +1785,7 @@ impl Chunk {
         self.ts.clear();
         self.events = 0;
         self.expected = 0;
+        self.acl = 0;
     }
 
     /// Stamps every frame with `ts` (the send time).
@@ -1764,10 +1806,23 @@ pub struct NodeGen {
     slot: u64,
     next_expected: u64,
     next_filtered: u64,
+    next_acl: u64,
+    namespace: Option<std::sync::Arc<crate::acl::Namespace>>,
     scratch: Vec<u8>,
 }
 
 impl NodeGen {
+    /// Make the namespace metadata changes on `ns` (when the config asks for them).
+    pub fn with_namespace(mut self, ns: std::sync::Arc<crate::acl::Namespace>) -> Self {
+        self.namespace = Some(ns);
+        self
+    }
+
+    /// Namespace metadata changes generated so far.
+    pub fn acl_count(&self) -> u64 {
+        self.next_acl
+    }
+
     pub fn new(core: std::sync::Arc<GenCore>, cluster: u16, node: u16, framing: Framing) -> Self {
         let host = core.hostname(cluster, node).into_bytes();
         NodeGen {
@@ -1779,6 +1834,8 @@ impl NodeGen {
             slot: 0,
             next_expected: 0,
             next_filtered: 0,
+            next_acl: 0,
+            namespace: None,
             scratch: Vec::with_capacity(1024),
         }
     }
@@ -1786,6 +1843,12 @@ impl NodeGen {
     pub fn next_event(&mut self) -> Event {
         let slot = self.slot;
         self.slot += 1;
+        if let Some(ns) = &self.namespace {
+            if self.core.slot_is_acl(self.cluster, self.node, slot) {
+                self.next_acl += 1;
+                return ns.next_event(self.cluster, self.node, self.next_acl - 1);
+            }
+        }
         if self.core.slot_is_expected(self.cluster, self.node, slot) {
             self.next_expected += 1;
             self.core
@@ -1810,7 +1873,9 @@ impl NodeGen {
             );
             chunk.ts.push(ts);
             chunk.events += 1;
-            chunk.expected += (!ev.id.filtered) as u64;
+            let acl = crate::acl::object_of(&ev.id).is_some();
+            chunk.expected += (!ev.id.filtered && !acl) as u64;
+            chunk.acl += acl as u64;
         }
     }
 

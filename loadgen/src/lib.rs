@@ -13,9 +13,12 @@
 //! - [`sink`]: the HTTPS Varonis endpoint around the verifier, with faults.
 //! - [`report`]: the benchmark report, for people and as JSON.
 //! - [`bench`]: runs qbroker, the sink and the senders together on loopback.
+//! - [`acl`]: namespace objects whose ACL and owner change, and the Qumulo
+//!   REST API stand-in that serves them (for qbroker's enrichment).
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod bench;
 pub mod discard;
 pub mod gen;

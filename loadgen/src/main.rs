@@ -96,6 +96,7 @@ impl GenArgs {
             mix,
             burst: self.burst,
             cluster_prefix: self.cluster_prefix.clone(),
+            acl_ppm: 0,
         };
         Ok(Arc::new(GenCore::new(cfg)?))
     }

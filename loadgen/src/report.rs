@@ -40,10 +40,38 @@ pub struct Setup {
     pub broker_exit: String,
 }
 
+/// The enrichment part of a report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnrichReport {
+    /// metadata changes on namespace objects the senders wrote
+    pub sent: u64,
+    pub share_pct: f64,
+    /// of which arrived (records)
+    pub records: u64,
+    pub exact: u64,
+    pub first: u64,
+    pub fallbacks: u64,
+    pub unverified: u64,
+    pub lost: u64,
+    /// the broker's counters
+    pub jobs: u64,
+    pub jobs_per_sec: f64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_hit_rate: f64,
+    pub api_errors: u64,
+    pub logins: u64,
+    pub token_renewals: u64,
+    pub api_delay_ms: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     #[serde(flatten)]
     pub setup: Setup,
+    /// the enrichment scenarios: metadata changes and what qbroker made of them
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichReport>,
     /// nothing lost, invented, altered or malformed; see `failures`
     pub ok: bool,
     pub failures: Vec<String>,
@@ -121,6 +149,7 @@ impl Report {
         };
         Report {
             setup,
+            enrich: None,
             ok: failures.is_empty(),
             failures,
             duration_s: t.send_s,
@@ -166,6 +195,31 @@ impl Report {
         let s = &self.setup;
         let verdict = if self.ok { "PASS" } else { "FAIL" };
         let _ = writeln!(o, "loadgen bench: scenario {} -- {verdict}", s.scenario);
+        if let Some(e) = &self.enrich {
+            let _ = writeln!(
+                o,
+                "  enrichment  {} metadata changes sent ({:.1}% of events), {} arrived: {} exact, {} first sight, {} generic fallbacks, {} unchecked; lost {}",
+                num(e.sent),
+                e.share_pct,
+                num(e.records),
+                num(e.exact),
+                num(e.first),
+                num(e.fallbacks),
+                num(e.unverified),
+                num(e.lost)
+            );
+            let _ = writeln!(
+                o,
+                "              broker: {} lookups ({:.0}/s), ACL cache hit rate {:.1}%, {} API errors, {} logins ({} renewals); API delay {} ms",
+                num(e.jobs),
+                e.jobs_per_sec,
+                e.cache_hit_rate * 100.0,
+                num(e.api_errors),
+                num(e.logins),
+                num(e.token_renewals),
+                e.api_delay_ms
+            );
+        }
         let rate = s
             .rate
             .map_or("flat out".to_string(), |r| format!("{}/s", num(r as u64)));

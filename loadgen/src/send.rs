@@ -41,6 +41,9 @@ pub struct SendConfig {
     pub connect_timeout: Duration,
     /// longest a single write may block (a broker pushing back)
     pub write_timeout: Duration,
+    /// where the namespace metadata changes are applied (the API serves it);
+    /// needed when the generator makes them
+    pub namespace: Option<Arc<crate::acl::Namespace>>,
 }
 
 impl Default for SendConfig {
@@ -57,6 +60,7 @@ impl Default for SendConfig {
             chunk_events: 256,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
+            namespace: None,
         }
     }
 }
@@ -66,6 +70,8 @@ impl Default for SendConfig {
 pub struct SendStats {
     pub events: AtomicU64,
     pub expected: AtomicU64,
+    /// namespace metadata changes written
+    pub acl: AtomicU64,
     pub bytes: AtomicU64,
     pub reconnects: AtomicU64,
 }
@@ -78,6 +84,9 @@ pub struct NodeTotal {
     pub events: u64,
     /// events qbroker should deliver: seqs 0..expected
     pub expected: u64,
+    /// namespace metadata changes written (verified apart)
+    #[serde(default)]
+    pub acl: u64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -96,6 +105,19 @@ pub struct SendSummary {
 impl SendSummary {
     pub fn events_per_sec(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Namespace metadata changes written, over all nodes.
+    pub fn acl(&self) -> u64 {
+        self.nodes.iter().map(|n| n.acl).sum()
+    }
+
+    /// (cluster, node) -> namespace metadata changes written.
+    pub fn acl_totals(&self) -> HashMap<(u16, u16), u64> {
+        self.nodes
+            .iter()
+            .map(|n| ((n.cluster, n.node), n.acl))
+            .collect()
     }
 
     /// (cluster, node) -> expected events written: what the verifier needs.
@@ -208,6 +230,9 @@ pub async fn run(
         tasks.spawn(async move {
             let (c, n) = (p.cluster, p.node);
             let mut gen = NodeGen::new(core, c, n, cfg.framing);
+            if let Some(ns) = &cfg.namespace {
+                gen = gen.with_namespace(ns.clone());
+            }
             let conn = connect(&cfg.target, cfg.connect_timeout).await;
             barrier.wait().await;
             let started = Instant::now();
@@ -218,8 +243,9 @@ pub async fn run(
             let total = NodeTotal {
                 cluster: c,
                 node: n,
-                events: gen.expected_count() + gen.filtered_count(),
+                events: gen.expected_count() + gen.filtered_count() + gen.acl_count(),
                 expected: gen.expected_count(),
+                acl: gen.acl_count(),
             };
             (
                 total,
@@ -296,6 +322,7 @@ async fn node_loop(
         sent += chunk.events;
         stats.events.fetch_add(chunk.events, Ordering::Relaxed);
         stats.expected.fetch_add(chunk.expected, Ordering::Relaxed);
+        stats.acl.fetch_add(chunk.acl, Ordering::Relaxed);
         stats
             .bytes
             .fetch_add(chunk.buf.len() as u64, Ordering::Relaxed);

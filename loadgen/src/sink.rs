@@ -290,8 +290,8 @@ impl Sink {
     }
 }
 
-fn generate_cert() -> anyhow::Result<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>
-{
+pub(crate) fn generate_cert(
+) -> anyhow::Result<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
         KeyUsagePurpose,

@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::acl::{expected_ops, object_of, Model, ObjState, OBJECTS_PER_NODE};
 use crate::gen::{days_from_civil, now_unix_us, Expected, GenCore, Identity};
 
 pub const SCHEMA: &str = "qbroker.varonis.v1";
@@ -197,10 +198,18 @@ struct WireEvent<'a> {
     success: bool,
     #[serde(default, borrow)]
     owner: Option<WireOwner<'a>>,
-    #[serde(default)]
-    acl: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    acl: Option<&'a RawValue>,
     #[serde(borrow)]
     qumulo_operation: Cow<'a, str>,
+}
+
+fn add_counts(into: &mut AclCounts, n: AclCounts) {
+    into.first += n.first;
+    into.exact += n.exact;
+    into.fallbacks += n.fallbacks;
+    into.unverified += n.unverified;
+    into.mismatches += n.mismatches;
 }
 
 /// Only the file id, for events that fail the strict parse.
@@ -300,6 +309,18 @@ pub struct SinkSummary {
     pub mismatches: u64,
     /// (node, first missing seq, end) for the first gaps
     pub gaps: Vec<(String, u64, u64)>,
+    /// namespace metadata changes (records) received
+    pub acl_records: u64,
+    /// of which an object's first, which qbroker cannot compare: generic event
+    pub acl_first: u64,
+    /// of which exactly the expected permission, protection or owner events
+    pub acl_exact: u64,
+    /// of which the generic event instead (API error, timeout, queue full)
+    pub acl_fallbacks: u64,
+    /// of which not checked: the record after a fallback may hold two changes
+    pub acl_unverified: u64,
+    /// records the senders wrote that never arrived (when the totals are known)
+    pub acl_lost: u64,
     pub latency_ms: Latency,
     pub problems: Vec<String>,
 }
@@ -314,6 +335,7 @@ impl SinkSummary {
             }
         };
         check(self.lost, "events lost");
+        check(self.acl_lost, "metadata changes lost");
         check(
             self.duplicated - self.duplicated_in_redelivered_batches.min(self.duplicated),
             "events duplicated outside a re-delivered batch",
@@ -366,6 +388,74 @@ struct State {
 pub struct Verifier {
     core: Arc<GenCore>,
     state: Mutex<State>,
+    acl: Mutex<AclVerify>,
+}
+
+/// One object's records, as the sink sees them.
+struct AclTrack {
+    /// records received so far (the next is this version)
+    records: u64,
+    /// the state after the last record started
+    state: ObjState,
+    /// the broker seq of the record being received
+    seq: Option<u64>,
+    /// what the record being received should be, and the generic form
+    want: Vec<(String, Option<serde_json::Value>)>,
+    generic: Vec<String>,
+    first: bool,
+    got: Vec<(String, Option<serde_json::Value>)>,
+    /// the record before was a fallback: this one may hold two changes
+    unsure: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct AclCounts {
+    first: u64,
+    exact: u64,
+    fallbacks: u64,
+    unverified: u64,
+    mismatches: u64,
+}
+
+impl AclTrack {
+    /// Classify the finished record; `None` when it is a mismatch.
+    fn classify(&self, n: &mut AclCounts) -> bool {
+        if self.got.is_empty() {
+            return true;
+        }
+        let generic_form = self.got.len() == 1
+            && self.got[0].1.is_none()
+            && self.generic.iter().any(|g| {
+                let strip = |s: &str| s.split_once('.').map(|(_, b)| b.to_string());
+                strip(g) == strip(&self.got[0].0)
+            });
+        if self.got == self.want {
+            if self.first {
+                n.first += 1;
+            } else {
+                n.exact += 1;
+            }
+            true
+        } else if generic_form {
+            n.fallbacks += 1;
+            true
+        } else if self.unsure {
+            n.unverified += 1;
+            true
+        } else {
+            n.mismatches += 1;
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct AclVerify {
+    objects: HashMap<(u16, u16, u64), AclTrack>,
+    /// records per node
+    nodes: HashMap<(u16, u16), u64>,
+    counts: AclCounts,
+    sent: Option<HashMap<(u16, u16), u64>>,
 }
 
 fn opt_eq(got: &Option<Cow<'_, str>>, want: &Option<String>) -> bool {
@@ -375,6 +465,7 @@ fn opt_eq(got: &Option<Cow<'_, str>>, want: &Option<String>) -> bool {
 impl Verifier {
     pub fn new(core: Arc<GenCore>) -> Self {
         Verifier {
+            acl: Mutex::new(AclVerify::default()),
             core,
             state: Mutex::new(State {
                 nodes: HashMap::new(),
@@ -396,6 +487,112 @@ impl Verifier {
 
     pub fn core(&self) -> &Arc<GenCore> {
         &self.core
+    }
+
+    /// The senders' namespace metadata changes per node, for the loss count.
+    pub fn set_acl_totals(&self, totals: HashMap<(u16, u16), u64>) {
+        self.acl.lock().expect("acl lock").sent = Some(totals);
+    }
+
+    /// Namespace metadata change records received so far.
+    pub fn acl_records(&self) -> u64 {
+        self.acl.lock().expect("acl lock").nodes.values().sum()
+    }
+
+    /// One event about a namespace object: part of the object's next record.
+    fn check_acl_event(
+        &self,
+        env: &Envelope<'_>,
+        ev: &WireEvent<'_>,
+        id: Identity,
+        object: u64,
+        c: &mut Checked,
+    ) {
+        let model = Model::new(self.core.clone());
+        let mut a = self.acl.lock().expect("acl lock");
+        let key = (id.cluster, id.node, object);
+        if object >= OBJECTS_PER_NODE {
+            c.foreign += 1;
+            return;
+        }
+        let a = &mut *a;
+        let t = a.objects.entry(key).or_insert_with(|| AclTrack {
+            records: 0,
+            state: model.initial(id.cluster, id.node, object),
+            seq: None,
+            want: Vec::new(),
+            generic: Vec::new(),
+            first: true,
+            got: Vec::new(),
+            unsure: false,
+        });
+        if t.seq != Some(ev.seq) {
+            // the record before is complete
+            let mut n = AclCounts::default();
+            if !t.classify(&mut n) {
+                c.problem(|| {
+                    format!(
+                        "{} object {object} record {}: got {:?}, want {:?}",
+                        self.core.hostname(id.cluster, id.node),
+                        t.records - 1,
+                        t.got,
+                        t.want
+                    )
+                });
+            }
+            let was_fallback = n.fallbacks > 0 || n.unverified > 0;
+            add_counts(&mut a.counts, n);
+            let v = t.records;
+            t.records += 1;
+            *a.nodes.entry((id.cluster, id.node)).or_default() += 1;
+            let change = model.change(id.cluster, id.node, object, v, &t.state);
+            let before = t.state.clone();
+            let dir = if crate::acl::is_dir(object) {
+                "directory"
+            } else {
+                "file"
+            };
+            let chown = matches!(change, crate::acl::Change::Chown(_));
+            let generic = if chown {
+                "owner_change"
+            } else {
+                "permissions_change"
+            };
+            t.generic = vec![format!("file.{generic}"), format!("directory.{generic}")];
+            t.want = if v == 0 {
+                vec![(format!("{dir}.{generic}"), None)]
+            } else {
+                expected_ops(&model, object, change, &before)
+            };
+            t.first = v == 0;
+            t.unsure = was_fallback;
+            Model::apply(&mut t.state, change);
+            t.seq = Some(ev.seq);
+            t.got.clear();
+            // the fields every event of the record shares
+            let source = model.event(id.cluster, id.node, object, v, &before, change);
+            let mut want = self.core.expected(&source);
+            want.operation = ev.operation.to_string();
+            want.object_type = if ev.operation.starts_with("directory.") {
+                "directory"
+            } else {
+                "file"
+            };
+            if !ev.operation.ends_with(".owner_change") {
+                want.owner = None;
+            }
+            if env.cluster != want.cluster {
+                c.mismatches += 1;
+            }
+            if let Some(diff) = compare(ev, &want) {
+                c.mismatches += 1;
+                c.problem(|| format!("{} object {object} record {v}: {diff}", want.node));
+            }
+        }
+        let acl = ev
+            .acl
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok());
+        t.got.push((ev.operation.to_string(), acl));
     }
 
     /// Distinct expected events received so far (cheap; for progress).
@@ -537,7 +734,23 @@ impl Verifier {
                 return;
             }
         };
-        if last_seq.is_some_and(|l| ev.seq <= l) {
+        let object = ev
+            .file_id
+            .as_deref()
+            .and_then(Identity::parse)
+            .filter(|id| id.tag == self.core.tag())
+            .and_then(|id| object_of(&id).map(|o| (id, o)));
+        if let Some((id, object)) = object {
+            // Held behind its enrichment: not in seq order with the rest.
+            if !self.redelivered(&env.batch_id) {
+                self.check_acl_event(env, &ev, id, object, c);
+            }
+            return;
+        }
+        // With enrichment, qbroker holds every metadata change of the cluster
+        // while it reads the ACL: such events go out late, with their own seq.
+        let held = self.core.config().acl_ppm > 0 && ev.qumulo_operation == "fs_write_metadata";
+        if !held && last_seq.is_some_and(|l| ev.seq <= l) {
             c.schema_errors += 1;
             c.problem(|| {
                 format!(
@@ -546,7 +759,9 @@ impl Verifier {
                 )
             });
         }
-        *last_seq = Some(ev.seq);
+        if !held {
+            *last_seq = Some(ev.seq);
+        }
         let latency_us = match parse_event_time_ms(&ev.time) {
             Some(ms) if ms * 1000 <= recv_us + 1_000_000 => recv_us.saturating_sub(ms * 1000),
             Some(_) => {
@@ -593,7 +808,12 @@ impl Verifier {
             return;
         }
         let key = (id.cluster, id.node);
-        if let Some(prev) = last_node_seq.insert(key, id.seq) {
+        let prev = if held {
+            None
+        } else {
+            last_node_seq.insert(key, id.seq)
+        };
+        if let Some(prev) = prev {
             if id.seq < prev {
                 c.order_violations += 1;
                 c.problem(|| {
@@ -621,6 +841,14 @@ impl Verifier {
             c.problem(|| format!("{} seq {}: {diff}", want.node, id.seq));
         }
         c.ids.push((id, latency_us));
+    }
+
+    fn redelivered(&self, batch_id: &str) -> bool {
+        self.state
+            .lock()
+            .expect("verifier lock")
+            .batch_ids
+            .contains(batch_id)
     }
 
     fn apply(&self, batch_id: &str, n_events: u64, c: Checked) {
@@ -672,6 +900,26 @@ impl Verifier {
             problems: st.problems.clone(),
             ..SinkSummary::default()
         };
+        {
+            let a = self.acl.lock().expect("acl lock");
+            let mut n = a.counts;
+            for t in a.objects.values() {
+                t.classify(&mut n);
+            }
+            s.acl_records = a.nodes.values().sum();
+            s.acl_first = n.first;
+            s.acl_exact = n.exact;
+            s.acl_fallbacks = n.fallbacks;
+            s.acl_unverified = n.unverified;
+            s.mismatches += n.mismatches;
+            if let Some(sent) = &a.sent {
+                for (k, &total) in sent {
+                    let got = a.nodes.get(k).copied().unwrap_or(0);
+                    s.acl_lost += total.saturating_sub(got);
+                    s.unexpected += got.saturating_sub(total);
+                }
+            }
+        }
         let empty = NodeTrack::default();
         let mut keys: Vec<(u16, u16)> = st.nodes.keys().copied().collect();
         if let Some(t) = totals {
