@@ -339,6 +339,7 @@ mod tests {
                 node: 1,
                 events: 1_000_000,
                 expected: 300_000,
+                acl: 0,
             }],
             errors: vec![],
         }

@@ -279,7 +279,7 @@ impl ApiClient {
     }
 
     /// The explicit ACL of a file.
-    pub async fn acl(&self, file_id: &str) -> Result<Acl, ApiError> {
+    pub async fn acl(self: &Arc<Self>, file_id: &str) -> Result<Acl, ApiError> {
         let path = format!("/v2/files/{}/info/acl", segment(file_id));
         self.metrics.requests_acl.inc();
         let body = self.get(&path).await?;
@@ -290,7 +290,7 @@ impl ApiClient {
     }
 
     /// Whether the object is a directory, from its attributes.
-    pub async fn is_directory(&self, file_id: &str) -> Result<bool, ApiError> {
+    pub async fn is_directory(self: &Arc<Self>, file_id: &str) -> Result<bool, ApiError> {
         let path = format!("/v1/files/{}/info/attributes", segment(file_id));
         self.metrics.requests_attributes.inc();
         let body = self.get(&path).await?;
@@ -302,7 +302,7 @@ impl ApiClient {
     }
 
     /// GET with the bearer token; a 401 renews a login token and tries once more.
-    async fn get(&self, path: &str) -> Result<Bytes, ApiError> {
+    async fn get(self: &Arc<Self>, path: &str) -> Result<Bytes, ApiError> {
         let (token, generation) = self.token().await?;
         match self.call("GET", path, Some(&token), None).await {
             Err(ApiError::Unauthorized(status)) => {
@@ -318,17 +318,39 @@ impl ApiClient {
         }
     }
 
-    /// The current token, logging in first when there is none or it is due.
-    async fn token(&self) -> Result<(Secret, u64), ApiError> {
-        let (username, password) = match &self.auth {
-            ApiAuth::AccessToken(t) => return Ok((t.clone(), 0)),
-            ApiAuth::Login { username, password } => (username, password),
-        };
-        let mut slot = self.token.lock().await;
-        if let Some(t) = slot.as_ref() {
-            if t.obtained.elapsed() < self.token_renew {
+    /// The current token, logging in first when there is none or it is due. The
+    /// login runs as its own task: a lookup that gives up (its deadline) does not
+    /// cut a login short for the lookups behind it.
+    async fn token(self: &Arc<Self>) -> Result<(Secret, u64), ApiError> {
+        if let ApiAuth::AccessToken(t) = &self.auth {
+            return Ok((t.clone(), 0));
+        }
+        {
+            let slot = self.token.lock().await;
+            if let Some(t) = slot
+                .as_ref()
+                .filter(|t| t.obtained.elapsed() < self.token_renew)
+            {
                 return Ok((t.value.clone(), t.generation));
             }
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.login().await })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Http(format!("login task: {e}"))))
+    }
+
+    async fn login(&self) -> Result<(Secret, u64), ApiError> {
+        let ApiAuth::Login { username, password } = &self.auth else {
+            unreachable!("only login credentials log in");
+        };
+        let mut slot = self.token.lock().await;
+        // Another task may have logged in while this one waited for the lock.
+        if let Some(t) = slot
+            .as_ref()
+            .filter(|t| t.obtained.elapsed() < self.token_renew)
+        {
+            return Ok((t.value.clone(), t.generation));
         }
         let body = serde_json::to_vec(&Login {
             username,

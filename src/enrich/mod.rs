@@ -6,7 +6,8 @@
 //! this stage as a [`Job`], without waiting: a bounded channel, `try_send`. An
 //! async task per cluster reads the file's ACL (`GET /v2/files/{id}/info/acl`,
 //! and `/v1/files/{id}/info/attributes` when the type is unknown), with at most
-//! `enrich.in_flight` requests at once, diffs it against the last ACL seen for
+//! `enrich.in_flight` requests at once (a job still waiting for a slot
+//! `enrich.timeout_ms` after it was handed over is not looked up), diffs it against the last ACL seen for
 //! that file (an LRU of `enrich.acl_cache_entries`), and renders the events:
 //!
 //! - `*.owner_change` when `before.owner` differs from `after.owner` (with `owner`);
@@ -206,6 +207,9 @@ pub struct Job {
     pub directory: Option<bool>,
     pub owner_changed: bool,
     pub event: Arc<Held>,
+    /// When it was handed over: `enrich.timeout_ms` counts from here, so that a
+    /// job that waited too long for a free request slot is not looked up at all.
+    pub queued: Instant,
 }
 
 /// The result of a [`Job`], for the batcher.
@@ -258,7 +262,7 @@ impl Link {
 
 struct ClusterCtx {
     cluster: Arc<str>,
-    client: ApiClient,
+    client: Arc<ApiClient>,
     cache: Mutex<Lru<String, Acl>>,
     timeout: Duration,
     metrics: Arc<EnrichMetrics>,
@@ -267,9 +271,14 @@ struct ClusterCtx {
 impl ClusterCtx {
     async fn resolve(&self, job: &Job) -> Completion {
         let ev = &job.event;
-        let fetched = tokio::time::timeout(self.timeout, self.fetch(ev.file_id(), job.directory))
-            .await
-            .unwrap_or(Err(client::ApiError::Timeout(self.timeout)));
+        let left = self.timeout.saturating_sub(job.queued.elapsed());
+        let fetched = if left.is_zero() {
+            Err(client::ApiError::Timeout(self.timeout))
+        } else {
+            tokio::time::timeout(left, self.fetch(ev.file_id(), job.directory))
+                .await
+                .unwrap_or(Err(client::ApiError::Timeout(self.timeout)))
+        };
         let (events, directory) = match fetched {
             Ok((acl, directory)) => {
                 let before = self
@@ -364,14 +373,14 @@ impl Enricher {
         for c in cfg.clusters.iter().filter(|_| e.enabled) {
             let Some(api) = &c.api else { continue };
             let name: Arc<str> = Arc::from(c.name.as_str());
-            let client = ApiClient::new(
+            let client = Arc::new(ApiClient::new(
                 name.clone(),
                 api,
                 e.in_flight,
                 e.request_timeout,
                 e.token_renew,
                 metrics.clone(),
-            )?;
+            )?);
             let (tx, rx) = mpsc::channel(e.queue_max_events);
             let link = Arc::new(Link {
                 cluster: name.clone(),

@@ -150,6 +150,7 @@ impl Order {
             directory,
             owner_changed,
             event: head.clone(),
+            queued: std::time::Instant::now(),
         };
         if !dispatch(job) {
             let ev = Arc::try_unwrap(head).unwrap_or_else(|a| (*a).clone());
