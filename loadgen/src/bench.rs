@@ -64,6 +64,7 @@ impl Scenario {
     }
 
     /// The scenario's shape; `duration` overrides its default length.
+    /// [`Plan::with`] applies the other overrides.
     pub fn plan(self, duration: Option<Duration>) -> Plan {
         let secs = Duration::from_secs;
         let base = Plan {
@@ -109,14 +110,53 @@ impl Scenario {
     }
 }
 
+impl Plan {
+    /// The plan with the shape and rate of the command line, where given.
+    /// `rate` is events/s over all nodes; a burst node keeps its own rate on top.
+    pub fn with(
+        mut self,
+        rate: Option<f64>,
+        clusters: Option<u16>,
+        nodes: Option<u16>,
+    ) -> anyhow::Result<Plan> {
+        if let Some(r) = rate {
+            if !(r > 0.0 && r.is_finite()) {
+                bail!("--rate: a positive number of events per second");
+            }
+            self.rate = Some(r);
+        }
+        if let Some(c) = clusters {
+            if c == 0 {
+                bail!("--clusters: at least one");
+            }
+            self.clusters = c;
+        }
+        if let Some(n) = nodes {
+            if n == 0 {
+                bail!("--nodes: at least one");
+            }
+            self.nodes = n;
+        }
+        Ok(self)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub scenario: Scenario,
     pub duration: Option<Duration>,
     /// the qbroker binary; default: next to this executable
     pub broker: Option<PathBuf>,
-    /// broker parse threads; default: the number of CPUs
+    /// broker parse threads; default: the number of CPUs it may run on
     pub workers: Option<usize>,
+    /// events/s over all nodes, instead of the scenario's
+    pub rate: Option<f64>,
+    /// clusters, instead of the scenario's
+    pub clusters: Option<u16>,
+    /// nodes per cluster, instead of the scenario's
+    pub nodes: Option<u16>,
+    /// run the broker under `taskset -c LIST` (e.g. `0-7`)
+    pub broker_cpus: Option<String>,
     pub format: Format,
     pub framing: Framing,
     pub seed: u64,
@@ -135,6 +175,10 @@ impl Default for BenchOptions {
             duration: None,
             broker: None,
             workers: None,
+            rate: None,
+            clusters: None,
+            nodes: None,
+            broker_cpus: None,
             format: Format::Json,
             framing: Framing::Lf,
             seed: 1,
@@ -145,7 +189,8 @@ impl Default for BenchOptions {
     }
 }
 
-const BUILD_HINT: &str = "build it with `cargo build --release --workspace`, or pass --broker PATH";
+const BUILD_HINT: &str = "build it with `cargo build --release --workspace` \
+     (tests also take the debug one from `cargo build -p qbroker`), or pass --broker PATH";
 
 /// The qbroker binary: `explicit`, else next to the running executable
 /// (also from `target/*/deps` test binaries and from a debug loadgen).
@@ -233,6 +278,40 @@ pub fn parse_vmhwm(status: &str) -> Option<u64> {
     }
 }
 
+/// The CPUs of a `taskset -c` list such as `0-7` or `0,2,4-5`.
+pub fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else {
+            bail!("CPU list {list:?}: expected numbers and ranges such as 0-7 or 0,2,4-5");
+        };
+        if a > b {
+            bail!("CPU list {list:?}: range {part} runs backwards");
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// `Cpus_allowed_list` from /proc/<pid>/status: where the process may run.
+pub fn parse_cpus_allowed(status: &str) -> Option<String> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line["Cpus_allowed_list:".len()..].trim().to_string())
+}
+
+/// An executable named `name` in PATH.
+fn in_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -272,10 +351,28 @@ struct Broker {
 }
 
 impl Broker {
-    async fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Broker> {
+    /// Starts `bin run --config CONFIG`, under `taskset -c CPUS` when given.
+    async fn start(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<Broker> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
+        let mut cmd = match cpus {
+            Some(list) => {
+                let taskset = in_path("taskset").context(
+                    "--broker-cpus needs taskset (util-linux), which is not in PATH; \
+                     install it or leave --broker-cpus out",
+                )?;
+                let mut c = Command::new(taskset);
+                c.arg("-c").arg(list).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -353,11 +450,21 @@ impl Broker {
 
 /// Runs one scenario end to end and returns the report.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
-    let plan = opts.scenario.plan(opts.duration);
+    let plan = opts
+        .scenario
+        .plan(opts.duration)
+        .with(opts.rate, opts.clusters, opts.nodes)?;
     let broker_bin = find_broker(opts.broker.as_deref())?;
-    let workers = opts
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pinned = match &opts.broker_cpus {
+        Some(list) => Some(parse_cpu_list(list).context("--broker-cpus")?.len()),
+        None => None,
+    };
+    let workers = match (opts.workers, pinned) {
+        (Some(0), _) => bail!("--workers: at least one"),
+        (Some(w), _) => w,
+        (None, Some(n)) => n,
+        (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
     let work = std::env::temp_dir().join(format!(
         "loadgen-bench-{}-{}",
         std::process::id(),
@@ -399,8 +506,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     );
     let config_path = work.join("qbroker.toml");
     std::fs::write(&config_path, &config)?;
-    let mut broker = Broker::start(&broker_bin, &config_path, &work.join("qbroker.log")).await?;
+    let mut broker = Broker::start(
+        &broker_bin,
+        &config_path,
+        &work.join("qbroker.log"),
+        opts.broker_cpus.as_deref(),
+    )
+    .await?;
     broker.ready(listen, Duration::from_secs(20)).await?;
+    let broker_cpus = std::fs::read_to_string(format!("/proc/{}/status", broker.pid))
+        .ok()
+        .as_deref()
+        .and_then(parse_cpus_allowed)
+        .unwrap_or_else(|| "?".to_string());
     let tck = clock_ticks_per_sec();
     let (cpu0, _) = sample(broker.pid, tck)?;
 
@@ -532,6 +650,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         seed: opts.seed,
         rate: plan.rate,
         broker: broker_bin.display().to_string(),
+        broker_workers: workers,
+        broker_cpus,
+        broker_pinned: opts.broker_cpus.is_some(),
         broker_exit,
     };
     let report = Report::assemble(
@@ -602,6 +723,51 @@ mod tests {
             (o.start, o.len),
             (Duration::from_secs(5), Duration::from_secs(10))
         );
+    }
+
+    #[test]
+    fn overrides() {
+        let p = Scenario::Max
+            .plan(None)
+            .with(Some(100_000.0), Some(5), Some(2))
+            .unwrap();
+        assert_eq!((p.rate, p.clusters, p.nodes), (Some(100_000.0), 5, 2));
+        let b = Scenario::Burst
+            .plan(None)
+            .with(Some(1000.0), None, None)
+            .unwrap();
+        assert_eq!((b.rate, b.burst_rate), (Some(1000.0), Some(15_000.0)));
+        assert_eq!(
+            Scenario::Steady.plan(None).with(None, None, None).unwrap(),
+            Scenario::Steady.plan(None)
+        );
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(Some(0.0), None, None)
+            .is_err());
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(None, Some(0), None)
+            .is_err());
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(None, None, Some(0))
+            .is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-7").unwrap(), (0..8).collect::<Vec<_>>());
+        assert_eq!(parse_cpu_list("0,2,4-5").unwrap(), vec![0, 2, 4, 5]);
+        assert_eq!(parse_cpu_list("3").unwrap(), vec![3]);
+        assert_eq!(parse_cpu_list("1-2,2-3").unwrap(), vec![1, 2, 3]);
+        for bad in ["", "a", "7-0", "0-", "0,,1"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
+        }
+        let status = "Name:\tqbroker\nCpus_allowed:\tff\nCpus_allowed_list:\t0-7\n";
+        assert_eq!(parse_cpus_allowed(status).as_deref(), Some("0-7"));
+        let me = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_cpus_allowed(&me).is_some_and(|l| !l.is_empty()));
     }
 
     #[test]
