@@ -141,6 +141,13 @@ impl Plan {
     }
 }
 
+/// `[batch]` settings of the broker under test; None: its default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BatchOverrides {
+    pub max_events: Option<usize>,
+    pub max_age_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub scenario: Scenario,
@@ -157,6 +164,8 @@ pub struct BenchOptions {
     pub nodes: Option<u16>,
     /// run the broker under `taskset -c LIST` (e.g. `0-7`)
     pub broker_cpus: Option<String>,
+    /// the broker's `[batch]` limits, where not its defaults
+    pub batch: BatchOverrides,
     pub format: Format,
     pub framing: Framing,
     pub seed: u64,
@@ -179,6 +188,7 @@ impl Default for BenchOptions {
             clusters: None,
             nodes: None,
             broker_cpus: None,
+            batch: BatchOverrides::default(),
             format: Format::Json,
             framing: Framing::Lf,
             seed: 1,
@@ -237,6 +247,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The broker configuration the bench runs with.
+/// `batch` sets `[batch]` fields over the broker's defaults.
 pub fn broker_config(
     listen: std::net::SocketAddr,
     workers: usize,
@@ -244,9 +255,20 @@ pub fn broker_config(
     data_dir: &Path,
     sink_url: &str,
     ca_file: &Path,
+    batch: &BatchOverrides,
 ) -> String {
+    let mut batch_table = String::new();
+    if let Some(n) = batch.max_events {
+        batch_table.push_str(&format!("max_events = {n}\n"));
+    }
+    if let Some(ms) = batch.max_age_ms {
+        batch_table.push_str(&format!("max_age_ms = {ms}\n"));
+    }
+    if !batch_table.is_empty() {
+        batch_table.insert_str(0, "\n[batch]\n");
+    }
     format!(
-        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n\n\
+        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}\n\
          [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
         toml_str(&listen.to_string()),
         toml_str(&metrics.to_string()),
@@ -503,6 +525,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &data_dir,
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
+        &opts.batch,
     );
     let config_path = work.join("qbroker.toml");
     std::fs::write(&config_path, &config)?;
@@ -653,6 +676,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         broker_workers: workers,
         broker_cpus,
         broker_pinned: opts.broker_cpus.is_some(),
+        broker_batch: opts.batch,
         broker_exit,
     };
     let report = Report::assemble(
@@ -779,6 +803,7 @@ mod tests {
             Path::new("/tmp/a \"b\"/data"),
             "https://127.0.0.1:8443/events",
             Path::new("/tmp/ca.pem"),
+            &BatchOverrides::default(),
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["listen"].as_str(), Some("127.0.0.1:5514"));
@@ -789,6 +814,23 @@ mod tests {
         assert_eq!(t["name"].as_str(), Some("sink"));
         assert_eq!(t["url"].as_str(), Some("https://127.0.0.1:8443/events"));
         assert_eq!(t["ca_file"].as_str(), Some("/tmp/ca.pem"));
+        assert!(v.get("batch").is_none());
+        let c = broker_config(
+            "127.0.0.1:5514".parse().unwrap(),
+            2,
+            "127.0.0.1:9100".parse().unwrap(),
+            Path::new("/tmp/data"),
+            "https://127.0.0.1:8443/events",
+            Path::new("/tmp/ca.pem"),
+            &BatchOverrides {
+                max_events: Some(500),
+                max_age_ms: Some(25),
+            },
+        );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
+        assert_eq!(v["batch"]["max_age_ms"].as_integer(), Some(25));
+        assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));
     }
 
     #[test]

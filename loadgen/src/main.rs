@@ -223,6 +223,12 @@ struct BenchArgs {
     /// run the broker under `taskset -c LIST`, e.g. `0-7`
     #[arg(long, value_name = "LIST")]
     broker_cpus: Option<String>,
+    /// the broker's [batch] max_events (default: its own, 1000)
+    #[arg(long)]
+    batch_max_events: Option<usize>,
+    /// the broker's [batch] max_age_ms (default: its own, 200)
+    #[arg(long)]
+    batch_max_age_ms: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
     #[arg(long, value_enum, default_value_t = Framing::Lf)]
@@ -527,6 +533,10 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         clusters: a.clusters,
         nodes: a.nodes,
         broker_cpus: a.broker_cpus,
+        batch: loadgen::bench::BatchOverrides {
+            max_events: a.batch_max_events,
+            max_age_ms: a.batch_max_age_ms,
+        },
         format: a.format,
         framing: a.framing,
         seed: a.seed,

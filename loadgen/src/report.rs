@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::bench::BatchOverrides;
 use crate::gen::{Format, Framing};
 use crate::send::SendSummary;
 use crate::sink::Responses;
@@ -43,6 +44,8 @@ pub struct Setup {
     pub broker_cpus: String,
     /// started under `taskset -c` (`--broker-cpus`)
     pub broker_pinned: bool,
+    /// `[batch]` limits set for the run (null: the broker's default)
+    pub broker_batch: BatchOverrides,
     /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
     pub broker_exit: String,
 }
@@ -222,9 +225,18 @@ impl Report {
             self.broker_cpu_us_per_delivered_event,
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
         );
+        let b = &s.broker_batch;
+        let batch = match (b.max_events, b.max_age_ms) {
+            (None, None) => String::new(),
+            (e, a) => format!(
+                "; batch max_events {}, max_age_ms {}",
+                e.map_or("default".into(), |n| n.to_string()),
+                a.map_or("default".into(), |n| n.to_string())
+            ),
+        };
         let _ = writeln!(
             o,
-            "              {} workers on CPUs {}{}; {}",
+            "              {} workers on CPUs {}{}{batch}; {}",
             s.broker_workers,
             s.broker_cpus,
             if s.broker_pinned { " (taskset)" } else { "" },
@@ -327,6 +339,7 @@ mod tests {
             broker_workers: 8,
             broker_cpus: "0-7".into(),
             broker_pinned: true,
+            broker_batch: BatchOverrides::default(),
             broker_exit: "exit status: 0 after SIGTERM".into(),
         }
     }
