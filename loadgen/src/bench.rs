@@ -373,21 +373,17 @@ struct Broker {
 }
 
 impl Broker {
-    /// Starts `bin run --config CONFIG`, under `taskset -c CPUS` when given.
+    /// Starts `bin run --config CONFIG`, under `TASKSET -c CPUS` when given.
     async fn start(
         bin: &Path,
         config: &Path,
         log: &Path,
-        cpus: Option<&str>,
+        pin: Option<(&Path, &str)>,
     ) -> anyhow::Result<Broker> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = match cpus {
-            Some(list) => {
-                let taskset = in_path("taskset").context(
-                    "--broker-cpus needs taskset (util-linux), which is not in PATH; \
-                     install it or leave --broker-cpus out",
-                )?;
+        let mut cmd = match pin {
+            Some((taskset, list)) => {
                 let mut c = Command::new(taskset);
                 c.arg("-c").arg(list).arg(bin);
                 c
@@ -477,10 +473,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .plan(opts.duration)
         .with(opts.rate, opts.clusters, opts.nodes)?;
     let broker_bin = find_broker(opts.broker.as_deref())?;
-    let pinned = match &opts.broker_cpus {
-        Some(list) => Some(parse_cpu_list(list).context("--broker-cpus")?.len()),
+    // (taskset, the CPUs asked for)
+    let pin = match &opts.broker_cpus {
+        Some(list) => {
+            let cpus = parse_cpu_list(list).context("--broker-cpus")?;
+            let taskset = in_path("taskset").context(
+                "--broker-cpus needs taskset (util-linux), which is not in PATH; \
+                 install it or leave --broker-cpus out",
+            )?;
+            Some((taskset, cpus))
+        }
         None => None,
     };
+    let pinned = pin.as_ref().map(|(_, cpus)| cpus.len());
     let workers = match (opts.workers, pinned) {
         (Some(0), _) => bail!("--workers: at least one"),
         (Some(w), _) => w,
@@ -533,7 +538,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &broker_bin,
         &config_path,
         &work.join("qbroker.log"),
-        opts.broker_cpus.as_deref(),
+        pin.as_ref()
+            .zip(opts.broker_cpus.as_deref())
+            .map(|((taskset, _), list)| (taskset.as_path(), list)),
     )
     .await?;
     broker.ready(listen, Duration::from_secs(20)).await?;
@@ -542,6 +549,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .as_deref()
         .and_then(parse_cpus_allowed)
         .unwrap_or_else(|| "?".to_string());
+    if let Some((_, want)) = &pin {
+        // the kernel drops CPUs that do not exist from the mask without a word
+        if parse_cpu_list(&broker_cpus).ok().as_ref() != Some(want) {
+            bail!(
+                "--broker-cpus {}: the broker may run on CPUs {broker_cpus} instead \
+                 (this machine has {} CPUs)",
+                opts.broker_cpus.as_deref().unwrap_or_default(),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
+        }
+    }
     let tck = clock_ticks_per_sec();
     let (cpu0, _) = sample(broker.pid, tck)?;
 
