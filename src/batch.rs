@@ -23,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::config::BatchConfig;
 use crate::metrics::{ClusterMetrics, RateLimit};
+use crate::model::Recycler;
 use crate::spool::{AppendError, NewBatch, Spool};
 use crate::sync::gate::Gate;
 
@@ -37,48 +38,6 @@ const APPEND_WAIT: Duration = Duration::from_secs(1);
 
 static SPOOL_FULL_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
 static SPOOL_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
-
-/// A bounded free list of byte buffers. Worker output buffers and batch bodies
-/// are large (hundreds of KiB) and short-lived; reusing them spares the
-/// allocator from returning their pages to the kernel and faulting fresh,
-/// zeroed ones in again (a tenth of the broker's CPU before this, measured with
-/// perf in the `max` bench scenario).
-pub struct Recycler {
-    free: crossbeam_channel::Sender<Vec<u8>>,
-    reuse: crossbeam_channel::Receiver<Vec<u8>>,
-    max_capacity: usize,
-}
-
-impl Recycler {
-    /// Keeps at most `slots` buffers of at most `max_capacity` bytes each.
-    pub fn new(slots: usize, max_capacity: usize) -> Recycler {
-        let (free, reuse) = crossbeam_channel::bounded(slots.max(1));
-        Recycler {
-            free,
-            reuse,
-            max_capacity,
-        }
-    }
-
-    /// An empty buffer with room for at least `capacity` bytes.
-    pub fn get(&self, capacity: usize) -> Vec<u8> {
-        match self.reuse.try_recv() {
-            Ok(mut buf) => {
-                buf.reserve(capacity);
-                buf
-            }
-            Err(_) => Vec::with_capacity(capacity),
-        }
-    }
-
-    /// Give a buffer back (dropped when the list is full or it is oversized).
-    pub fn put(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= self.max_capacity {
-            buf.clear();
-            let _ = self.free.try_send(buf);
-        }
-    }
-}
 
 /// The events a worker made of one chunk.
 #[derive(Debug, Default)]
@@ -118,22 +77,42 @@ struct State {
     open: Option<Open>,
 }
 
+/// What every batcher shares.
+struct Common {
+    limits: BatchConfig,
+    /// Worker output buffers, one per chunk in work.
+    chunks: Recycler,
+    /// Batch bodies, one per open or sealing batch.
+    bodies: Recycler,
+    /// Set when the shutdown deadline passed: stop waiting on a spool.
+    abort: AtomicBool,
+}
+
+impl Common {
+    fn new(limits: BatchConfig) -> Common {
+        Common {
+            chunks: Recycler::new(64, 4 << 20),
+            bodies: Recycler::new(16, limits.max_bytes * 2),
+            limits,
+            abort: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Batches of one cluster.
 pub struct Batcher {
     cluster: Arc<str>,
     /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
     prefix: Vec<u8>,
-    limits: BatchConfig,
     spool: Arc<Spool>,
     metrics: Arc<ClusterMetrics>,
     gate: Arc<Gate>,
     gate_id: usize,
+    common: Arc<Common>,
     state: Mutex<State>,
-    buffers: Arc<Buffers>,
     /// Held while appending sealed batches, taken before `state` is let go, so that
     /// the spool receives a cluster's batches in the order they were sealed.
     append: Mutex<()>,
-    abort: Arc<AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,12 +123,10 @@ impl Batcher {
     fn new(
         cluster: Arc<str>,
         filer_id: Option<u64>,
-        limits: BatchConfig,
         spool: Arc<Spool>,
         metrics: Arc<ClusterMetrics>,
         (gate, gate_id): (Arc<Gate>, usize),
-        buffers: Arc<Buffers>,
-        abort: Arc<AtomicBool>,
+        common: Arc<Common>,
     ) -> Batcher {
         let mut prefix = Vec::with_capacity(128);
         prefix.extend_from_slice(b"{\"schema\":\"");
@@ -169,25 +146,23 @@ impl Batcher {
         Batcher {
             cluster,
             prefix,
-            limits,
             spool,
             metrics,
             gate,
             gate_id,
-            buffers,
+            common,
             state: Mutex::new(State {
                 next_chunk: 0,
                 pending: BTreeMap::new(),
                 open: None,
             }),
             append: Mutex::new(()),
-            abort,
         }
     }
 
     /// A buffer for a worker to convert a chunk of `bytes` bytes into.
     pub fn chunk_buffer(&self, bytes: usize) -> Vec<u8> {
-        self.buffers.chunks.get(bytes + bytes / 2)
+        self.common.chunks.get(bytes + bytes / 2)
     }
 
     /// Take a converted chunk (even one with no events: it moves the order on).
@@ -200,7 +175,7 @@ impl Batcher {
         }
         let mut weight = out.weight;
         self.apply(&mut st, &out, &mut sealed);
-        self.buffers.chunks.put(out.events);
+        self.common.chunks.put(out.events);
         st.next_chunk += 1;
         loop {
             let no = st.next_chunk;
@@ -210,7 +185,7 @@ impl Batcher {
             self.apply(&mut st, &next, &mut sealed);
             weight.0 += next.weight.0;
             weight.1 += next.weight.1;
-            self.buffers.chunks.put(next.events);
+            self.common.chunks.put(next.events);
             st.next_chunk += 1;
         }
         let order = (!sealed.is_empty()).then(|| lock(&self.append));
@@ -229,7 +204,7 @@ impl Batcher {
         let due = st
             .open
             .as_ref()
-            .is_some_and(|o| o.opened.elapsed() >= self.limits.max_age);
+            .is_some_and(|o| o.opened.elapsed() >= self.common.limits.max_age);
         if due {
             let sealed = self.seal(&mut st);
             let order = lock(&self.append);
@@ -282,10 +257,10 @@ impl Batcher {
             // Take the longest run of events from `i` that fits the open batch.
             let mut j = i;
             let mut size = open.body.len();
-            while j < n && (open.events as usize + (j - i)) < self.limits.max_events {
+            while j < n && (open.events as usize + (j - i)) < self.common.limits.max_events {
                 let len = out.ends[j] as usize - start_of(j) + 1;
                 let empty = open.events == 0 && j == i;
-                if !empty && size + len + 2 > self.limits.max_bytes {
+                if !empty && size + len + 2 > self.common.limits.max_bytes {
                     break;
                 }
                 size += len;
@@ -309,8 +284,8 @@ impl Batcher {
                 Some((at, count)) if *at == out.received_unix_us || full_profile => *count += taken,
                 _ => open.received.push((out.received_unix_us, taken)),
             }
-            let full = open.events as usize >= self.limits.max_events
-                || open.body.len() + 2 >= self.limits.max_bytes;
+            let full = open.events as usize >= self.common.limits.max_events
+                || open.body.len() + 2 >= self.common.limits.max_bytes;
             i = j;
             if full {
                 sealed.extend(self.seal(st));
@@ -321,9 +296,9 @@ impl Batcher {
     fn open_batch(&self) -> Open {
         let batch_id = uuid::Uuid::now_v7().to_string();
         let mut body = self
-            .buffers
+            .common
             .bodies
-            .get((self.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len());
+            .get((self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len());
         body.extend_from_slice(&self.prefix);
         body.extend_from_slice(batch_id.as_bytes());
         body.extend_from_slice(b"\",\"events\":[");
@@ -412,7 +387,7 @@ impl Batcher {
                         break;
                     }
                 }
-                if self.abort.load(Ordering::Relaxed) {
+                if self.common.abort.load(Ordering::Relaxed) {
                     error!(
                         cluster = %self.cluster,
                         batch_id = %batch.batch_id,
@@ -423,27 +398,17 @@ impl Batcher {
                     break;
                 }
             }
-            self.buffers.bodies.put(batch.body);
+            self.common.bodies.put(batch.body);
         }
     }
 }
 
-/// The buffer free lists every batcher and worker shares.
-pub struct Buffers {
-    /// Worker output, one per chunk in work.
-    pub chunks: Recycler,
-    /// Batch bodies, one per open or sealing batch.
-    pub bodies: Recycler,
-}
-
 /// Every batcher, grouped by target, with one age sealer thread per target.
 pub struct Batches {
-    limits: BatchConfig,
-    buffers: Arc<Buffers>,
+    common: Arc<Common>,
     spools: Vec<Arc<Spool>>,
     by_target: Vec<Arc<Mutex<Vec<Arc<Batcher>>>>>,
     stop: Arc<AtomicBool>,
-    abort: Arc<AtomicBool>,
     sealers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -471,17 +436,11 @@ impl Batches {
                     })?,
             );
         }
-        let buffers = Arc::new(Buffers {
-            chunks: Recycler::new(64, 4 << 20),
-            bodies: Recycler::new(16, limits.max_bytes * 2),
-        });
         Ok(Arc::new(Batches {
-            buffers,
-            limits,
+            common: Arc::new(Common::new(limits)),
             spools,
             by_target,
             stop,
-            abort: Arc::new(AtomicBool::new(false)),
             sealers: Mutex::new(sealers),
         }))
     }
@@ -498,12 +457,10 @@ impl Batches {
         let b = Arc::new(Batcher::new(
             cluster,
             filer_id,
-            self.limits.clone(),
             self.spools[target].clone(),
             metrics,
             gate,
-            self.buffers.clone(),
-            self.abort.clone(),
+            self.common.clone(),
         ));
         lock(&self.by_target[target]).push(b.clone());
         b
@@ -525,29 +482,13 @@ impl Batches {
 
     /// Give up waiting on unavailable spools (the shutdown deadline passed).
     pub fn abort(&self) {
-        self.abort.store(true, Ordering::Relaxed);
+        self.common.abort.store(true, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_recycler_keeps_a_bounded_number_of_buffers() {
-        let r = Recycler::new(2, 1024);
-        let mut a = r.get(100);
-        a.extend_from_slice(b"xyz");
-        let cap = a.capacity();
-        r.put(a);
-        let b = r.get(10);
-        assert!(b.is_empty() && b.capacity() == cap, "reused and cleared");
-        r.put(Vec::with_capacity(4096)); // too large: dropped
-        r.put(Vec::with_capacity(10));
-        r.put(Vec::with_capacity(10));
-        r.put(Vec::with_capacity(10)); // full: dropped
-        assert_eq!(r.reuse.len(), 2);
-    }
     use crate::metrics::Metrics;
     use crate::spool::{Fsync, Options};
 
@@ -594,15 +535,10 @@ mod tests {
         let b = Batcher::new(
             Arc::from("c\"1"),
             Some(7),
-            limits,
             spool.clone(),
             m.cluster("c\"1"),
             (gate, id),
-            Arc::new(Buffers {
-                chunks: Recycler::new(4, 1 << 20),
-                bodies: Recycler::new(4, 1 << 21),
-            }),
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(Common::new(limits)),
         );
         (b, spool)
     }
