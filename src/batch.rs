@@ -14,9 +14,9 @@
 //! later event of the same file, are held and go out when the enrichment is
 //! done: later than other files' events, possibly in a later batch, still with
 //! their own `seq`. So within a batch `seq` increases except around held events,
-//! and per file the order is always the arrival order. The batcher also keeps the
-//! type cache (creates teach it; deletes and renames without a trailing `/`, and
-//! metadata changes, ask it).
+//! and per file the order is always the arrival order (spool order). The batcher
+//! also keeps the type cache (creates teach it; deletes and renames without a
+//! trailing `/`, and metadata changes, ask it).
 //!
 //! A batch is sealed at `max_events`, at `max_bytes`, or `max_age` after it was
 //! opened, whichever comes first; the first two by the worker that fills it, the
@@ -36,6 +36,7 @@ use tracing::{error, warn};
 use crate::config::{BatchConfig, EnrichConfig};
 use crate::enrich::{self, Completion, Enricher, Fallback, Held, Link, Order};
 use crate::metrics::{ClusterMetrics, RateLimit};
+use crate::model::Recycler;
 use crate::parse::{EventInfo, Hint, Operation};
 use crate::spool::{AppendError, NewBatch, Spool};
 use crate::sync::gate::Gate;
@@ -99,21 +100,42 @@ struct State {
     order: Order,
 }
 
+/// What every batcher shares.
+struct Common {
+    limits: BatchConfig,
+    /// Worker output buffers, one per chunk in work.
+    chunks: Recycler,
+    /// Batch bodies, one per open or sealing batch.
+    bodies: Recycler,
+    /// Set when the shutdown deadline passed: stop waiting on a spool.
+    abort: AtomicBool,
+}
+
+impl Common {
+    fn new(limits: BatchConfig) -> Common {
+        Common {
+            chunks: Recycler::new(64, 4 << 20),
+            bodies: Recycler::new(16, limits.max_bytes * 2),
+            limits,
+            abort: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Batches of one cluster.
 pub struct Batcher {
     cluster: Arc<str>,
     /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
     prefix: Vec<u8>,
-    limits: BatchConfig,
     spool: Arc<Spool>,
     metrics: Arc<ClusterMetrics>,
     gate: Arc<Gate>,
     gate_id: usize,
+    common: Arc<Common>,
     state: Mutex<State>,
     /// Held while appending sealed batches, taken before `state` is let go, so that
     /// the spool receives a cluster's batches in the order they were sealed.
     append: Mutex<()>,
-    abort: Arc<AtomicBool>,
     /// Set when the cluster's metadata changes are enriched.
     enrich: OnceLock<Arc<Link>>,
 }
@@ -131,11 +153,10 @@ impl Batcher {
     fn new(
         cluster: Arc<str>,
         filer_id: Option<u64>,
-        limits: BatchConfig,
         spool: Arc<Spool>,
         metrics: Arc<ClusterMetrics>,
         (gate, gate_id): (Arc<Gate>, usize),
-        abort: Arc<AtomicBool>,
+        common: Arc<Common>,
     ) -> Batcher {
         let mut prefix = Vec::with_capacity(128);
         prefix.extend_from_slice(b"{\"schema\":\"");
@@ -155,11 +176,11 @@ impl Batcher {
         Batcher {
             cluster,
             prefix,
-            limits,
             spool,
             metrics,
             gate,
             gate_id,
+            common,
             state: Mutex::new(State {
                 next_chunk: 0,
                 pending: BTreeMap::new(),
@@ -170,7 +191,6 @@ impl Batcher {
                 },
             }),
             append: Mutex::new(()),
-            abort,
             enrich: OnceLock::new(),
         }
     }
@@ -310,6 +330,11 @@ impl Batcher {
         self.append(st, event, &ends, 0..1, received_us, sealed);
     }
 
+    /// A buffer for a worker to convert a chunk of `bytes` bytes into.
+    pub fn chunk_buffer(&self, bytes: usize) -> Vec<u8> {
+        self.common.chunks.get(bytes + bytes / 2)
+    }
+
     /// Take a converted chunk (even one with no events: it moves the order on).
     pub fn submit(&self, out: ChunkOut) {
         let mut sealed = Vec::new();
@@ -320,6 +345,7 @@ impl Batcher {
         }
         let mut weight = out.weight;
         self.apply(&mut st, &out, &mut sealed);
+        self.common.chunks.put(out.events);
         st.next_chunk += 1;
         loop {
             let no = st.next_chunk;
@@ -329,6 +355,7 @@ impl Batcher {
             self.apply(&mut st, &next, &mut sealed);
             weight.0 += next.weight.0;
             weight.1 += next.weight.1;
+            self.common.chunks.put(next.events);
             st.next_chunk += 1;
         }
         let order = (!sealed.is_empty()).then(|| lock(&self.append));
@@ -347,7 +374,7 @@ impl Batcher {
         let due = st
             .open
             .as_ref()
-            .is_some_and(|o| o.opened.elapsed() >= self.limits.max_age);
+            .is_some_and(|o| o.opened.elapsed() >= self.common.limits.max_age);
         if due {
             let sealed = self.seal(&mut st);
             let order = lock(&self.append);
@@ -373,6 +400,7 @@ impl Batcher {
             }
             st = lock(&self.state);
         }
+
         if !st.pending.is_empty() {
             // Only a chunk lost in a worker could leave a gap; its successors are
             // still whole and are delivered.
@@ -515,10 +543,10 @@ impl Batcher {
             // Take the longest run of events from `i` that fits the open batch.
             let mut j = i;
             let mut size = open.body.len();
-            while j < n && (open.events as usize + (j - i)) < self.limits.max_events {
+            while j < n && (open.events as usize + (j - i)) < self.common.limits.max_events {
                 let len = ends[j] as usize - start_of(j) + 1;
                 let empty = open.events == 0 && j == i;
-                if !empty && size + len + 2 > self.limits.max_bytes {
+                if !empty && size + len + 2 > self.common.limits.max_bytes {
                     break;
                 }
                 size += len;
@@ -542,8 +570,8 @@ impl Batcher {
                 Some((at, count)) if *at == received_unix_us || full_profile => *count += taken,
                 _ => open.received.push((received_unix_us, taken)),
             }
-            let full = open.events as usize >= self.limits.max_events
-                || open.body.len() + 2 >= self.limits.max_bytes;
+            let full = open.events as usize >= self.common.limits.max_events
+                || open.body.len() + 2 >= self.common.limits.max_bytes;
             i = j;
             if full {
                 sealed.extend(self.seal(st));
@@ -553,9 +581,10 @@ impl Batcher {
 
     fn open_batch(&self) -> Open {
         let batch_id = uuid::Uuid::now_v7().to_string();
-        let mut body = Vec::with_capacity(
-            (self.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len(),
-        );
+        let mut body = self
+            .common
+            .bodies
+            .get((self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len());
         body.extend_from_slice(&self.prefix);
         body.extend_from_slice(batch_id.as_bytes());
         body.extend_from_slice(b"\",\"events\":[");
@@ -644,7 +673,7 @@ impl Batcher {
                         break;
                     }
                 }
-                if self.abort.load(Ordering::Relaxed) {
+                if self.common.abort.load(Ordering::Relaxed) {
                     error!(
                         cluster = %self.cluster,
                         batch_id = %batch.batch_id,
@@ -655,17 +684,17 @@ impl Batcher {
                     break;
                 }
             }
+            self.common.bodies.put(batch.body);
         }
     }
 }
 
 /// Every batcher, grouped by target, with one age sealer thread per target.
 pub struct Batches {
-    limits: BatchConfig,
+    common: Arc<Common>,
     spools: Vec<Arc<Spool>>,
     by_target: Vec<Arc<Mutex<Vec<Arc<Batcher>>>>>,
     stop: Arc<AtomicBool>,
-    abort: Arc<AtomicBool>,
     sealers: Mutex<Vec<JoinHandle<()>>>,
     enricher: OnceLock<Arc<Enricher>>,
 }
@@ -695,11 +724,10 @@ impl Batches {
             );
         }
         Ok(Arc::new(Batches {
-            limits,
+            common: Arc::new(Common::new(limits)),
             spools,
             by_target,
             stop,
-            abort: Arc::new(AtomicBool::new(false)),
             sealers: Mutex::new(sealers),
             enricher: OnceLock::new(),
         }))
@@ -717,11 +745,10 @@ impl Batches {
         let b = Arc::new(Batcher::new(
             cluster,
             filer_id,
-            self.limits.clone(),
             self.spools[target].clone(),
             metrics,
             gate,
-            self.abort.clone(),
+            self.common.clone(),
         ));
         if let Some(e) = self.enricher.get() {
             b.configure(e.config(), e.link(&b.cluster));
@@ -753,7 +780,7 @@ impl Batches {
 
     /// Give up waiting on unavailable spools (the shutdown deadline passed).
     pub fn abort(&self) {
-        self.abort.store(true, Ordering::Relaxed);
+        self.common.abort.store(true, Ordering::Relaxed);
     }
 }
 
@@ -806,11 +833,10 @@ mod tests {
         let b = Batcher::new(
             Arc::from("c\"1"),
             Some(7),
-            limits,
             spool.clone(),
             m.cluster("c\"1"),
             (gate, id),
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(Common::new(limits)),
         );
         (b, spool)
     }

@@ -107,7 +107,7 @@ fn work(queue: &Receiver<Chunk>, ctx: &PoolCtx) {
 fn convert_chunk(chunk: &Chunk, ctx: &PoolCtx, tally: &mut Tally, convert: Convert) -> ChunkOut {
     let mut out = ChunkOut {
         chunk_no: chunk.chunk_no,
-        events: Vec::with_capacity(chunk.data.len() * 3 / 2),
+        events: chunk.cluster.batcher.chunk_buffer(chunk.data.len()),
         ends: Vec::with_capacity(chunk.frames.len()),
         received_unix_us: chunk.received_unix_us,
         weight: chunk.weight(),

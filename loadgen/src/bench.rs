@@ -76,6 +76,7 @@ impl Scenario {
     }
 
     /// The scenario's shape; `duration` overrides its default length.
+    /// [`Plan::with`] applies the other overrides.
     pub fn plan(self, duration: Option<Duration>) -> Plan {
         let secs = Duration::from_secs;
         let base = Plan {
@@ -132,14 +133,62 @@ impl Scenario {
     }
 }
 
+impl Plan {
+    /// The plan with the shape and rate of the command line, where given.
+    /// `rate` is events/s over all nodes; a burst node keeps its own rate on top.
+    pub fn with(
+        mut self,
+        rate: Option<f64>,
+        clusters: Option<u16>,
+        nodes: Option<u16>,
+    ) -> anyhow::Result<Plan> {
+        if let Some(r) = rate {
+            if !(r > 0.0 && r.is_finite()) {
+                bail!("--rate: a positive number of events per second");
+            }
+            self.rate = Some(r);
+        }
+        if let Some(c) = clusters {
+            if c == 0 {
+                bail!("--clusters: at least one");
+            }
+            self.clusters = c;
+        }
+        if let Some(n) = nodes {
+            if n == 0 {
+                bail!("--nodes: at least one");
+            }
+            self.nodes = n;
+        }
+        Ok(self)
+    }
+}
+
+/// `[batch]` settings of the broker under test; None: its default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BatchOverrides {
+    pub max_events: Option<usize>,
+    pub max_age_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub scenario: Scenario,
     pub duration: Option<Duration>,
     /// the qbroker binary; default: next to this executable
     pub broker: Option<PathBuf>,
-    /// broker parse threads; default: the number of CPUs
+    /// broker parse threads; default: the number of CPUs it may run on
     pub workers: Option<usize>,
+    /// events/s over all nodes, instead of the scenario's
+    pub rate: Option<f64>,
+    /// clusters, instead of the scenario's
+    pub clusters: Option<u16>,
+    /// nodes per cluster, instead of the scenario's
+    pub nodes: Option<u16>,
+    /// run the broker under `taskset -c LIST` (e.g. `0-7`)
+    pub broker_cpus: Option<String>,
+    /// the broker's `[batch]` limits, where not its defaults
+    pub batch: BatchOverrides,
     pub format: Format,
     pub framing: Framing,
     pub seed: u64,
@@ -158,6 +207,11 @@ impl Default for BenchOptions {
             duration: None,
             broker: None,
             workers: None,
+            rate: None,
+            clusters: None,
+            nodes: None,
+            broker_cpus: None,
+            batch: BatchOverrides::default(),
             format: Format::Json,
             framing: Framing::Lf,
             seed: 1,
@@ -168,7 +222,8 @@ impl Default for BenchOptions {
     }
 }
 
-const BUILD_HINT: &str = "build it with `cargo build --release --workspace`, or pass --broker PATH";
+const BUILD_HINT: &str = "build it with `cargo build --release --workspace` \
+     (tests also take the debug one from `cargo build -p qbroker`), or pass --broker PATH";
 
 /// The qbroker binary: `explicit`, else next to the running executable
 /// (also from `target/*/deps` test binaries and from a debug loadgen).
@@ -215,6 +270,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The broker configuration the bench runs with.
+/// `batch` sets `[batch]` fields over the broker's defaults.
 pub fn broker_config(
     listen: std::net::SocketAddr,
     workers: usize,
@@ -222,9 +278,20 @@ pub fn broker_config(
     data_dir: &Path,
     sink_url: &str,
     ca_file: &Path,
+    batch: &BatchOverrides,
 ) -> String {
+    let mut batch_table = String::new();
+    if let Some(n) = batch.max_events {
+        batch_table.push_str(&format!("max_events = {n}\n"));
+    }
+    if let Some(ms) = batch.max_age_ms {
+        batch_table.push_str(&format!("max_age_ms = {ms}\n"));
+    }
+    if !batch_table.is_empty() {
+        batch_table.insert_str(0, "\n[batch]\n");
+    }
     format!(
-        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n\n\
+        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}\n\
          [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
         toml_str(&listen.to_string()),
         toml_str(&metrics.to_string()),
@@ -300,6 +367,40 @@ pub fn parse_vmhwm(status: &str) -> Option<u64> {
     }
 }
 
+/// The CPUs of a `taskset -c` list such as `0-7` or `0,2,4-5`.
+pub fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else {
+            bail!("CPU list {list:?}: expected numbers and ranges such as 0-7 or 0,2,4-5");
+        };
+        if a > b {
+            bail!("CPU list {list:?}: range {part} runs backwards");
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// `Cpus_allowed_list` from /proc/<pid>/status: where the process may run.
+pub fn parse_cpus_allowed(status: &str) -> Option<String> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line["Cpus_allowed_list:".len()..].trim().to_string())
+}
+
+/// An executable named `name` in PATH.
+fn in_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -339,10 +440,24 @@ struct Broker {
 }
 
 impl Broker {
-    async fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Broker> {
+    /// Starts `bin run --config CONFIG`, under `TASKSET -c CPUS` when given.
+    async fn start(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        pin: Option<(&Path, &str)>,
+    ) -> anyhow::Result<Broker> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
+        let mut cmd = match pin {
+            Some((taskset, list)) => {
+                let mut c = Command::new(taskset);
+                c.arg("-c").arg(list).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -420,11 +535,30 @@ impl Broker {
 
 /// Runs one scenario end to end and returns the report.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
-    let plan = opts.scenario.plan(opts.duration);
+    let plan = opts
+        .scenario
+        .plan(opts.duration)
+        .with(opts.rate, opts.clusters, opts.nodes)?;
     let broker_bin = find_broker(opts.broker.as_deref())?;
-    let workers = opts
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // (taskset, the CPUs asked for)
+    let pin = match &opts.broker_cpus {
+        Some(list) => {
+            let cpus = parse_cpu_list(list).context("--broker-cpus")?;
+            let taskset = in_path("taskset").context(
+                "--broker-cpus needs taskset (util-linux), which is not in PATH; \
+                 install it or leave --broker-cpus out",
+            )?;
+            Some((taskset, cpus))
+        }
+        None => None,
+    };
+    let pinned = pin.as_ref().map(|(_, cpus)| cpus.len());
+    let workers = match (opts.workers, pinned) {
+        (Some(0), _) => bail!("--workers: at least one"),
+        (Some(w), _) => w,
+        (None, Some(n)) => n,
+        (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
     let work = std::env::temp_dir().join(format!(
         "loadgen-bench-{}-{}",
         std::process::id(),
@@ -495,6 +629,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &data_dir,
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
+        &opts.batch,
     );
     let mut config = config;
     if let Some(api) = &api {
@@ -510,8 +645,32 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let config_path = work.join("qbroker.toml");
     std::fs::write(&config_path, &config)?;
-    let mut broker = Broker::start(&broker_bin, &config_path, &work.join("qbroker.log")).await?;
+    let mut broker = Broker::start(
+        &broker_bin,
+        &config_path,
+        &work.join("qbroker.log"),
+        pin.as_ref()
+            .zip(opts.broker_cpus.as_deref())
+            .map(|((taskset, _), list)| (taskset.as_path(), list)),
+    )
+    .await?;
     broker.ready(listen, Duration::from_secs(20)).await?;
+    let broker_cpus = std::fs::read_to_string(format!("/proc/{}/status", broker.pid))
+        .ok()
+        .as_deref()
+        .and_then(parse_cpus_allowed)
+        .unwrap_or_else(|| "?".to_string());
+    if let Some((_, want)) = &pin {
+        // the kernel drops CPUs that do not exist from the mask without a word
+        if parse_cpu_list(&broker_cpus).ok().as_ref() != Some(want) {
+            bail!(
+                "--broker-cpus {}: the broker may run on CPUs {broker_cpus} instead \
+                 (this machine has {} CPUs)",
+                opts.broker_cpus.as_deref().unwrap_or_default(),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
+        }
+    }
     let tck = clock_ticks_per_sec();
     let (cpu0, _) = sample(broker.pid, tck)?;
 
@@ -653,6 +812,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         seed: opts.seed,
         rate: plan.rate,
         broker: broker_bin.display().to_string(),
+        broker_workers: workers,
+        broker_cpus,
+        broker_pinned: opts.broker_cpus.is_some(),
+        broker_batch: opts.batch,
         broker_exit,
     };
     let mut report = Report::assemble(
@@ -763,6 +926,51 @@ mod tests {
     }
 
     #[test]
+    fn overrides() {
+        let p = Scenario::Max
+            .plan(None)
+            .with(Some(100_000.0), Some(5), Some(2))
+            .unwrap();
+        assert_eq!((p.rate, p.clusters, p.nodes), (Some(100_000.0), 5, 2));
+        let b = Scenario::Burst
+            .plan(None)
+            .with(Some(1000.0), None, None)
+            .unwrap();
+        assert_eq!((b.rate, b.burst_rate), (Some(1000.0), Some(15_000.0)));
+        assert_eq!(
+            Scenario::Steady.plan(None).with(None, None, None).unwrap(),
+            Scenario::Steady.plan(None)
+        );
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(Some(0.0), None, None)
+            .is_err());
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(None, Some(0), None)
+            .is_err());
+        assert!(Scenario::Steady
+            .plan(None)
+            .with(None, None, Some(0))
+            .is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-7").unwrap(), (0..8).collect::<Vec<_>>());
+        assert_eq!(parse_cpu_list("0,2,4-5").unwrap(), vec![0, 2, 4, 5]);
+        assert_eq!(parse_cpu_list("3").unwrap(), vec![3]);
+        assert_eq!(parse_cpu_list("1-2,2-3").unwrap(), vec![1, 2, 3]);
+        for bad in ["", "a", "7-0", "0-", "0,,1"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
+        }
+        let status = "Name:\tqbroker\nCpus_allowed:\tff\nCpus_allowed_list:\t0-7\n";
+        assert_eq!(parse_cpus_allowed(status).as_deref(), Some("0-7"));
+        let me = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_cpus_allowed(&me).is_some_and(|l| !l.is_empty()));
+    }
+
+    #[test]
     fn config_is_toml_with_the_documented_fields() {
         let c = broker_config(
             "127.0.0.1:5514".parse().unwrap(),
@@ -771,6 +979,7 @@ mod tests {
             Path::new("/tmp/a \"b\"/data"),
             "https://127.0.0.1:8443/events",
             Path::new("/tmp/ca.pem"),
+            &BatchOverrides::default(),
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["listen"].as_str(), Some("127.0.0.1:5514"));
@@ -781,6 +990,23 @@ mod tests {
         assert_eq!(t["name"].as_str(), Some("sink"));
         assert_eq!(t["url"].as_str(), Some("https://127.0.0.1:8443/events"));
         assert_eq!(t["ca_file"].as_str(), Some("/tmp/ca.pem"));
+        assert!(v.get("batch").is_none());
+        let c = broker_config(
+            "127.0.0.1:5514".parse().unwrap(),
+            2,
+            "127.0.0.1:9100".parse().unwrap(),
+            Path::new("/tmp/data"),
+            "https://127.0.0.1:8443/events",
+            Path::new("/tmp/ca.pem"),
+            &BatchOverrides {
+                max_events: Some(500),
+                max_age_ms: Some(25),
+            },
+        );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
+        assert_eq!(v["batch"]["max_age_ms"].as_integer(), Some(25));
+        assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));
     }
 
     #[test]

@@ -208,9 +208,28 @@ struct BenchArgs {
     /// the qbroker binary (default: target/release/qbroker next to loadgen)
     #[arg(long)]
     broker: Option<PathBuf>,
-    /// broker parse threads (default: the number of CPUs)
+    /// broker parse threads (default: the number of CPUs it may run on)
     #[arg(long)]
     workers: Option<usize>,
+    /// events per second over all nodes, instead of the scenario's
+    /// (burst: the burst node's 15,000/s come on top)
+    #[arg(long)]
+    rate: Option<f64>,
+    /// clusters, instead of the scenario's
+    #[arg(long)]
+    clusters: Option<u16>,
+    /// nodes per cluster, instead of the scenario's
+    #[arg(long)]
+    nodes: Option<u16>,
+    /// run the broker under `taskset -c LIST`, e.g. `0-7`
+    #[arg(long, value_name = "LIST")]
+    broker_cpus: Option<String>,
+    /// the broker's [batch] max_events (default: its own, 1000)
+    #[arg(long)]
+    batch_max_events: Option<usize>,
+    /// the broker's [batch] max_age_ms (default: its own, 200)
+    #[arg(long)]
+    batch_max_age_ms: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
     #[arg(long, value_enum, default_value_t = Framing::Lf)]
@@ -511,6 +530,14 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         duration: a.duration.map(|d| secs("duration", d)).transpose()?,
         broker: a.broker,
         workers: a.workers,
+        rate: a.rate,
+        clusters: a.clusters,
+        nodes: a.nodes,
+        broker_cpus: a.broker_cpus,
+        batch: loadgen::bench::BatchOverrides {
+            max_events: a.batch_max_events,
+            max_age_ms: a.batch_max_age_ms,
+        },
         format: a.format,
         framing: a.framing,
         seed: a.seed,

@@ -1,7 +1,8 @@
 //! report: what a benchmark run measured, for people (`render`) and as JSON
 //! (the keys an integration test or a CI job reads: `sent`, `delivered`,
 //! `lost`, `duplicated`, `events_per_sec`, `broker_cpu_us_per_event`,
-//! `broker_peak_rss_bytes`, `latency_ms.{p50,p99,p999,max}`).
+//! `broker_cpu_us_per_delivered_event`, `broker_peak_rss_bytes`,
+//! `broker_workers`, `broker_cpus`, `latency_ms.{p50,p99,p999,max}`).
 
 use std::fmt::Write;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::bench::BatchOverrides;
 use crate::gen::{Format, Framing};
 use crate::send::SendSummary;
 use crate::sink::Responses;
@@ -36,6 +38,14 @@ pub struct Setup {
     pub rate: Option<f64>,
     /// the qbroker binary
     pub broker: String,
+    /// the broker's parse threads (`workers` in its configuration)
+    pub broker_workers: usize,
+    /// the CPUs the broker may run on (its `Cpus_allowed_list`)
+    pub broker_cpus: String,
+    /// started under `taskset -c` (`--broker-cpus`)
+    pub broker_pinned: bool,
+    /// `[batch]` limits set for the run (null: the broker's default)
+    pub broker_batch: BatchOverrides,
     /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
     pub broker_exit: String,
 }
@@ -88,6 +98,8 @@ pub struct Report {
     pub lost: u64,
     /// events received more than once
     pub duplicated: u64,
+    /// of which inside a re-delivered batch (same batch_id): an idempotent re-send
+    pub duplicated_in_redelivered_batches: u64,
     /// accepted batches whose batch_id came before
     pub duplicate_batches: u64,
     pub batches: u64,
@@ -107,6 +119,8 @@ pub struct Report {
     pub broker_cpu_s: f64,
     /// broker CPU per event sent (its input, filtered events included)
     pub broker_cpu_us_per_event: f64,
+    /// broker CPU per event delivered (its output)
+    pub broker_cpu_us_per_delivered_event: f64,
     pub broker_cpu_s_per_million: f64,
     pub broker_peak_rss_bytes: u64,
     /// receipt time minus event time; event time is truncated to ms, so
@@ -142,11 +156,14 @@ impl Report {
             failures.push("nothing was sent".to_string());
         }
         let per_s = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        let cpu_us_per_event = if send.events > 0 {
-            broker.cpu_s * 1e6 / send.events as f64
-        } else {
-            0.0
+        let us_per = |n: u64| {
+            if n > 0 {
+                broker.cpu_s * 1e6 / n as f64
+            } else {
+                0.0
+            }
         };
+        let cpu_us_per_event = us_per(send.events);
         Report {
             setup,
             enrich: None,
@@ -159,6 +176,7 @@ impl Report {
             delivered: sink.delivered,
             lost: sink.lost,
             duplicated: sink.duplicated,
+            duplicated_in_redelivered_batches: sink.duplicated_in_redelivered_batches,
             duplicate_batches: sink.duplicate_batches,
             batches: sink.batches,
             reordered: sink.reordered,
@@ -173,6 +191,7 @@ impl Report {
             sender_reconnects: send.reconnects,
             broker_cpu_s: broker.cpu_s,
             broker_cpu_us_per_event: cpu_us_per_event,
+            broker_cpu_us_per_delivered_event: us_per(sink.delivered),
             broker_cpu_s_per_million: cpu_us_per_event,
             broker_peak_rss_bytes: broker.peak_rss_bytes,
             latency_ms: sink.latency_ms.clone(),
@@ -254,10 +273,27 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  broker      CPU {:.2} s = {:.2} s per million events; peak RSS {:.1} MiB; {}",
+            "  broker      CPU {:.2} s = {:.2} us per event sent, {:.2} us per event delivered; peak RSS {:.1} MiB",
             self.broker_cpu_s,
-            self.broker_cpu_s_per_million,
+            self.broker_cpu_us_per_event,
+            self.broker_cpu_us_per_delivered_event,
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
+        );
+        let b = &s.broker_batch;
+        let batch = match (b.max_events, b.max_age_ms) {
+            (None, None) => String::new(),
+            (e, a) => format!(
+                "; batch max_events {}, max_age_ms {}",
+                e.map_or("default".into(), |n| n.to_string()),
+                a.map_or("default".into(), |n| n.to_string())
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "              {} workers on CPUs {}{}{batch}; {}",
+            s.broker_workers,
+            s.broker_cpus,
+            if s.broker_pinned { " (taskset)" } else { "" },
             s.broker_exit
         );
         let l = &self.latency_ms;
@@ -355,6 +391,10 @@ mod tests {
             seed: 1,
             rate: Some(100_000.0),
             broker: "target/release/qbroker".into(),
+            broker_workers: 8,
+            broker_cpus: "0-7".into(),
+            broker_pinned: true,
+            broker_batch: BatchOverrides::default(),
             broker_exit: "exit status: 0 after SIGTERM".into(),
         }
     }
@@ -398,7 +438,10 @@ mod tests {
             "duplicated",
             "events_per_sec",
             "broker_cpu_us_per_event",
+            "broker_cpu_us_per_delivered_event",
             "broker_peak_rss_bytes",
+            "broker_workers",
+            "broker_cpus",
             "scenario",
             "ok",
         ] {
@@ -409,10 +452,17 @@ mod tests {
         }
         assert_eq!(v["sent"], 1_000_000);
         assert!((r.broker_cpu_us_per_event - 1.5).abs() < 1e-9);
+        assert!((r.broker_cpu_us_per_delivered_event - 5.0).abs() < 1e-9);
+        assert_eq!(v["broker_workers"], 8);
+        assert_eq!(v["broker_cpus"], "0-7");
         assert!((r.events_per_sec - 1e6 / 10.5).abs() < 1e-6);
         let text = r.render();
         assert!(
-            text.contains("PASS") && text.contains("1,000,000") && text.contains("p99 9.5 ms"),
+            text.contains("PASS")
+                && text.contains("1,000,000")
+                && text.contains("p99 9.5 ms")
+                && text.contains("5.00 us per event delivered")
+                && text.contains("8 workers on CPUs 0-7 (taskset)"),
             "{text}"
         );
     }

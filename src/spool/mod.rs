@@ -61,6 +61,10 @@ pub enum Fsync {
     Never,
 }
 
+/// Encoding buffers kept for reuse, and the largest one kept.
+const RECYCLED_BUFFERS: usize = 32;
+const RECYCLED_MAX_BYTES: usize = 8 << 20;
+
 /// Validated spool settings of one target.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -194,6 +198,8 @@ struct Shared {
     readable: tokio::sync::Notify,
     cache: Mutex<Cache>,
     cache_budget: AtomicUsize,
+    /// Encoding buffers, back from the cache once egress is done with a record.
+    buffers: Arc<crate::model::Recycler>,
     /// (id, sealed ms) of records handed out and not below the watermark, in id order.
     handed: Mutex<VecDeque<(u64, u64)>>,
     /// One past the highest id handed out.
@@ -285,6 +291,10 @@ impl Spool {
             readable: tokio::sync::Notify::new(),
             cache: Mutex::new(Cache::default()),
             cache_budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
+            buffers: Arc::new(crate::model::Recycler::new(
+                RECYCLED_BUFFERS,
+                RECYCLED_MAX_BYTES,
+            )),
             handed: Mutex::new(VecDeque::new()),
             handed_end: AtomicU64::new(0),
             deletable_at: AtomicU64::new(deletable_at),

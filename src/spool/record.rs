@@ -42,8 +42,9 @@ pub(crate) struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `batch`; `None` when the payload would exceed [`MAX_PAYLOAD`].
-    pub(crate) fn new(batch: &NewBatch<'_>, sealed_ms: u64) -> Option<Encoded> {
+    /// Encodes `batch` into `buf` (emptied first); `None` when the payload would
+    /// exceed [`MAX_PAYLOAD`].
+    pub(crate) fn new(batch: &NewBatch<'_>, sealed_ms: u64, mut buf: Vec<u8>) -> Option<Encoded> {
         let payload = MIN_PAYLOAD as usize
             + batch.batch_id.len()
             + batch.cluster.len()
@@ -52,7 +53,8 @@ impl Encoded {
         if payload > MAX_PAYLOAD as usize {
             return None;
         }
-        let mut buf = Vec::with_capacity(HEADER_LEN as usize + payload);
+        buf.clear();
+        buf.reserve(HEADER_LEN as usize + payload);
         buf.extend_from_slice(&MAGIC);
         buf.extend_from_slice(&(payload as u32).to_le_bytes());
         buf.extend_from_slice(&[0; 4]); // crc, set by `seal`
@@ -94,8 +96,9 @@ impl Encoded {
         &self.buf
     }
 
-    pub(crate) fn into_bytes(self) -> Bytes {
-        Bytes::from(self.buf)
+    /// The encoded record, its buffer going back to `home` once dropped.
+    pub(crate) fn into_bytes(self, home: &std::sync::Arc<crate::model::Recycler>) -> Bytes {
+        home.freeze(self.buf)
     }
 }
 
@@ -284,7 +287,7 @@ mod tests {
     #[test]
     fn encode_seal_decode_round_trip() {
         let recv = [(1_700_000_000_000_000u64, 3u32), (1_700_000_000_000_001, 4)];
-        let mut e = Encoded::new(&batch(b"{\"events\":[]}", &recv), 42).unwrap();
+        let mut e = Encoded::new(&batch(b"{\"events\":[]}", &recv), 42, Vec::new()).unwrap();
         let len = e.len();
         let bytes = e.seal(99).to_vec();
         assert_eq!(bytes.len() as u64, len);
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn resealing_changes_only_id_and_crc() {
-        let mut e = Encoded::new(&batch(b"x", &[]), 1).unwrap();
+        let mut e = Encoded::new(&batch(b"x", &[]), 1, Vec::new()).unwrap();
         let a = e.seal(1).to_vec();
         let b = e.seal(2).to_vec();
         assert_ne!(a[8..20], b[8..20]);
@@ -333,7 +336,7 @@ mod tests {
 
     #[test]
     fn parse_never_panics_on_short_or_lying_payloads() {
-        let mut e = Encoded::new(&batch(b"body", &[(1, 1)]), 5).unwrap();
+        let mut e = Encoded::new(&batch(b"body", &[(1, 1)]), 5, Vec::new()).unwrap();
         let full = e.seal(3)[12..].to_vec();
         for cut in 0..full.len() {
             let _ = parse(&full[..cut]);

@@ -124,7 +124,8 @@ impl CommitState {
 
 impl Shared {
     pub(crate) fn append(&self, batch: &NewBatch<'_>, wait: Duration) -> Result<u64, AppendError> {
-        let Some(mut enc) = Encoded::new(batch, now_ms()) else {
+        let buf = self.buffers.get(batch.body.len() + 256);
+        let Some(mut enc) = Encoded::new(batch, now_ms(), buf) else {
             return Err(AppendError::TooLarge {
                 bytes: batch.body.len() + batch.batch_id.len() + batch.cluster.len(),
             });
@@ -168,7 +169,7 @@ impl Shared {
                     pos,
                     len,
                     sealed_ms: enc.sealed_ms,
-                    data: enc.into_bytes(),
+                    data: enc.into_bytes(&self.buffers),
                 });
             }
         }
