@@ -463,7 +463,10 @@ impl RawConfig {
                     let before = &text.as_bytes()[..span.start.min(text.len())];
                     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
                     let column = before.len()
-                        - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+                        - before
+                            .iter()
+                            .rposition(|&b| b == b'\n')
+                            .map_or(0, |i| i + 1)
                         + 1;
                     format!("line {line}, column {column}: {message}")
                 }
@@ -530,6 +533,28 @@ impl RawConfig {
             target.token = Some(v);
             target.token_file = None;
         }
+    }
+
+    /// Files holding a credential that users other than the owner may read: the
+    /// configuration file itself when a token is written in it, token files,
+    /// client keys, the TLS syslog key.
+    pub fn exposed_secret_files(&self, file: Option<&Path>) -> Vec<PathBuf> {
+        let mut secret: Vec<&Path> = Vec::new();
+        if let Some(f) = file {
+            if self.targets.iter().any(|t| t.token.is_some()) {
+                secret.push(f);
+            }
+        }
+        for t in &self.targets {
+            secret.extend(t.token_file.as_deref());
+            secret.extend(t.client_key_file.as_deref());
+        }
+        secret.extend(self.syslog_tls.key_file.as_deref());
+        secret
+            .into_iter()
+            .filter(|p| readable_by_others(p))
+            .map(Path::to_path_buf)
+            .collect()
     }
 
     fn default_target_index(&self) -> Option<usize> {
@@ -960,6 +985,20 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
     })
 }
 
+/// Whether group or others have any permission on `path` (false if it cannot be read).
+fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
@@ -1113,7 +1152,10 @@ impl Config {
                     "queue.max_bytes",
                     q.max_bytes as u64 / 3 * 7 + q.size as u64 * 64,
                 ),
-                ("ingest.max_connections", i.max_connections as u64 * per_conn),
+                (
+                    "ingest.max_connections",
+                    i.max_connections as u64 * per_conn,
+                ),
                 (
                     "ingest.max_clusters",
                     i.max_clusters as u64 * 2 * self.batch.max_bytes as u64,
@@ -1204,6 +1246,14 @@ pub struct TargetConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub retry_after_max: Duration,
+}
+
+impl TargetConfig {
+    /// The URL without its query string, for logs and `check-config`: a query
+    /// can carry an API key (credentials before the host are refused outright).
+    pub fn url_for_logs(&self) -> &str {
+        self.url.split(['?', '#']).next().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -136,7 +136,9 @@ pub async fn run(
     };
     if let Some(tls) = &cfg.syslog_tls {
         if !tls.require_client_cert {
-            warn!("syslog_tls.require_client_cert is false: TLS syslog clients are not authenticated");
+            warn!(
+                "syslog_tls.require_client_cert is false: TLS syslog clients are not authenticated"
+            );
         }
     }
     check_open_files(&cfg);

@@ -548,7 +548,10 @@ mod tests {
         assert!(plausible(b"2026-01-01T00:00:00Z h qumulo {}"));
         assert!(plausible(b" Jan  1 00:00:00 h qumulo: x"));
         assert!(!plausible(b"\x16\x03\x01\x02\x00"), "a TLS hello");
-        assert!(plausible(b"GET / HTTP/1.1"), "upper case passes: the parser decides");
+        assert!(
+            plausible(b"GET / HTTP/1.1"),
+            "upper case passes: the parser decides"
+        );
         assert!(!plausible(b"hello"));
         assert!(!plausible(b" \t"));
 
@@ -586,7 +589,14 @@ mod tests {
         let closed_after = bytes
             .split(|&c| c == b'\n')
             .filter(|f| !f.is_empty())
-            .position(|f| if plausible(f) { b.good(); false } else { b.bad() })
+            .position(|f| {
+                if plausible(f) {
+                    b.good();
+                    false
+                } else {
+                    b.bad()
+                }
+            })
             .expect("random bytes are closed");
         assert!(closed_after < 60, "{closed_after}");
         // Limit 0: never.

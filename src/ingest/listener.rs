@@ -549,10 +549,16 @@ mod tests {
     fn hostnames_become_node_names_only_when_valid() {
         let buf = |s: &str| BytesMut::from(s.as_bytes());
         assert_eq!(
-            first_hostname(&buf("<14>1 2026-01-01T00:00:00Z qc-3 qumulo - - - {}\n"), 1024),
+            first_hostname(
+                &buf("<14>1 2026-01-01T00:00:00Z qc-3 qumulo - - - {}\n"),
+                1024
+            ),
             Some(Ok("qc-3".to_string()))
         );
-        let long = format!("<14>1 2026-01-01T00:00:00Z {} qumulo - - - {{}}\n", "h".repeat(256));
+        let long = format!(
+            "<14>1 2026-01-01T00:00:00Z {} qumulo - - - {{}}\n",
+            "h".repeat(256)
+        );
         assert_eq!(first_hostname(&buf(&long), 4096), Some(Err(())));
         let utf8 = "<14>1 2026-01-01T00:00:00Z h\u{e9}te qumulo - - - {}\n";
         assert_eq!(first_hostname(&buf(utf8), 1024), Some(Err(())));
