@@ -1120,12 +1120,12 @@ impl Config {
     /// What the budgets allow the broker to hold in memory at worst.
     ///
     /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
-    ///   unused tail of the read buffers they lie in, at most a quarter), the
-    ///   events made of them waiting for their turn in the batcher (about as
-    ///   big), and per-frame bookkeeping;
+    ///   unused tail of the read buffers they lie in, at most a third more), the
+    ///   events made of them waiting for their turn in the batcher (buffers of
+    ///   one and a half times their chunk), and per-frame bookkeeping;
     /// - connections: per connection, a read buffer and one frame in progress,
     ///   twice over while the first frame is looked for; rustls buffers for TLS;
-    /// - open batches: one per cluster, grown by doubling up to `batch.max_bytes`;
+    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
     /// - workers: each worker's output buffer for one chunk;
     /// - egress: per target, the spool's read cache and `in_flight` bodies (and
     ///   their gzip copies).
@@ -1150,7 +1150,7 @@ impl Config {
             parts: vec![
                 (
                     "queue.max_bytes",
-                    q.max_bytes as u64 / 3 * 7 + q.size as u64 * 64,
+                    q.max_bytes as u64 / 6 * 17 + q.size as u64 * 64,
                 ),
                 (
                     "ingest.max_connections",
@@ -1158,7 +1158,7 @@ impl Config {
                 ),
                 (
                     "ingest.max_clusters",
-                    i.max_clusters as u64 * 2 * self.batch.max_bytes as u64,
+                    i.max_clusters as u64 * self.batch.max_bytes as u64,
                 ),
                 (
                     "workers",
@@ -1420,6 +1420,127 @@ mod tests {
         let cfg = raw.validate().unwrap();
         assert_eq!(cfg.targets[0].name, "varonis");
         assert_eq!(cfg.queue.size, 100_000);
+    }
+
+    #[test]
+    fn credentials_are_kept_out_of_urls_clear_text_and_errors() {
+        let err = error_of("[[targets]]\nname = \"v\"\nurl = \"https://u:hunter2@h/x\"\n");
+        assert!(
+            err.starts_with("targets[0].url") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err =
+            error_of("[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\ntoken = \"hunter2\"\n");
+        assert!(
+            err.contains("in clear") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = error_of("[[targets]]\nname = \"v\"\nurl = \"ht tps://hunter2\"\n");
+        assert!(!err.contains("hunter2"), "{err}");
+        // A syntax error on the token's line names the place, not the line.
+        let err = RawConfig::parse("[[targets]]\nname = \"v\"\ntoken = \"hunter2\n").unwrap_err();
+        assert!(
+            err.starts_with("line 3") && !err.contains("hunter2"),
+            "{err}"
+        );
+        // A plain-HTTP target without credentials stays possible (a lab sink).
+        assert!(
+            RawConfig::parse("[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\n")
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+        let cfg = RawConfig::parse(&with_target("").replace("/events", "/events?key=hunter2"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            cfg.targets[0].url_for_logs(),
+            "https://127.0.0.1:8443/events"
+        );
+    }
+
+    #[test]
+    fn hostile_input_settings_are_checked() {
+        let cfg = RawConfig::parse(&with_target(""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(cfg.ingest.max_connections_per_source, 128);
+        assert_eq!(cfg.ingest.frame_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.ingest.max_oversize_frame_bytes, 1 << 20);
+        assert_eq!(cfg.ingest.max_bad_frames, 16);
+        assert_eq!(cfg.ingest.max_nodes_per_cluster, 256);
+        assert!(cfg.syslog_tls.is_none());
+        for (text, field) in [
+            (
+                "[ingest]\nmax_oversize_frame_bytes = 1000\n",
+                "ingest.max_oversize_frame_bytes",
+            ),
+            (
+                "[ingest]\nframe_timeout_secs = 0\n",
+                "ingest.frame_timeout_secs",
+            ),
+            (
+                "[ingest]\nmax_connections_per_source = 0\n",
+                "ingest.max_connections_per_source",
+            ),
+            (
+                "[syslog_tls]\nlisten = \"0.0.0.0:6514\"\n",
+                "syslog_tls.cert_file",
+            ),
+            (
+                "[syslog_tls]\nlisten = \"0.0.0.0:6514\"\ncert_file = \"c\"\nkey_file = \"k\"\n",
+                "syslog_tls.client_ca_file",
+            ),
+            ("[syslog_tls]\nlisten = \"nowhere\"\n", "syslog_tls.listen"),
+        ] {
+            let err = error_of(&format!("{}\n{text}", with_target("")));
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        let cfg = RawConfig::parse(&format!(
+            "{}\n[syslog_tls]\nlisten = \"127.0.0.1:6514\"\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = false\n",
+            with_target("")
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let tls = cfg.syslog_tls.unwrap();
+        assert!(!tls.require_client_cert && tls.client_ca_file.is_none());
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_memory_ceiling_the_budgets_cannot_fit_is_refused_naming_the_largest() {
+        let cfg = RawConfig::parse(&with_target(""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let budget = cfg.memory_budget();
+        // The defaults: 4096 connections of 256 KiB, as much as 1000 open batches.
+        let (field, bytes) = budget.largest();
+        assert_eq!(bytes, 1 << 30);
+        assert!(budget.parts.iter().all(|(_, b)| *b <= bytes));
+        assert!(cfg.max_memory_bytes.is_none());
+        let text = format!(
+            "max_memory_bytes = {}\n{}",
+            budget.total() - 1,
+            with_target("")
+        );
+        let err = error_of(&text);
+        assert!(
+            err.starts_with("max_memory_bytes") && err.contains(&format!("lower {field}")),
+            "{err}"
+        );
+        let text = format!("max_memory_bytes = {}\n{}", budget.total(), with_target(""));
+        assert!(RawConfig::parse(&text).unwrap().validate().is_ok());
+        // Lowering the largest budgets makes a smaller ceiling fit.
+        let text = format!(
+            "max_memory_bytes = {}\n{}\n[ingest]\nmax_connections = 256\nmax_clusters = 64\n",
+            budget.total() / 2,
+            with_target("")
+        );
+        assert!(RawConfig::parse(&text).unwrap().validate().is_ok());
     }
 
     #[test]
