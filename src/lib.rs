@@ -4,8 +4,9 @@
 //!
 //! The modules follow the data, in the order a frame travels:
 //!
-//! - [`ingest`]: the syslog TCP listener, RFC 6587 framing, and each connection's
-//!   read loop, which hands frames on in chunks through the admission gate.
+//! - [`ingest`]: the syslog TCP listener (and the optional TLS one), RFC 6587
+//!   framing, and each connection's read loop, which hands frames on in chunks
+//!   through the admission gate and closes connections that misbehave.
 //! - [`cluster`]: one actix supervisor actor per Qumulo cluster, which owns the
 //!   readers of its nodes' connections.
 //! - [`pool`]: the parse pool, `workers` OS threads fed by a bounded crossbeam

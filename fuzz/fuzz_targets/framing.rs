@@ -46,7 +46,11 @@ fn decode(input: &[u8], cuts: &[usize], max: usize, skip: usize) -> Decoded {
                 Next::Frame { start, end } => {
                     assert!(start <= end && end <= buf.len());
                     let frame = &buf[start..end];
-                    assert!(frame.len() <= max, "frame of {} over the cap {max}", frame.len());
+                    assert!(
+                        frame.len() <= max,
+                        "frame of {} over the cap {max}",
+                        frame.len()
+                    );
                     if plausible(frame) {
                         bad.good();
                     } else {
@@ -93,7 +97,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let max = 8 + usize::from(data[0] % 64) * 4;
     let skip = max + usize::from(data[1] % 8) * max / 2;
-    let cuts: Vec<usize> = data[2..10].iter().map(|&b| usize::from(b % 64) + 1).collect();
+    let cuts: Vec<usize> = data[2..10]
+        .iter()
+        .map(|&b| usize::from(b % 64) + 1)
+        .collect();
     let input = &data[10..];
     let whole = decode(input, &[input.len().max(1)], max, skip);
     let split = decode(input, &cuts, max, skip);
@@ -105,7 +112,10 @@ fuzz_target!(|data: &[u8]| {
         if whole.overrun {
             assert!(whole.oversize.abs_diff(other.oversize) <= 1);
         } else {
-            assert_eq!(whole.oversize, other.oversize, "oversize count differs by split");
+            assert_eq!(
+                whole.oversize, other.oversize,
+                "oversize count differs by split"
+            );
             assert_eq!(whole.finish, other.finish, "end of stream differs by split");
         }
     }
