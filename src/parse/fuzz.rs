@@ -172,8 +172,29 @@ pub fn convert(frame: &[u8]) {
 mod tests {
     use super::*;
 
+    /// Every committed seed of the parse targets, through its entry point.
     #[test]
     fn the_entry_points_hold_on_the_seed_corpus() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        type Entry = fn(&[u8]);
+        let targets: [(&str, Entry); 4] = [
+            ("syslog_header", syslog_header),
+            ("json_payload", json_payload),
+            ("csv_payload", csv_payload),
+            ("convert", convert),
+        ];
+        let mut n = 0;
+        for (dir, entry) in targets {
+            for file in std::fs::read_dir(seeds.join(dir)).unwrap() {
+                entry(&std::fs::read(file.unwrap().path()).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n >= 30, "{n} seeds");
+    }
+
+    #[test]
+    fn the_entry_points_hold_on_awkward_frames() {
         let frames: &[&[u8]] = &[
             br#"<14>1 2026-01-27T14:12:23.9558Z cs-fil-q-k144-1 qumulo - - - 10.220.151.129,"admin",smb2,fs_create_file,ok,140624751830626345080086044861,"/data/file.txt","""#,
             br#"<14>1 2026-01-27T14:12:23.9558Z q-1 qumulo - - - {"user_id":{"sid":"S-1-5-21-1","auth_id":"500","name":"AD\alice"},"user_ip":"10.0.0.1","protocol":"smb2","operation":"fs_write_metadata","status":"ok","details":{"file_id":"4","path":"/my_file","before":{"owner":{"sid":"S-1","auth_id":"500"}},"after":{"owner":{"sid":"S-2","auth_id":"501"}}}}"#,
