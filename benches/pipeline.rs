@@ -68,7 +68,7 @@ fn framing(c: &mut Criterion) {
                         black_box((start, end));
                         n += 1;
                     }
-                    Next::Oversize => panic!("no frame is over the cap"),
+                    Next::Oversize | Next::Overrun => panic!("no frame is over the cap"),
                     Next::Incomplete => break,
                 }
             }

@@ -62,8 +62,16 @@ pub struct RawConfig {
     /// Name of the target that clusters without a `[[clusters]]` entry (or without a
     /// `target` in it) deliver to. Default: the only target, when there is exactly one.
     pub default_target: Option<String>,
+    /// Ceiling on the broker's memory, in bytes. When set, the budgets that bound
+    /// memory (queue, connections and their buffers, open batches, egress) must
+    /// fit under it, or the configuration is refused at start with the budget to
+    /// lower. Default: unset (no check). See `qbroker check-config`.
+    pub max_memory_bytes: Option<u64>,
     #[serde(default)]
     pub ingest: RawIngest,
+    /// TLS syslog input (RFC 5425), for sites that front Qumulo with a TLS relay.
+    #[serde(default)]
+    pub syslog_tls: RawSyslogTls,
     #[serde(default)]
     pub queue: RawQueue,
     #[serde(default)]
@@ -108,6 +116,28 @@ pub struct RawIngest {
     /// Clusters (supervisors) at most; connections of further clusters are closed
     /// and counted. Default 1000.
     pub max_clusters: usize,
+    /// Connections held at once from one source address (IPv6: one /64); further
+    /// ones are closed at once and counted. A Qumulo node holds one; a relay one
+    /// per node it forwards. Default 128.
+    pub max_connections_per_source: usize,
+    /// A frame, once its first byte arrived, must be complete within this time, or
+    /// the connection is closed and counted (a sender trickling bytes, slowloris).
+    /// Time the broker itself spends with reading paused (full queue) does not
+    /// count. Default 30.
+    pub frame_timeout_secs: u64,
+    /// Oversize frames (over `max_frame_bytes`) are skipped while no longer than
+    /// this; a longer one, or an octet count declaring more, is broken framing:
+    /// the connection is closed and counted. Default 1048576.
+    pub max_oversize_frame_bytes: usize,
+    /// A connection is closed (and counted) when its bad frames (oversize, or not
+    /// starting like a syslog header) outnumber its good ones by this many: each
+    /// bad frame adds one, each good one takes one off. Keeps a Qumulo stream with
+    /// the odd oversize frame; closes garbage within a few dozen frames. 0 never
+    /// closes. Default 16.
+    pub max_bad_frames: u32,
+    /// Node names (first-frame HOSTNAMEs) with their own metrics per cluster; the
+    /// connections of further nodes are counted under `node="~other"`. Default 256.
+    pub max_nodes_per_cluster: usize,
 }
 
 impl Default for RawIngest {
@@ -120,6 +150,45 @@ impl Default for RawIngest {
             read_buffer_bytes: 64 * 1024,
             first_frame_timeout_secs: 60,
             max_clusters: 1000,
+            max_connections_per_source: 128,
+            frame_timeout_secs: 30,
+            max_oversize_frame_bytes: 1024 * 1024,
+            max_bad_frames: 16,
+            max_nodes_per_cluster: 256,
+        }
+    }
+}
+
+/// `[syslog_tls]`: the TLS syslog listener (RFC 5425). Off unless `listen` is set.
+/// Connections are told their cluster and treated as on the plain listener
+/// (allowlist, connection limits, timeouts, frame policy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSyslogTls {
+    /// Address of the TLS listener (`HOST:PORT`; the RFC 5425 port is 6514). Off when unset.
+    pub listen: Option<String>,
+    /// PEM certificate chain the broker presents.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Should be readable by the broker's user only.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must chain to.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a valid certificate of `client_ca_file`. Default true;
+    /// false (no client authentication) must be set explicitly.
+    pub require_client_cert: bool,
+    /// A TLS handshake must finish within this time. Default 10.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for RawSyslogTls {
+    fn default() -> Self {
+        RawSyslogTls {
+            listen: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: true,
+            handshake_timeout_secs: 10,
         }
     }
 }
@@ -465,8 +534,27 @@ impl RawConfig {
     }
 
     /// Deserialise a document.
+    ///
+    /// The error names the place (line and column) and the problem, but never
+    /// quotes the document: the line at fault could hold a token.
     pub fn parse(text: &str) -> Result<RawConfig, String> {
-        toml::from_str(text).map_err(|err| err.to_string())
+        toml::from_str(text).map_err(|err: toml::de::Error| {
+            let message = err.message().trim_end();
+            match err.span() {
+                Some(span) => {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                    let column = before.len()
+                        - before
+                            .iter()
+                            .rposition(|&b| b == b'\n')
+                            .map_or(0, |i| i + 1)
+                        + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message.to_string(),
+            }
+        })
     }
 
     /// Apply command-line overrides. `--target` sets the URL of the default target,
@@ -529,6 +617,28 @@ impl RawConfig {
         }
     }
 
+    /// Files holding a credential that users other than the owner may read: the
+    /// configuration file itself when a token is written in it, token files,
+    /// client keys, the TLS syslog key.
+    pub fn exposed_secret_files(&self, file: Option<&Path>) -> Vec<PathBuf> {
+        let mut secret: Vec<&Path> = Vec::new();
+        if let Some(f) = file {
+            if self.targets.iter().any(|t| t.token.is_some()) {
+                secret.push(f);
+            }
+        }
+        for t in &self.targets {
+            secret.extend(t.token_file.as_deref());
+            secret.extend(t.client_key_file.as_deref());
+        }
+        secret.extend(self.syslog_tls.key_file.as_deref());
+        secret
+            .into_iter()
+            .filter(|p| readable_by_others(p))
+            .map(Path::to_path_buf)
+            .collect()
+    }
+
     fn default_target_index(&self) -> Option<usize> {
         match &self.default_target {
             Some(name) => self.targets.iter().position(|t| &t.name == name),
@@ -573,7 +683,26 @@ impl RawConfig {
             .enumerate()
             .map(|(i, s)| parse_net(&format!("ingest.allow_sources[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        positive(
+            "ingest.max_connections_per_source",
+            ingest.max_connections_per_source,
+        )?;
+        positive("ingest.max_nodes_per_cluster", ingest.max_nodes_per_cluster)?;
+        if ingest.max_oversize_frame_bytes < ingest.max_frame_bytes {
+            return Err(invalid(
+                "ingest.max_oversize_frame_bytes",
+                "must be at least ingest.max_frame_bytes",
+            ));
+        }
         let ingest = IngestConfig {
+            max_connections_per_source: ingest.max_connections_per_source,
+            frame_timeout: Duration::from_secs(positive_u64(
+                "ingest.frame_timeout_secs",
+                ingest.frame_timeout_secs,
+            )?),
+            max_oversize_frame_bytes: ingest.max_oversize_frame_bytes,
+            max_bad_frames: ingest.max_bad_frames,
+            max_nodes_per_cluster: ingest.max_nodes_per_cluster,
             max_frame_bytes: ingest.max_frame_bytes,
             max_connections: ingest.max_connections,
             idle_timeout: (ingest.idle_timeout_secs > 0)
@@ -586,6 +715,8 @@ impl RawConfig {
             )?),
             max_clusters: ingest.max_clusters,
         };
+
+        let syslog_tls = validate_syslog_tls(&self.syslog_tls)?;
 
         let q = &self.queue;
         positive("queue.size", q.size)?;
@@ -746,12 +877,14 @@ impl RawConfig {
 
         let enrich = validate_enrich(&self.enrich)?;
 
-        Ok(Config {
+        let cfg = Config {
             listen,
             workers,
             io_threads,
             metrics_listen,
             data_dir: self.data_dir.clone(),
+            max_memory_bytes: self.max_memory_bytes,
+            syslog_tls,
             ingest,
             queue,
             filter,
@@ -763,8 +896,55 @@ impl RawConfig {
             targets,
             default_target,
             clusters,
-        })
+        };
+        if let Some(ceiling) = cfg.max_memory_bytes {
+            let budget = cfg.memory_budget();
+            if budget.total() > ceiling {
+                let (field, bytes) = budget.largest();
+                return Err(invalid(
+                    "max_memory_bytes",
+                    format!(
+                        "the configured budgets need up to {} bytes, over the ceiling of {ceiling}: \
+                         lower {field} (it accounts for {bytes} bytes) or raise the ceiling",
+                        budget.total()
+                    ),
+                ));
+            }
+        }
+        Ok(cfg)
     }
+}
+
+fn validate_syslog_tls(t: &RawSyslogTls) -> Result<Option<SyslogTlsConfig>, ConfigError> {
+    let Some(listen) = &t.listen else {
+        return Ok(None);
+    };
+    let listen = parse_addr("syslog_tls.listen", listen)?;
+    let cert_file = t
+        .cert_file
+        .clone()
+        .ok_or_else(|| invalid("syslog_tls.cert_file", "required with syslog_tls.listen"))?;
+    let key_file = t
+        .key_file
+        .clone()
+        .ok_or_else(|| invalid("syslog_tls.key_file", "required with syslog_tls.listen"))?;
+    if t.require_client_cert && t.client_ca_file.is_none() {
+        return Err(invalid(
+            "syslog_tls.client_ca_file",
+            "required while syslog_tls.require_client_cert is true (the default)",
+        ));
+    }
+    Ok(Some(SyslogTlsConfig {
+        listen,
+        cert_file,
+        key_file,
+        client_ca_file: t.client_ca_file.clone(),
+        require_client_cert: t.require_client_cert,
+        handshake_timeout: Duration::from_secs(positive_u64(
+            "syslog_tls.handshake_timeout_secs",
+            t.handshake_timeout_secs,
+        )?),
+    }))
 }
 
 fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError> {
@@ -780,20 +960,27 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
             "must be non-empty and use only letters, digits, '-', '_' and '.'",
         ));
     }
+    // The URL is not echoed in these errors: it could carry a credential.
     let url: http::Uri = t
         .url
         .parse()
-        .map_err(|e| invalid(field("url"), format!("{:?} is not a URL: {e}", t.url)))?;
+        .map_err(|e| invalid(field("url"), format!("not a URL: {e}")))?;
     let tls = match url.scheme_str() {
         Some("https") => true,
         Some("http") => false,
         _ => {
             return Err(invalid(
                 field("url"),
-                format!("{:?} must start with https:// (or http://)", t.url),
+                "must start with https:// (or http://)",
             ))
         }
     };
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(invalid(
+            field("url"),
+            "must not carry credentials (user:password@): use token_file",
+        ));
+    }
     let host = url
         .host()
         .filter(|h| !h.is_empty())
@@ -831,6 +1018,12 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
                 "must be non-empty printable ASCII without spaces",
             ));
         }
+    }
+    if !tls && (token.is_some() || t.client_cert_file.is_some()) {
+        return Err(invalid(
+            field("url"),
+            "a token or client certificate would travel in clear over http://: use https://",
+        ));
     }
     let client_auth = match (&t.client_cert_file, &t.client_key_file) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
@@ -1083,6 +1276,20 @@ fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, C
     }))
 }
 
+/// Whether group or others have any permission on `path` (false if it cannot be read).
+fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
@@ -1122,6 +1329,8 @@ pub struct Config {
     pub io_threads: NonZeroUsize,
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    pub max_memory_bytes: Option<u64>,
+    pub syslog_tls: Option<SyslogTlsConfig>,
     pub ingest: IngestConfig,
     pub queue: QueueConfig,
     pub filter: parse::Filter,
@@ -1171,8 +1380,121 @@ pub fn canonical_ip(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// The memory the configured budgets allow, by budget, in bytes: an upper bound
+/// of what any input can make the broker hold (measured peaks: docs/hardening.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// (the setting to lower, bytes it accounts for)
+    pub parts: Vec<(&'static str, u64)>,
+}
+
+impl MemoryBudget {
+    pub fn total(&self) -> u64 {
+        self.parts.iter().map(|(_, b)| b).sum()
+    }
+
+    /// The part that weighs most.
+    pub fn largest(&self) -> (&'static str, u64) {
+        self.parts
+            .iter()
+            .copied()
+            .max_by_key(|(_, b)| *b)
+            .unwrap_or(("max_memory_bytes", 0))
+    }
+}
+
+/// Threads, runtime, code and tables that do not grow with input.
+const FIXED_MEMORY_BYTES: u64 = 64 << 20;
+/// rustls buffers of one TLS connection, about.
+const TLS_CONNECTION_BYTES: u64 = 64 << 10;
+
+impl Config {
+    /// What the budgets allow the broker to hold in memory at worst.
+    ///
+    /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
+    ///   unused tail of the read buffers they lie in, at most a third more), the
+    ///   events made of them waiting for their turn in the batcher (buffers of
+    ///   one and a half times their chunk), and per-frame bookkeeping;
+    /// - connections: per connection, a read buffer and one frame in progress,
+    ///   twice over while the first frame is looked for; rustls buffers for TLS;
+    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
+    /// - workers: each worker's output buffer for one chunk;
+    /// - egress: per target, the spool's read cache and `in_flight` bodies (and
+    ///   their gzip copies).
+    /// Per cluster with REST API access: its enrichment queue and its caches
+    /// (an ACL entry is a few hundred bytes, a type entry a few dozen).
+    fn enrich_budget(&self) -> u64 {
+        if !self.enrich.enabled {
+            return 0;
+        }
+        let e = &self.enrich;
+        let per_cluster = e.queue_max_bytes as u64
+            + e.acl_cache_entries as u64 * 512
+            + e.type_cache_entries as u64 * 64;
+        self.clusters.iter().filter(|c| c.api.is_some()).count() as u64 * per_cluster
+    }
+
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let i = &self.ingest;
+        let q = &self.queue;
+        let per_conn = 2 * (i.max_frame_bytes as u64 + i.read_buffer_bytes as u64)
+            + if self.syslog_tls.is_some() {
+                TLS_CONNECTION_BYTES
+            } else {
+                0
+            };
+        let egress: u64 = self
+            .targets
+            .iter()
+            .map(|t| {
+                crate::spool::DEFAULT_CACHE_BYTES as u64
+                    + t.in_flight as u64 * 2 * self.batch.max_bytes as u64
+            })
+            .sum();
+        MemoryBudget {
+            parts: vec![
+                (
+                    "queue.max_bytes",
+                    q.max_bytes as u64 / 6 * 17 + q.size as u64 * 64,
+                ),
+                (
+                    "ingest.max_connections",
+                    i.max_connections as u64 * per_conn,
+                ),
+                (
+                    "ingest.max_clusters",
+                    i.max_clusters as u64 * self.batch.max_bytes as u64,
+                ),
+                (
+                    "workers",
+                    self.workers.get() as u64 * 4 * q.chunk_max_bytes as u64,
+                ),
+                ("targets", egress),
+                ("enrich", self.enrich_budget()),
+                ("fixed", FIXED_MEMORY_BYTES),
+            ],
+        }
+    }
+}
+
+/// `[syslog_tls]`, validated.
+#[derive(Debug, Clone)]
+pub struct SyslogTlsConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub require_client_cert: bool,
+    pub handshake_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
+    pub max_connections_per_source: usize,
+    pub frame_timeout: Duration,
+    pub max_oversize_frame_bytes: usize,
+    pub max_bad_frames: u32,
+    pub max_nodes_per_cluster: usize,
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
@@ -1230,6 +1552,14 @@ pub struct TargetConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub retry_after_max: Duration,
+}
+
+impl TargetConfig {
+    /// The URL without its query string, for logs and `check-config`: a query
+    /// can carry an API key (credentials before the host are refused outright).
+    pub fn url_for_logs(&self) -> &str {
+        self.url.split(['?', '#']).next().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1531,6 +1861,127 @@ mod tests {
             let err = error_of(&text);
             assert!(err.starts_with(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn credentials_are_kept_out_of_urls_clear_text_and_errors() {
+        let err = error_of("[[targets]]\nname = \"v\"\nurl = \"https://u:hunter2@h/x\"\n");
+        assert!(
+            err.starts_with("targets[0].url") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err =
+            error_of("[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\ntoken = \"hunter2\"\n");
+        assert!(
+            err.contains("in clear") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = error_of("[[targets]]\nname = \"v\"\nurl = \"ht tps://hunter2\"\n");
+        assert!(!err.contains("hunter2"), "{err}");
+        // A syntax error on the token's line names the place, not the line.
+        let err = RawConfig::parse("[[targets]]\nname = \"v\"\ntoken = \"hunter2\n").unwrap_err();
+        assert!(
+            err.starts_with("line 3") && !err.contains("hunter2"),
+            "{err}"
+        );
+        // A plain-HTTP target without credentials stays possible (a lab sink).
+        assert!(
+            RawConfig::parse("[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\n")
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+        let cfg = RawConfig::parse(&with_target("").replace("/events", "/events?key=hunter2"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            cfg.targets[0].url_for_logs(),
+            "https://127.0.0.1:8443/events"
+        );
+    }
+
+    #[test]
+    fn hostile_input_settings_are_checked() {
+        let cfg = RawConfig::parse(&with_target(""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(cfg.ingest.max_connections_per_source, 128);
+        assert_eq!(cfg.ingest.frame_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.ingest.max_oversize_frame_bytes, 1 << 20);
+        assert_eq!(cfg.ingest.max_bad_frames, 16);
+        assert_eq!(cfg.ingest.max_nodes_per_cluster, 256);
+        assert!(cfg.syslog_tls.is_none());
+        for (text, field) in [
+            (
+                "[ingest]\nmax_oversize_frame_bytes = 1000\n",
+                "ingest.max_oversize_frame_bytes",
+            ),
+            (
+                "[ingest]\nframe_timeout_secs = 0\n",
+                "ingest.frame_timeout_secs",
+            ),
+            (
+                "[ingest]\nmax_connections_per_source = 0\n",
+                "ingest.max_connections_per_source",
+            ),
+            (
+                "[syslog_tls]\nlisten = \"0.0.0.0:6514\"\n",
+                "syslog_tls.cert_file",
+            ),
+            (
+                "[syslog_tls]\nlisten = \"0.0.0.0:6514\"\ncert_file = \"c\"\nkey_file = \"k\"\n",
+                "syslog_tls.client_ca_file",
+            ),
+            ("[syslog_tls]\nlisten = \"nowhere\"\n", "syslog_tls.listen"),
+        ] {
+            let err = error_of(&format!("{}\n{text}", with_target("")));
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        let cfg = RawConfig::parse(&format!(
+            "{}\n[syslog_tls]\nlisten = \"127.0.0.1:6514\"\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_client_cert = false\n",
+            with_target("")
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let tls = cfg.syslog_tls.unwrap();
+        assert!(!tls.require_client_cert && tls.client_ca_file.is_none());
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_memory_ceiling_the_budgets_cannot_fit_is_refused_naming_the_largest() {
+        let cfg = RawConfig::parse(&with_target(""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let budget = cfg.memory_budget();
+        // The defaults: 4096 connections of 256 KiB, as much as 1000 open batches.
+        let (field, bytes) = budget.largest();
+        assert_eq!(bytes, 1 << 30);
+        assert!(budget.parts.iter().all(|(_, b)| *b <= bytes));
+        assert!(cfg.max_memory_bytes.is_none());
+        let text = format!(
+            "max_memory_bytes = {}\n{}",
+            budget.total() - 1,
+            with_target("")
+        );
+        let err = error_of(&text);
+        assert!(
+            err.starts_with("max_memory_bytes") && err.contains(&format!("lower {field}")),
+            "{err}"
+        );
+        let text = format!("max_memory_bytes = {}\n{}", budget.total(), with_target(""));
+        assert!(RawConfig::parse(&text).unwrap().validate().is_ok());
+        // Lowering the largest budgets makes a smaller ceiling fit.
+        let text = format!(
+            "max_memory_bytes = {}\n{}\n[ingest]\nmax_connections = 256\nmax_clusters = 64\n",
+            budget.total() / 2,
+            with_target("")
+        );
+        assert!(RawConfig::parse(&text).unwrap().validate().is_ok());
     }
 
     #[test]

@@ -49,14 +49,21 @@ struct BatchMeta<'a> {
     time_unix_ms: i64,
 }
 
-/// Create `dir` (and parents) readable by the owner only.
+/// Create `dir` (and any missing parents, such as `batches/` above
+/// `batches/<target>`) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        // An existing directory keeps its mode through create(): set it.
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
+    #[cfg(not(unix))]
+    builder.create(dir)?;
     Ok(())
 }
 
@@ -226,6 +233,11 @@ mod tests {
             assert_eq!(mode & 0o777, 0o700);
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = fs::metadata(dir.path().join("dl/batches"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "parents too");
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! The modules follow the data, in the order a frame travels:
 //!
-//! - [`ingest`]: the syslog TCP listener, RFC 6587 framing, and each connection's
-//!   read loop, which hands frames on in chunks through the admission gate.
+//! - [`ingest`]: the syslog TCP listener (and the optional TLS one), RFC 6587
+//!   framing, and each connection's read loop, which hands frames on in chunks
+//!   through the admission gate and closes connections that misbehave.
 //! - [`cluster`]: one actix supervisor actor per Qumulo cluster, which owns the
 //!   readers of its nodes' connections.
 //! - [`pool`]: the parse pool, `workers` OS threads fed by a bounded crossbeam
@@ -57,6 +58,8 @@ use crate::sync::gate::Gate;
 pub struct Listeners {
     pub syslog: std::net::TcpListener,
     pub metrics: Option<std::net::TcpListener>,
+    /// The TLS syslog listener, when `[syslog_tls]` sets one.
+    pub syslog_tls: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -74,6 +77,11 @@ impl Listeners {
             metrics: cfg
                 .metrics_listen
                 .map(|addr| bind("metrics listener", addr))
+                .transpose()?,
+            syslog_tls: cfg
+                .syslog_tls
+                .as_ref()
+                .map(|t| bind("TLS syslog listener", t.listen))
                 .transpose()?,
         })
     }
@@ -105,6 +113,8 @@ pub enum RunError {
     Tls(#[from] egress::TlsSetupError),
     #[error(transparent)]
     Enrich(#[from] enrich::client::ClientSetupError),
+    #[error(transparent)]
+    TlsInput(#[from] ingest::tls::TlsInputError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -123,6 +133,22 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
+    // Before anything is started: a bad certificate or key stops the start.
+    let tls_input = match (&cfg.syslog_tls, listeners.syslog_tls) {
+        (Some(tls), Some(listener)) => Some(ingest::TlsInput {
+            listener,
+            config: ingest::tls::server_config(tls)?,
+        }),
+        _ => None,
+    };
+    if let Some(tls) = &cfg.syslog_tls {
+        if !tls.require_client_cert {
+            warn!(
+                "syslog_tls.require_client_cert is false: TLS syslog clients are not authenticated"
+            );
+        }
+    }
+    check_open_files(&cfg);
 
     // From the back: spools, egress, batchers, pool, and ingest last.
     deadletter::create_private_dir(&cfg.spool.dir).map_err(io_error(format!(
@@ -215,6 +241,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let ingest = ingest::start(
         listeners.syslog,
+        tls_input,
         ingest::IngestCtx {
             deps: ingest::reader::ReaderDeps {
                 config: cfg.clone(),
@@ -296,4 +323,32 @@ pub async fn run(
         "qbroker stopped"
     );
     Ok(())
+}
+
+/// File descriptors the broker may need besides its syslog connections: spool
+/// segments, dead-letter files, egress and metrics connections, the runtime.
+const RESERVED_FDS: u64 = 256;
+
+/// Warn at start when `ingest.max_connections` cannot be held within the
+/// process's open-file limit (the connections past it would fail to be accepted:
+/// counted and backed off from, but refused at random rather than by the limit).
+fn check_open_files(cfg: &Config) {
+    let Some(soft) = open_files_limit() else {
+        return;
+    };
+    let need = cfg.ingest.max_connections as u64 + RESERVED_FDS;
+    if need > soft {
+        warn!(
+            max_connections = cfg.ingest.max_connections,
+            open_files_limit = soft,
+            "ingest.max_connections does not fit the open-file limit: raise LimitNOFILE or lower max_connections"
+        );
+    }
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE), from /proc on Linux.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

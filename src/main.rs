@@ -89,15 +89,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Warn about credential files that other users can read.
+fn warn_exposed(raw: &RawConfig, file: Option<&std::path::Path>) {
+    for path in raw.exposed_secret_files(file) {
+        tracing::warn!(path = %path.display(), "this file holds a credential and others may read it: chmod 600 it");
+    }
+}
+
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = RawConfig::load(file)?.validate()?;
+    let raw = RawConfig::load(file)?;
+    let cfg = raw.validate()?;
+    warn_exposed(&raw, Some(file));
     println!("{} is valid", file.display());
     println!("listen          {}", cfg.listen);
+    if let Some(tls) = &cfg.syslog_tls {
+        println!(
+            "syslog tls      {} (client certificates {})",
+            tls.listen,
+            if tls.require_client_cert {
+                "required"
+            } else {
+                "not required"
+            }
+        );
+    }
     println!("workers         {}", cfg.workers);
     println!(
         "queue           {} messages, {} bytes",
         cfg.queue.size, cfg.queue.max_bytes
     );
+    let budget = cfg.memory_budget();
+    println!(
+        "memory budget   {} bytes{}",
+        budget.total(),
+        cfg.max_memory_bytes
+            .map_or(String::new(), |c| format!(" (ceiling {c})"))
+    );
+    for (part, bytes) in &budget.parts {
+        println!("  {part:<24}{bytes}");
+    }
     println!(
         "spool           {} ({:?}, cap {} bytes)",
         cfg.spool.dir.display(),
@@ -112,7 +142,10 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         };
         println!(
             "target          {}{default}: {} in_flight={} gzip={}",
-            t.name, t.url, t.in_flight, t.gzip
+            t.name,
+            t.url_for_logs(),
+            t.in_flight,
+            t.gzip
         );
     }
     for c in &cfg.clusters {
@@ -131,6 +164,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
+    warn_exposed(&raw, args.config.as_deref());
     raw.apply(Overrides {
         listen: args.listen,
         target_url: args.target,

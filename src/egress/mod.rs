@@ -90,7 +90,7 @@ pub fn start(
     let lanes = (0..target.cfg.in_flight)
         .map(|_| tokio::spawn(target.clone().lane()))
         .collect();
-    info!(target = %target.cfg.name, url = %target.cfg.url, in_flight = target.cfg.in_flight, "egress started");
+    info!(target = %target.cfg.name, url = %target.cfg.url_for_logs(), in_flight = target.cfg.in_flight, "egress started");
     Ok(Egress {
         name: target.cfg.name.clone(),
         spool,
@@ -274,7 +274,12 @@ impl Target {
             .collect()
             .await
         {
-            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            // The answer is logged and may be kept in the dead-letter directory: a
+            // target that echoes the request must not get the token written there.
+            Ok(collected) => redact(
+                String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+                self.cfg.token.as_ref(),
+            ),
             Err(_) => {
                 // Too long or cut off: the connection cannot carry another request.
                 *conn = None;
@@ -356,6 +361,16 @@ fn host_header(cfg: &TargetConfig) -> String {
     match (cfg.tls, cfg.port) {
         (true, 443) | (false, 80) => host,
         (_, port) => format!("{host}:{port}"),
+    }
+}
+
+/// `text` with every occurrence of the token replaced by `<redacted>`.
+fn redact(text: String, token: Option<&crate::config::Secret>) -> String {
+    match token {
+        Some(t) if !t.expose().is_empty() && text.contains(t.expose()) => {
+            text.replace(t.expose(), "<redacted>")
+        }
+        _ => text,
     }
 }
 

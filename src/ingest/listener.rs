@@ -2,31 +2,44 @@
 //! to that cluster's supervisor.
 //!
 //! It runs on the actix system's main thread; the supervisors run on `io_threads`
-//! arbiters. A refused source (allowlist) or a connection over
-//! `ingest.max_connections` is closed at once and counted. Accept errors (such as
-//! running out of file descriptors) are counted and backed off from, never fatal.
+//! arbiters. A refused source (allowlist), a connection over
+//! `ingest.max_connections` or over `ingest.max_connections_per_source` is closed
+//! at once and counted. Accept errors (such as running out of file descriptors)
+//! are counted and backed off from, never fatal.
 //!
 //! A connection's cluster is the configured cluster of its source address, else
 //! the HOSTNAME of its first frame without the `-<node>` suffix. The bytes read
-//! to find it travel with the connection, so no frame is read twice or lost.
+//! to find it travel with the connection, so no frame is read twice or lost. A
+//! HOSTNAME that is not 1 to 255 printable ASCII characters (RFC 5424) is not
+//! used: it would become a metric label.
+//!
+//! Plain TCP: the first frame is read here, and the socket moves (as a std
+//! socket) to the supervisor's arbiter, whose actor runs its reader. TLS
+//! (`[syslog_tls]`): a TLS session cannot move between threads, so the socket
+//! moves before the handshake, to the next arbiter in turn, which does the
+//! handshake, reads the first frame and runs the reader; the cluster's
+//! supervisor adopts it (counts and tracks it, and is told when it ends).
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_rt::Arbiter;
+use actix::Addr;
+use actix_rt::{Arbiter, ArbiterHandle};
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use super::framing::{Decoder, Next};
-use super::reader::{ConnGuard, Handoff, ReaderDeps};
+use super::reader::{self, ConnGuard, Handoff, ReaderDeps, SourceLimit};
 use crate::batch::Batches;
-use crate::cluster::{Attach, Registry};
+use crate::cluster::supervisor::{Adopt, Ended};
+use crate::cluster::{Attach, Registry, Supervisor};
 use crate::config::canonical_ip;
 use crate::metrics::RateLimit;
 use crate::parse;
@@ -40,11 +53,19 @@ pub const UNIDENTIFIED: &str = "unidentified";
 
 static REFUSED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 static ACCEPT_ERROR_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
+static CONNECTED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 20);
+static TLS_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 
 /// What the ingest side needs from the rest of the broker.
 pub struct IngestCtx {
     pub deps: ReaderDeps,
     pub batches: Arc<Batches>,
+}
+
+/// The TLS syslog listener and its server configuration.
+pub struct TlsInput {
+    pub listener: std::net::TcpListener,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// The running ingest side: the listener, the supervisors and their readers.
@@ -63,41 +84,107 @@ impl Ingest {
 }
 
 /// Start the actix system that runs ingest, on its own thread.
-pub fn start(listener: std::net::TcpListener, ctx: IngestCtx) -> std::io::Result<Ingest> {
+pub fn start(
+    listener: std::net::TcpListener,
+    tls: Option<TlsInput>,
+    ctx: IngestCtx,
+) -> std::io::Result<Ingest> {
     listener.set_nonblocking(true)?;
+    if let Some(t) = &tls {
+        t.listener.set_nonblocking(true)?;
+    }
     let thread = std::thread::Builder::new()
         .name("qbroker-ingest".to_string())
         .spawn(move || {
             let system = actix_rt::System::new();
-            system.block_on(serve(listener, ctx));
+            system.block_on(serve(listener, tls, ctx));
         })?;
     Ok(Ingest { thread })
 }
 
-async fn serve(listener: std::net::TcpListener, ctx: IngestCtx) {
+/// What every accepted connection shares, on the listener's thread.
+struct Shared {
+    ctx: IngestCtx,
+    registry: Arc<Mutex<Registry>>,
+    sources: SourceLimit,
+    arbiters: Vec<ArbiterHandle>,
+    done: mpsc::Sender<()>,
+}
+
+/// How a listener's connections go on once admitted.
+#[derive(Clone)]
+enum Kind {
+    Plain,
+    Tls {
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+    },
+}
+
+async fn serve(listener: std::net::TcpListener, tls: Option<TlsInput>, ctx: IngestCtx) {
     let cfg = ctx.deps.config.clone();
     let arbiters: Vec<Arbiter> = (0..cfg.io_threads.get()).map(|_| Arbiter::new()).collect();
-    let registry = Rc::new(RefCell::new(Registry::new(
-        arbiters.iter().map(Arbiter::handle).collect(),
+    let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+    let registry = Arc::new(Mutex::new(Registry::new(
+        handles.clone(),
         ctx.deps.gate.clone(),
         ctx.batches.clone(),
         ctx.deps.metrics.clone(),
         cfg.ingest.max_clusters,
     )));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    match TcpListener::from_std(listener) {
-        Ok(listener) => {
-            if let Ok(addr) = listener.local_addr() {
-                info!(listen = %addr, "accepting syslog connections");
+    let shared = Shared {
+        sources: SourceLimit::new(cfg.ingest.max_connections_per_source),
+        ctx,
+        registry,
+        arbiters: handles,
+        done: done_tx,
+    };
+    let plain = async {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(listen = %addr, "accepting syslog connections");
+                }
+                accept_loop(listener, Kind::Plain, &shared).await;
             }
-            accept_loop(listener, &ctx, &registry, &done_tx).await;
+            Err(err) => error!(error = %err, "cannot use the syslog listener"),
         }
-        Err(err) => error!(error = %err, "cannot use the syslog listener"),
-    }
-    // Every connection holds a clone of `done_tx`: this ends once all have ended.
-    drop(done_tx);
+    };
+    let tls = async {
+        let Some(tls) = tls else { return };
+        let handshake_timeout = cfg
+            .syslog_tls
+            .as_ref()
+            .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+        match TcpListener::from_std(tls.listener) {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(listen = %addr, "accepting TLS syslog connections");
+                }
+                let kind = Kind::Tls {
+                    acceptor: TlsAcceptor::from(tls.config),
+                    handshake_timeout,
+                };
+                accept_loop(listener, kind, &shared).await;
+            }
+            Err(err) => error!(error = %err, "cannot use the TLS syslog listener"),
+        }
+    };
+    futures_util::future::join(plain, tls).await;
+    // Every connection holds a clone of `done`: this ends once all have ended.
+    let Shared {
+        ctx,
+        registry,
+        done,
+        ..
+    } = shared;
+    drop(done);
     while done_rx.recv().await.is_some() {}
-    info!(clusters = registry.borrow().len(), "ingest stopped");
+    info!(
+        clusters = registry.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        "ingest stopped"
+    );
     drop(registry);
     drop(ctx);
     for a in &arbiters {
@@ -108,14 +195,10 @@ async fn serve(listener: std::net::TcpListener, ctx: IngestCtx) {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: &IngestCtx,
-    registry: &Rc<RefCell<Registry>>,
-    done: &mpsc::Sender<()>,
-) {
-    let mut stop = ctx.deps.stop.clone();
+async fn accept_loop(listener: TcpListener, kind: Kind, shared: &Shared) {
+    let mut stop = shared.ctx.deps.stop.clone();
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut next_arbiter = 0usize;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -128,10 +211,46 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                admit(stream, peer, ctx, registry, done);
+                let Some(guard) = admit(peer, shared) else {
+                    continue;
+                };
+                match &kind {
+                    Kind::Plain => {
+                        actix_rt::spawn(handshake(
+                            stream,
+                            peer,
+                            guard,
+                            shared.ctx.deps.clone(),
+                            shared.registry.clone(),
+                        ));
+                    }
+                    Kind::Tls {
+                        acceptor,
+                        handshake_timeout,
+                    } => {
+                        let stream = match stream.into_std() {
+                            Ok(s) => s,
+                            Err(err) => {
+                                error!(peer = %peer, error = %err, "cannot hand the connection over");
+                                continue;
+                            }
+                        };
+                        let arbiter = &shared.arbiters[next_arbiter % shared.arbiters.len()];
+                        next_arbiter = next_arbiter.wrapping_add(1);
+                        arbiter.spawn(tls_connection(
+                            stream,
+                            peer,
+                            guard,
+                            shared.ctx.deps.clone(),
+                            shared.registry.clone(),
+                            acceptor.clone(),
+                            *handshake_timeout,
+                        ));
+                    }
+                }
             }
             Err(err) => {
-                ctx.deps.metrics.ingest.accept_errors.inc();
+                shared.ctx.deps.metrics.ingest.accept_errors.inc();
                 if let Some(suppressed) = ACCEPT_ERROR_LOG.check() {
                     warn!(error = %err, backoff_ms = backoff.as_millis() as u64, suppressed, "accept failed");
                 }
@@ -142,59 +261,57 @@ async fn accept_loop(
     }
 }
 
-fn admit(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &IngestCtx,
-    registry: &Rc<RefCell<Registry>>,
-    done: &mpsc::Sender<()>,
-) {
-    let cfg = &ctx.deps.config;
-    let metrics = &ctx.deps.metrics;
+/// The allowlist and the connection limits; the guard that counts the connection
+/// if it is admitted. A refused connection is dropped (closed) by the caller.
+fn admit(peer: SocketAddr, shared: &Shared) -> Option<ConnGuard> {
+    let cfg = &shared.ctx.deps.config;
+    let metrics = &shared.ctx.deps.metrics;
     if !cfg.source_allowed(peer.ip()) {
         metrics.ingest.refused_allowlist.inc();
         if let Some(suppressed) = REFUSED_LOG.check() {
             warn!(peer = %peer, suppressed, "connection refused: source not in ingest.allow_sources");
         }
-        return;
+        return None;
     }
     if metrics.ingest.connections_active.get() >= cfg.ingest.max_connections as i64 {
         metrics.ingest.refused_limit.inc();
         if let Some(suppressed) = REFUSED_LOG.check() {
             warn!(peer = %peer, max_connections = cfg.ingest.max_connections, suppressed, "connection refused: too many connections");
         }
-        return;
+        return None;
     }
+    let Some(permit) = shared.sources.acquire(peer.ip()) else {
+        metrics.ingest.refused_source_limit.inc();
+        if let Some(suppressed) = REFUSED_LOG.check() {
+            warn!(peer = %peer, max_connections_per_source = cfg.ingest.max_connections_per_source, suppressed, "connection refused: too many connections from this source");
+        }
+        return None;
+    };
     metrics.ingest.connections_accepted.inc();
-    let guard = ConnGuard::new(metrics.clone(), done.clone());
-    actix_rt::spawn(handshake(
-        stream,
-        peer,
-        guard,
-        ctx.deps.clone(),
-        registry.clone(),
-    ));
+    Some(ConnGuard::new(metrics.clone(), permit, shared.done.clone()))
 }
 
-/// Read until the first frame tells the connection's cluster, then hand it over.
-async fn handshake(
-    mut stream: TcpStream,
+/// Read until the first frame tells the connection's HOSTNAME (or there is no
+/// hope it will). `None` when the connection ended or timed out first (counted).
+async fn first_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
     peer: SocketAddr,
-    guard: ConnGuard,
-    deps: ReaderDeps,
-    registry: Rc<RefCell<Registry>>,
-) {
-    let cfg = deps.config.clone();
-    let ip = canonical_ip(peer.ip());
-    let by_source = cfg.cluster_of_source(ip);
+    deps: &ReaderDeps,
+) -> Option<(Option<String>, BytesMut)> {
+    let cfg = &deps.config;
     let mut buf = BytesMut::with_capacity(cfg.ingest.read_buffer_bytes);
     // Look this far for a frame with a HOSTNAME before giving up on it.
     let limit = cfg.ingest.max_frame_bytes * 2 + cfg.ingest.read_buffer_bytes;
     let deadline = tokio::time::Instant::now() + cfg.ingest.first_frame_timeout;
     let mut stop = deps.stop.clone();
     let host = loop {
-        if let Some(host) = first_hostname(&buf, cfg.ingest.max_frame_bytes) {
-            break Some(host);
+        match first_hostname(&buf, cfg.ingest.max_frame_bytes) {
+            Some(Ok(host)) => break Some(host),
+            Some(Err(())) => {
+                deps.metrics.ingest.invalid_hostnames.inc();
+                break None;
+            }
+            None => {}
         }
         if buf.len() >= limit {
             break None;
@@ -212,20 +329,39 @@ async fn handshake(
             Some(Err(_elapsed)) if buf.is_empty() => {
                 deps.metrics.ingest.first_frame_timeouts.inc();
                 info!(peer = %peer, "connection closed: no frame within ingest.first_frame_timeout_secs");
-                return;
+                return None;
             }
             Some(Err(_elapsed)) => break None,
-            Some(Ok(Ok(0))) if buf.is_empty() => return,
+            Some(Ok(Ok(0))) if buf.is_empty() => return None,
             Some(Ok(Ok(0))) => break None,
             Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(err))) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                if buf.is_empty() {
+                    return None;
+                }
+                break None;
+            }
             Some(Ok(Err(err))) => {
                 deps.metrics.ingest.read_errors.inc();
                 info!(peer = %peer, error = %err, "connection failed before its first frame");
-                return;
+                return None;
             }
         }
     };
+    Some((host, buf))
+}
 
+/// The connection's cluster (started now if new), and its node name. `None`
+/// when it has nowhere to go (counted).
+fn route(
+    host: Option<String>,
+    peer: SocketAddr,
+    deps: &ReaderDeps,
+    registry: &Mutex<Registry>,
+) -> Option<(String, Addr<Supervisor>, Arc<str>)> {
+    let cfg = &deps.config;
+    let ip = canonical_ip(peer.ip());
+    let by_source = cfg.cluster_of_source(ip);
     let hostname_cluster = host.as_deref().map(parse::cluster_of_hostname);
     let (name, target, filer_id) = match (by_source, hostname_cluster) {
         (Some(c), _) => (c.name.clone(), Some(c.target), c.filer_id),
@@ -240,18 +376,45 @@ async fn handshake(
         if let Some(suppressed) = REFUSED_LOG.check() {
             warn!(peer = %peer, cluster = %name, suppressed, "connection closed: cluster not configured and no default_target");
         }
-        return;
+        return None;
     };
     let node: Arc<str> = Arc::from(host.unwrap_or_else(|| ip.to_string()));
-    let addr = match registry.borrow_mut().get_or_create(&name, target, filer_id) {
-        Ok(addr) => addr,
+    let created = registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_create(&name, target, filer_id);
+    match created {
+        Ok(addr) => Some((name, addr, node)),
         Err(_) => {
             deps.metrics.ingest.unroutable.inc();
             if let Some(suppressed) = REFUSED_LOG.check() {
                 warn!(peer = %peer, cluster = %name, max_clusters = cfg.ingest.max_clusters, suppressed, "connection closed: too many clusters");
             }
-            return;
+            None
         }
+    }
+}
+
+fn log_connected(cluster: &str, node: &str, peer: SocketAddr, tls: bool) {
+    if let Some(suppressed) = CONNECTED_LOG.check() {
+        info!(cluster = %cluster, node = %node, peer = %peer, tls, suppressed, "node connected");
+    }
+}
+
+/// Plain TCP: read until the first frame tells the connection's cluster, then
+/// hand it over.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    deps: ReaderDeps,
+    registry: Arc<Mutex<Registry>>,
+) {
+    let Some((host, buf)) = first_frame(&mut stream, peer, &deps).await else {
+        return;
+    };
+    let Some((name, addr, node)) = route(host, peer, &deps, &registry) else {
+        return;
     };
     let stream = match stream.into_std() {
         Ok(s) => s,
@@ -269,7 +432,7 @@ async fn handshake(
         deps,
         guard,
     };
-    info!(cluster = %name, node = %node, peer = %peer, "node connected");
+    log_connected(&name, &node, peer, false);
     match tokio::time::timeout(ATTACH_TIMEOUT, addr.send(Attach(handoff))).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
@@ -281,19 +444,125 @@ async fn handshake(
     }
 }
 
-/// The HOSTNAME of the first complete frame in `buf` that has one.
-fn first_hostname(buf: &BytesMut, max_frame: usize) -> Option<String> {
+/// TLS: on the arbiter that runs it, the handshake, the first frame, and the
+/// reader, adopted by the cluster's supervisor.
+async fn tls_connection(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    deps: ReaderDeps,
+    registry: Arc<Mutex<Registry>>,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+) {
+    let tcp = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(err) => {
+            error!(peer = %peer, error = %err, "cannot take the TLS connection over");
+            return;
+        }
+    };
+    let mut stop = deps.stop.clone();
+    let accepted = tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => accepted,
+    };
+    let mut tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            deps.metrics.ingest.tls_handshake_failures.inc();
+            if let Some(suppressed) = TLS_LOG.check() {
+                warn!(peer = %peer, error = %err, suppressed, "TLS handshake failed: connection closed");
+            }
+            return;
+        }
+        Err(_) => {
+            deps.metrics.ingest.tls_handshake_failures.inc();
+            if let Some(suppressed) = TLS_LOG.check() {
+                warn!(peer = %peer, timeout_secs = handshake_timeout.as_secs(), suppressed, "TLS handshake timed out: connection closed");
+            }
+            return;
+        }
+    };
+    let Some((host, buf)) = first_frame(&mut tls, peer, &deps).await else {
+        return;
+    };
+    let Some((name, addr, node)) = route(host, peer, &deps, &registry) else {
+        return;
+    };
+    let adopt = Adopt {
+        peer,
+        node: node.clone(),
+    };
+    let adopted = match tokio::time::timeout(ATTACH_TIMEOUT, addr.send(adopt)).await {
+        Ok(Ok(adopted)) => adopted,
+        _ => {
+            error!(cluster = %name, peer = %peer, "supervisor did not adopt the TLS connection: connection closed");
+            return;
+        }
+    };
+    log_connected(&name, &node, peer, true);
+    let id = adopted.id;
+    let read = reader::read_stream(
+        tls,
+        node,
+        buf,
+        deps,
+        guard,
+        adopted.cluster,
+        adopted.sequence,
+    );
+    let result = AssertUnwindSafe(read).catch_unwind().await;
+    let _ = addr.send(Ended { id, result }).await;
+}
+
+/// The HOSTNAME of the first complete frame in `buf` that has one: `Ok` if it
+/// is a valid RFC 5424 HOSTNAME (1 to 255 printable ASCII characters), `Err`
+/// if not.
+fn first_hostname(buf: &BytesMut, max_frame: usize) -> Option<Result<String, ()>> {
     let mut probe = buf.clone();
     let mut decoder = Decoder::new(max_frame);
     loop {
         match decoder.next(&mut probe) {
             Next::Frame { start, end } => {
                 if let Some(host) = parse::frame_hostname(&probe[start..end]) {
-                    return Some(host.to_string());
+                    return Some(valid_hostname(host).then(|| host.to_string()).ok_or(()));
                 }
             }
             Next::Oversize => {}
-            Next::Incomplete => return None,
+            Next::Incomplete | Next::Overrun => return None,
         }
+    }
+}
+
+/// RFC 5424: `HOSTNAME = NILVALUE / 1*255PRINTUSASCII`.
+fn valid_hostname(host: &str) -> bool {
+    (1..=255).contains(&host.len()) && host.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_become_node_names_only_when_valid() {
+        let buf = |s: &str| BytesMut::from(s.as_bytes());
+        assert_eq!(
+            first_hostname(
+                &buf("<14>1 2026-01-01T00:00:00Z qc-3 qumulo - - - {}\n"),
+                1024
+            ),
+            Some(Ok("qc-3".to_string()))
+        );
+        let long = format!(
+            "<14>1 2026-01-01T00:00:00Z {} qumulo - - - {{}}\n",
+            "h".repeat(256)
+        );
+        assert_eq!(first_hostname(&buf(&long), 4096), Some(Err(())));
+        let utf8 = "<14>1 2026-01-01T00:00:00Z h\u{e9}te qumulo - - - {}\n";
+        assert_eq!(first_hostname(&buf(utf8), 1024), Some(Err(())));
+        assert_eq!(first_hostname(&buf("garbage\n"), 1024), None);
+        assert!(valid_hostname(&"h".repeat(255)));
     }
 }

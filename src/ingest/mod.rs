@@ -5,10 +5,13 @@
 //! - [`reader`]: the read loop of one connection (run by its supervisor): framing,
 //!   chunking, admission to the work queue, backpressure.
 //! - [`framing`]: RFC 6587 octet-counted and newline-delimited framing with a
-//!   frame-size cap.
+//!   frame-size cap, and the test that tells a garbage stream.
+//! - [`tls`]: the server configuration of the optional TLS syslog listener
+//!   (RFC 5425).
 
 pub mod framing;
 pub mod listener;
 pub mod reader;
+pub mod tls;
 
-pub use listener::{start, Ingest, IngestCtx};
+pub use listener::{start, Ingest, IngestCtx, TlsInput};

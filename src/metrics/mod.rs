@@ -86,7 +86,26 @@ pub struct IngestMetrics {
     pub oversize_frames: Counter,
     pub partial_frames: Counter,
     pub paused: Counter,
+    /// Refused at once: `ingest.max_connections_per_source` reached.
+    pub refused_source_limit: Counter,
+    /// Closed: a frame not complete within `ingest.frame_timeout_secs`.
+    pub frame_timeouts: Counter,
+    /// Closed: bad frames outnumbered good ones by `ingest.max_bad_frames`.
+    pub closed_bad_frames: Counter,
+    /// Closed: a frame past `ingest.max_oversize_frame_bytes`.
+    pub closed_frame_overrun: Counter,
+    /// TLS connections whose handshake failed or timed out.
+    pub tls_handshake_failures: Counter,
+    /// First-frame HOSTNAMEs not taken as a node name (not 1 to 255 printable
+    /// ASCII characters); the connection is named by its address instead.
+    pub invalid_hostnames: Counter,
+    /// Connections counted under `node="~other"`: their cluster had
+    /// `ingest.max_nodes_per_cluster` node names already.
+    pub nodes_over_limit: Counter,
 }
+
+/// The label of the connections of nodes over `ingest.max_nodes_per_cluster`.
+pub const OTHER_NODES: &str = "~other";
 
 /// The parse pool.
 #[derive(Debug, Default)]
@@ -199,6 +218,26 @@ impl ClusterMetrics {
         let n = Arc::new(NodeMetrics::default());
         nodes.insert(Arc::from(name), n.clone());
         n
+    }
+
+    /// The counters of one node, unless the cluster has `max` nodes already: then
+    /// those of [`OTHER_NODES`], and `true`. Node names come from the network, and
+    /// each one is a metric label: their number must be bounded.
+    pub fn node_bounded(&self, name: &str, max: usize) -> (Arc<NodeMetrics>, bool) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get(name) {
+            return (n.clone(), false);
+        }
+        let (name, over) = if nodes.len() >= max {
+            (OTHER_NODES, true)
+        } else {
+            (name, false)
+        };
+        let n = nodes
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(NodeMetrics::default()))
+            .clone();
+        (n, over)
     }
 
     pub fn nodes(&self) -> Vec<(Arc<str>, Arc<NodeMetrics>)> {
@@ -364,6 +403,19 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     ];
     for (name, kind, help, value) in simple {
         header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let hostile: [(&str, &str, u64); 7] = [
+        ("qbroker_connections_refused_source_limit_total", "Connections closed at once: ingest.max_connections_per_source reached.", i.refused_source_limit.get()),
+        ("qbroker_frame_timeouts_total", "Connections closed: a frame not complete within ingest.frame_timeout_secs.", i.frame_timeouts.get()),
+        ("qbroker_connections_closed_bad_frames_total", "Connections closed: bad frames outnumbered good ones by ingest.max_bad_frames.", i.closed_bad_frames.get()),
+        ("qbroker_connections_closed_frame_overrun_total", "Connections closed: a frame longer than ingest.max_oversize_frame_bytes.", i.closed_frame_overrun.get()),
+        ("qbroker_tls_handshake_failures_total", "TLS syslog connections whose handshake failed or timed out.", i.tls_handshake_failures.get()),
+        ("qbroker_invalid_hostnames_total", "First-frame HOSTNAMEs not used as node names (not 1 to 255 printable ASCII characters).", i.invalid_hostnames.get()),
+        ("qbroker_nodes_over_limit_total", "Connections counted under node=\"~other\": ingest.max_nodes_per_cluster reached.", i.nodes_over_limit.get()),
+    ];
+    for (name, help, value) in hostile {
+        header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
     let q = &g.queue;

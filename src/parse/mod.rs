@@ -20,6 +20,8 @@ mod csv;
 mod escape;
 mod event;
 mod filter;
+#[cfg(any(fuzzing, test))]
+pub mod fuzz;
 mod json;
 mod record;
 mod scan;

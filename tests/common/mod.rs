@@ -99,6 +99,9 @@ pub enum Mode {
     Fail(u16, Option<u64>),
     /// Wait, then accept.
     Delay(Duration),
+    /// Answer this status with the request's Authorization header in the body,
+    /// as a careless target might.
+    FailEcho(u16),
 }
 
 /// One request the sink received.
@@ -324,12 +327,20 @@ async fn handle(
             ));
         }
     }
+    let mut answer = Bytes::from_static(b"{}");
     let (status, retry_after) = match mode {
         Mode::Accept => (200, None),
         Mode::Fail(status, retry_after) => (status, retry_after),
         Mode::Delay(d) => {
             tokio::time::sleep(d).await;
             (200, None)
+        }
+        Mode::FailEcho(status) => {
+            answer = Bytes::from(format!(
+                "{{\"error\":\"denied\",\"you_sent\":{:?}}}",
+                authorization.clone().unwrap_or_default()
+            ));
+            (status, None)
         }
     };
     state.requests.lock().unwrap().push(Received {
@@ -340,7 +351,7 @@ async fn handle(
         accepted: status == 200,
         at: Instant::now(),
     });
-    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
+    let mut resp = hyper::Response::new(Full::new(answer));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     if let Some(secs) = retry_after {
         resp.headers_mut()
@@ -368,6 +379,8 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
 pub struct Broker {
     pub syslog: SocketAddr,
     pub metrics: SocketAddr,
+    /// The TLS syslog listener, when the configuration has `[syslog_tls]`.
+    pub syslog_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -411,6 +424,10 @@ impl Broker {
         let listeners = qbroker::Listeners::bind(&cfg).unwrap();
         let syslog = listeners.syslog.local_addr().unwrap();
         let metrics = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+        let syslog_tls = listeners
+            .syslog_tls
+            .as_ref()
+            .map(|l| l.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -426,6 +443,7 @@ impl Broker {
         Broker {
             syslog,
             metrics,
+            syslog_tls,
             data_dir,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -588,11 +606,16 @@ impl BrokerProcess {
     /// Start `qbroker run --config <file>`; the config should listen on port 0
     /// for syslog and metrics: the ports are read from the log.
     pub fn spawn(config_file: &std::path::Path) -> BrokerProcess {
+        BrokerProcess::spawn_with_log(config_file, "info")
+    }
+
+    /// [`spawn`](Self::spawn) with this `RUST_LOG` filter.
+    pub fn spawn_with_log(config_file: &std::path::Path, rust_log: &str) -> BrokerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qbroker"))
             .args(["run", "--config"])
             .arg(config_file)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
