@@ -166,19 +166,17 @@ fn batch(c: &mut Criterion) {
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(200),
         },
-        vec![spool.clone()],
-    )
-    .expect("batches");
+        Arc::new(qbroker::batch::OneRoute(qbroker::batch::Route {
+            target: Arc::from("bench"),
+            spool: spool.clone(),
+            filer_id: Some(7),
+        })),
+    );
     let metrics = qbroker::metrics::Metrics::new();
     let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
-    let gate_id = gate.register();
-    let batcher = batches.create(
-        Arc::from("qlg-c000"),
-        0,
-        Some(7),
-        metrics.cluster("qlg-c000"),
-        (gate, gate_id),
-    );
+    let batcher = batches
+        .create(Arc::from("qlg-c000"), &metrics, &gate)
+        .expect("a route");
 
     let mut next_chunk = 0u64;
     let mut g = c.benchmark_group("batch");

@@ -35,7 +35,7 @@ use tracing::{error, warn};
 
 use crate::config::{BatchConfig, EnrichConfig};
 use crate::enrich::{self, Completion, Enricher, Fallback, Held, Link, Order};
-use crate::metrics::{ClusterMetrics, RateLimit};
+use crate::metrics::{ClusterMetrics, Metrics, RateLimit};
 use crate::model::Recycler;
 use crate::parse::{EventInfo, Hint, Operation};
 use crate::spool::{AppendError, NewBatch, Spool};
@@ -77,12 +77,31 @@ pub struct ChunkOut {
     pub hints: Vec<(u32, Operation, EventInfo)>,
 }
 
+/// Where a cluster's batches go: its target's spool, and the filer id written
+/// into each batch. Changed at run time ([`Batcher::set_route`]).
+#[derive(Clone)]
+pub struct Route {
+    /// The target's name, for logs.
+    pub target: Arc<str>,
+    pub spool: Arc<Spool>,
+    pub filer_id: Option<u64>,
+}
+
+/// A route and the body prefix it gives the cluster's batches.
+struct Routed {
+    route: Route,
+    /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
+    prefix: Vec<u8>,
+}
+
 struct Open {
     batch_id: String,
     body: Vec<u8>,
     events: u32,
     opened: Instant,
     received: Vec<(u64, u32)>,
+    /// The route the batch was opened for, whose spool it is appended to.
+    routed: Arc<Routed>,
 }
 
 struct Sealed {
@@ -90,6 +109,7 @@ struct Sealed {
     body: Vec<u8>,
     events: u32,
     received: Vec<(u64, u32)>,
+    routed: Arc<Routed>,
 }
 
 struct State {
@@ -98,6 +118,8 @@ struct State {
     open: Option<Open>,
     /// Per-file order behind enrichments, and the type cache.
     order: Order,
+    /// The route of the next batch opened.
+    routed: Arc<Routed>,
 }
 
 /// What every batcher shares.
@@ -125,9 +147,6 @@ impl Common {
 /// Batches of one cluster.
 pub struct Batcher {
     cluster: Arc<str>,
-    /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
-    prefix: Vec<u8>,
-    spool: Arc<Spool>,
     metrics: Arc<ClusterMetrics>,
     gate: Arc<Gate>,
     gate_id: usize,
@@ -149,34 +168,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn routed(cluster: &str, route: Route) -> Arc<Routed> {
+    let mut prefix = Vec::with_capacity(128);
+    prefix.extend_from_slice(b"{\"schema\":\"");
+    prefix.extend_from_slice(SCHEMA.as_bytes());
+    prefix.extend_from_slice(b"\",\"cluster\":");
+    prefix.extend_from_slice(
+        serde_json::to_string(cluster)
+            .expect("a string serialises")
+            .as_bytes(),
+    );
+    prefix.extend_from_slice(b",\"filer_id\":");
+    match route.filer_id {
+        Some(id) => prefix.extend_from_slice(id.to_string().as_bytes()),
+        None => prefix.extend_from_slice(b"null"),
+    }
+    prefix.extend_from_slice(b",\"batch_id\":\"");
+    Arc::new(Routed { route, prefix })
+}
+
 impl Batcher {
     fn new(
         cluster: Arc<str>,
-        filer_id: Option<u64>,
-        spool: Arc<Spool>,
+        route: Route,
         metrics: Arc<ClusterMetrics>,
         (gate, gate_id): (Arc<Gate>, usize),
         common: Arc<Common>,
     ) -> Batcher {
-        let mut prefix = Vec::with_capacity(128);
-        prefix.extend_from_slice(b"{\"schema\":\"");
-        prefix.extend_from_slice(SCHEMA.as_bytes());
-        prefix.extend_from_slice(b"\",\"cluster\":");
-        prefix.extend_from_slice(
-            serde_json::to_string(&*cluster)
-                .expect("a string serialises")
-                .as_bytes(),
-        );
-        prefix.extend_from_slice(b",\"filer_id\":");
-        match filer_id {
-            Some(id) => prefix.extend_from_slice(id.to_string().as_bytes()),
-            None => prefix.extend_from_slice(b"null"),
-        }
-        prefix.extend_from_slice(b",\"batch_id\":\"");
+        let routed = routed(&cluster, route);
         Batcher {
             cluster,
-            prefix,
-            spool,
             metrics,
             gate,
             gate_id,
@@ -189,6 +210,7 @@ impl Batcher {
                     let e = EnrichConfig::default();
                     Order::new(e.type_cache_entries, e.queue_max_events, e.queue_max_bytes)
                 },
+                routed,
             }),
             append: Mutex::new(()),
             enrich: OnceLock::new(),
@@ -209,6 +231,54 @@ impl Batcher {
             link.attach(Arc::downgrade(self));
             let _ = self.enrich.set(link);
         }
+    }
+
+    /// Enrich this cluster's metadata changes through `link` from now on (REST
+    /// credentials that arrived after the cluster was first seen). The type
+    /// cache and the order state are kept. A cluster has one link for good: a
+    /// later change of credentials is the link's business.
+    pub fn enable_enrichment(self: &Arc<Self>, link: Arc<Link>) {
+        let mut st = lock(&self.state);
+        if self.enrich.get().is_some() {
+            return;
+        }
+        link.attach(Arc::downgrade(self));
+        st.order.set_metrics(link.metrics.clone());
+        let _ = self.enrich.set(link);
+    }
+
+    /// The cluster's name.
+    pub fn cluster(&self) -> &Arc<str> {
+        &self.cluster
+    }
+
+    /// The cluster's slot at the admission gate.
+    pub fn gate_id(&self) -> usize {
+        self.gate_id
+    }
+
+    pub fn metrics(&self) -> &Arc<ClusterMetrics> {
+        &self.metrics
+    }
+
+    /// Where the cluster's batches go now.
+    pub fn current_route(&self) -> Route {
+        lock(&self.state).routed.route.clone()
+    }
+
+    /// Send the cluster's next batches to `route`. The open batch is sealed first
+    /// and appended to the old route's spool (with the old filer id), so a batch
+    /// never mixes two routes and nothing is lost or reordered within one. Returns
+    /// once every batch sealed for the old route is in its spool, so the caller
+    /// knows the old spool gets nothing more from this cluster. Blocking (it may
+    /// wait on a full spool): call it from a plain thread.
+    pub fn set_route(&self, route: Route) {
+        let mut st = lock(&self.state);
+        let sealed = self.seal(&mut st);
+        st.routed = routed(&self.cluster, route);
+        let order = lock(&self.append);
+        drop(st);
+        self.write(sealed.into_iter().collect(), order);
     }
 
     /// The result of an enrichment: its events go out, then the events of the
@@ -539,7 +609,10 @@ impl Batcher {
         };
         let mut i = range.start;
         while i < n {
-            let open = st.open.get_or_insert_with(|| self.open_batch());
+            if st.open.is_none() {
+                st.open = Some(self.open_batch(&st.routed));
+            }
+            let open = st.open.as_mut().expect("opened above");
             // Take the longest run of events from `i` that fits the open batch.
             let mut j = i;
             let mut size = open.body.len();
@@ -579,13 +652,12 @@ impl Batcher {
         }
     }
 
-    fn open_batch(&self) -> Open {
+    fn open_batch(&self, routed: &Arc<Routed>) -> Open {
         let batch_id = uuid::Uuid::now_v7().to_string();
-        let mut body = self
-            .common
-            .bodies
-            .get((self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + self.prefix.len());
-        body.extend_from_slice(&self.prefix);
+        let mut body = self.common.bodies.get(
+            (self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + routed.prefix.len(),
+        );
+        body.extend_from_slice(&routed.prefix);
         body.extend_from_slice(batch_id.as_bytes());
         body.extend_from_slice(b"\",\"events\":[");
         Open {
@@ -594,6 +666,7 @@ impl Batcher {
             events: 0,
             opened: Instant::now(),
             received: Vec::new(),
+            routed: routed.clone(),
         }
     }
 
@@ -605,6 +678,7 @@ impl Batcher {
             body: open.body,
             events: open.events,
             received: open.received,
+            routed: open.routed,
         })
     }
 
@@ -621,7 +695,7 @@ impl Batcher {
             };
             let mut failures = 0u32;
             loop {
-                match self.spool.append(&new, APPEND_WAIT) {
+                match batch.routed.route.spool.append(&new, APPEND_WAIT) {
                     Ok(_) => {
                         self.metrics.batches.inc();
                         break;
@@ -689,72 +763,139 @@ impl Batcher {
     }
 }
 
-/// Every batcher, grouped by target, with one age sealer thread per target.
+/// The age sealer of one target: a thread that seals the open batches of the
+/// clusters routed to the target once they are `max_age` old. One per target, so
+/// that a full spool, which holds the sealer appending to it, holds no other
+/// target's clusters.
+pub struct Sealer {
+    batchers: Arc<Mutex<Vec<Arc<Batcher>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Sealer {
+    /// Start the sealer of target `name`.
+    pub fn start(name: &str, max_age: Duration) -> std::io::Result<Sealer> {
+        let batchers: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tick = (max_age / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
+        let (list, flag) = (batchers.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("qbroker-sealer-{name}"))
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    let batchers = lock(&list).clone();
+                    for b in batchers {
+                        b.seal_if_due();
+                    }
+                }
+            })?;
+        Ok(Sealer {
+            batchers,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Seal `b`'s batches here from now on.
+    pub fn add(&self, b: &Arc<Batcher>) {
+        lock(&self.batchers).push(b.clone());
+    }
+
+    /// No longer seal `b`'s batches here.
+    pub fn remove(&self, b: &Arc<Batcher>) {
+        lock(&self.batchers).retain(|x| !Arc::ptr_eq(x, b));
+    }
+
+    /// Stop the thread and wait for it.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Gives a newly seen cluster its route and records its batcher, so that later
+/// route changes reach it (the runtime target set, [`crate::targets::Targets`]).
+pub trait Router: Send + Sync {
+    /// Call `make` with the route of `cluster` and keep the batcher it returns;
+    /// `None` (without calling `make`) when the cluster has nowhere to go.
+    fn attach(
+        &self,
+        cluster: &Arc<str>,
+        make: &mut dyn FnMut(Route) -> Arc<Batcher>,
+    ) -> Option<Arc<Batcher>>;
+    /// Stop the age sealers (shutdown).
+    fn stop_sealers(&self);
+}
+
+/// A router that sends every cluster to one route, with no age sealer (benches
+/// and tests; the broker uses [`crate::targets::Targets`]).
+pub struct OneRoute(pub Route);
+
+impl Router for OneRoute {
+    fn attach(
+        &self,
+        _cluster: &Arc<str>,
+        make: &mut dyn FnMut(Route) -> Arc<Batcher>,
+    ) -> Option<Arc<Batcher>> {
+        Some(make(self.0.clone()))
+    }
+
+    fn stop_sealers(&self) {}
+}
+
+/// Every batcher, and the router that gives each its target.
 pub struct Batches {
     common: Arc<Common>,
-    spools: Vec<Arc<Spool>>,
-    by_target: Vec<Arc<Mutex<Vec<Arc<Batcher>>>>>,
-    stop: Arc<AtomicBool>,
-    sealers: Mutex<Vec<JoinHandle<()>>>,
+    router: Arc<dyn Router>,
+    all: Mutex<Vec<Arc<Batcher>>>,
     enricher: OnceLock<Arc<Enricher>>,
 }
 
 impl Batches {
-    /// `spools[i]` is target `i`'s spool.
-    pub fn start(limits: BatchConfig, spools: Vec<Arc<Spool>>) -> std::io::Result<Arc<Batches>> {
-        let by_target: Vec<_> = spools.iter().map(|_| Arc::default()).collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tick = (limits.max_age / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
-        let mut sealers = Vec::new();
-        for (i, list) in by_target.iter().enumerate() {
-            let list: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::clone(list);
-            let stop = stop.clone();
-            sealers.push(
-                std::thread::Builder::new()
-                    .name(format!("qbroker-sealer-{i}"))
-                    .spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(tick);
-                            let batchers = lock(&list).clone();
-                            for b in batchers {
-                                b.seal_if_due();
-                            }
-                        }
-                    })?,
-            );
-        }
-        Ok(Arc::new(Batches {
+    pub fn start(limits: BatchConfig, router: Arc<dyn Router>) -> Arc<Batches> {
+        Arc::new(Batches {
             common: Arc::new(Common::new(limits)),
-            spools,
-            by_target,
-            stop,
-            sealers: Mutex::new(sealers),
+            router,
+            all: Mutex::new(Vec::new()),
             enricher: OnceLock::new(),
-        }))
+        })
     }
 
-    /// A batcher for a newly seen cluster, which holds `gate_id` at the gate.
+    /// A batcher for a newly seen cluster, with its slot at the gate and its
+    /// metrics; `None` (and neither taken) when the cluster has no target.
     pub fn create(
         &self,
         cluster: Arc<str>,
-        target: usize,
-        filer_id: Option<u64>,
-        metrics: Arc<ClusterMetrics>,
-        gate: (Arc<Gate>, usize),
-    ) -> Arc<Batcher> {
-        let b = Arc::new(Batcher::new(
-            cluster,
-            filer_id,
-            self.spools[target].clone(),
-            metrics,
-            gate,
-            self.common.clone(),
-        ));
-        if let Some(e) = self.enricher.get() {
-            b.configure(e.config(), e.link(&b.cluster));
-        }
-        lock(&self.by_target[target]).push(b.clone());
-        b
+        metrics: &Metrics,
+        gate: &Arc<Gate>,
+    ) -> Option<Arc<Batcher>> {
+        let enricher = self.enricher.get();
+        let mut make = |route: Route| {
+            let b = Arc::new(Batcher::new(
+                cluster.clone(),
+                route,
+                metrics.cluster(&cluster),
+                (gate.clone(), gate.register()),
+                self.common.clone(),
+            ));
+            if let Some(e) = enricher {
+                b.configure(e.config(), e.link(&b.cluster));
+            }
+            b
+        };
+        let b = self.router.attach(&cluster, &mut make)?;
+        lock(&self.all).push(b.clone());
+        Some(b)
     }
 
     /// Enrich the metadata changes of the clusters `enricher` has a link for
@@ -767,20 +908,21 @@ impl Batches {
     /// the pool has drained). Enrichments that have not come back by then go out
     /// as their generic events first.
     pub fn flush_all(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for h in lock(&self.sealers).drain(..) {
-            let _ = h.join();
-        }
-        for list in &self.by_target {
-            for b in lock(list).iter() {
-                b.flush();
-            }
+        self.router.stop_sealers();
+        let all = lock(&self.all).clone();
+        for b in all {
+            b.flush();
         }
     }
 
     /// Give up waiting on unavailable spools (the shutdown deadline passed).
     pub fn abort(&self) {
         self.common.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// Max age of a batch, for the sealers.
+    pub fn max_age(&self) -> Duration {
+        self.common.limits.max_age
     }
 }
 
@@ -832,8 +974,11 @@ mod tests {
         let id = gate.register();
         let b = Batcher::new(
             Arc::from("c\"1"),
-            Some(7),
-            spool.clone(),
+            Route {
+                target: Arc::from("t"),
+                spool: spool.clone(),
+                filer_id: Some(7),
+            },
             m.cluster("c\"1"),
             (gate, id),
             Arc::new(Common::new(limits)),
@@ -911,6 +1056,42 @@ mod tests {
             let n = v["events"].as_array().unwrap().len();
             assert!(len <= 4096 || n == 1, "{len} bytes in {n} events");
         }
+    }
+
+    #[test]
+    fn a_new_route_seals_the_open_batch_to_the_old_one_and_takes_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, first) = batcher(&dir.path().join("a"), 1000, 1 << 20);
+        let second = Arc::new(
+            Spool::open(
+                &dir.path().join("b"),
+                Options {
+                    max_bytes: 1 << 30,
+                    segment_bytes: 1 << 20,
+                    fsync: Fsync::Never,
+                },
+            )
+            .unwrap(),
+        );
+        b.submit(chunk(0, &["{\"n\":1}", "{\"n\":2}"]));
+        b.set_route(Route {
+            target: Arc::from("b"),
+            spool: second.clone(),
+            filer_id: None,
+        });
+        // The open batch went to the old spool at once, whole.
+        assert_eq!(first.stats().appended_records, 1);
+        b.submit(chunk(1, &["{\"n\":3}"]));
+        b.flush();
+        let old = drain(&first);
+        let new = drain(&second);
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0]["filer_id"], 7);
+        assert_eq!(old[0]["events"].as_array().unwrap().len(), 2);
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0]["filer_id"], serde_json::Value::Null);
+        assert_eq!(new[0]["events"][0]["n"], 3);
+        assert_eq!(b.current_route().target.as_ref(), "b");
     }
 
     #[test]

@@ -86,6 +86,12 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub enrich: RawEnrich,
+    /// The HTTPS control plane: targets registered at run time, health, stats.
+    #[serde(default)]
+    pub api: RawApi,
+    /// Where registered targets are kept.
+    #[serde(default)]
+    pub store: RawStore,
     /// Where events go: one entry per Varonis endpoint.
     #[serde(default)]
     pub targets: Vec<RawTarget>,
@@ -474,6 +480,133 @@ impl Default for RawEnrich {
     }
 }
 
+/// `[api]`: the HTTPS control plane (hyper + rustls). Varonis registers, per
+/// cluster, where its events go (`/v1/targets`, and the reference broker's
+/// `/v1/rmq/objects`); operators read health, per-cluster stats and metrics.
+/// Callers authenticate with Qumulo credentials, which qbroker checks by logging
+/// in to the cluster, or with the admin token. Off unless `enabled`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Serve the API. Default false.
+    pub enabled: bool,
+    /// Address of the HTTPS listener (`HOST:PORT`). Default `0.0.0.0:443`.
+    pub listen: String,
+    /// PEM certificate chain the API presents (with `key_file`). Default: a
+    /// self-signed pair generated on first start under `<data_dir>/api/` and
+    /// reused after.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Should be readable by the broker's user only.
+    pub key_file: Option<PathBuf>,
+    /// Token of operators (`Authorization: Bearer <token>`): every route, every
+    /// cluster. Prefer `admin_token_file`. Off when neither is set.
+    pub admin_token: Option<String>,
+    /// File holding the admin token (trailing newline ignored).
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest request body, in bytes; a larger one is answered 413. Default 262144.
+    pub max_body_bytes: usize,
+    /// A request must arrive and be answered within this time, in seconds (the
+    /// TLS handshake and the request head have 10 s of it at most). Default 30.
+    pub request_timeout_secs: u64,
+    /// Connections held at once; further ones are closed at once. Default 256.
+    pub max_connections: usize,
+    /// How long a successful Qumulo credential check is remembered, in seconds
+    /// (0: check every request). Default 60.
+    pub auth_cache_secs: u64,
+    /// Failed authentications allowed per source address within
+    /// `auth_failures_window_secs`; past it the source is answered 429, without a
+    /// login attempt, until the window ends. Default 10.
+    pub auth_failures_max: u32,
+    /// The window of `auth_failures_max`, in seconds. Default 60.
+    pub auth_failures_window_secs: u64,
+    /// Hosts the Qumulo credential check may log in to (names, addresses or
+    /// CIDRs), besides the clusters whose REST API is known (`[[clusters]]`
+    /// `api_url`/`api_host`, or registered). The caller names the cluster; a
+    /// cluster outside this list is refused rather than asked, so that nobody can
+    /// point the check at a server of their own. Default empty.
+    pub qumulo_hosts: Vec<String>,
+    /// Port of the REST API of a `qumulo_hosts` cluster when the caller names
+    /// none (`cluster = "HOST"`, not `"HOST:PORT"`). Default 8000.
+    pub qumulo_port: u16,
+    /// PEM CA certificate(s) of the `qumulo_hosts` clusters. Default: the system roots.
+    pub qumulo_ca_file: Option<PathBuf>,
+    /// Accept any certificate from a `qumulo_hosts` cluster (the reference broker
+    /// did). Default false.
+    pub qumulo_insecure_skip_verify: bool,
+    /// Qumulo credentials see and change only the registration of their own
+    /// cluster (the name its `/v1/cluster/settings` answers). The reference let
+    /// any cluster's credentials change every cluster's. Default true.
+    pub restrict_to_own_cluster: bool,
+    /// URL of a target registered through `/v1/rmq/objects`: `{server}`, `{port}`,
+    /// `{vhost}` and `{exchange}` are replaced by the object's fields
+    /// (percent-encoded). Must start with `https://`. Default
+    /// `https://{server}:{port}/events`.
+    pub rmq_url_template: String,
+    /// How the `username` and `password` of an `/v1/rmq/objects` registration
+    /// authenticate to its target: `basic` (HTTP Basic) or `bearer` (the password
+    /// as a bearer token). Default `basic`.
+    pub rmq_auth: String,
+    /// Registered targets at most (each has its spool, egress lanes and, with
+    /// REST credentials, an enrichment queue). Default 64.
+    pub max_targets: usize,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            enabled: false,
+            listen: "0.0.0.0:443".to_string(),
+            cert_file: None,
+            key_file: None,
+            admin_token: None,
+            admin_token_file: None,
+            max_body_bytes: 256 * 1024,
+            request_timeout_secs: 30,
+            max_connections: 256,
+            auth_cache_secs: 60,
+            auth_failures_max: 10,
+            auth_failures_window_secs: 60,
+            qumulo_hosts: Vec::new(),
+            qumulo_port: 8000,
+            qumulo_ca_file: None,
+            qumulo_insecure_skip_verify: false,
+            restrict_to_own_cluster: true,
+            rmq_url_template: "https://{server}:{port}/events".to_string(),
+            rmq_auth: "basic".to_string(),
+            max_targets: 64,
+        }
+    }
+}
+
+/// `[store]`: the registry of targets registered through the API. An embedded
+/// SQLite file by default; MariaDB or MySQL when several brokers share one
+/// registry. Used when `[api]` is enabled or `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// `sqlite://PATH`, or `mysql://USER:PASSWORD@HOST:PORT/DATABASE` for MariaDB
+    /// or MySQL (add `?ssl-mode=verify_identity&ssl-ca=/path/ca.pem` for TLS).
+    /// Default: `sqlite://<data_dir>/registry.sqlite3`. Prefer `url_file` when
+    /// the URL carries a password.
+    pub url: Option<String>,
+    /// File holding the URL (trailing newline ignored).
+    pub url_file: Option<PathBuf>,
+    /// How often the registry is read again for changes made by other brokers
+    /// sharing it, in seconds. Changes made through this broker's API apply at once.
+    /// Default 10.
+    pub poll_secs: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            url: None,
+            url_file: None,
+            poll_secs: 10,
+        }
+    }
+}
+
 fn default_listen() -> String {
     "0.0.0.0:514".to_string()
 }
@@ -623,7 +756,10 @@ impl RawConfig {
     pub fn exposed_secret_files(&self, file: Option<&Path>) -> Vec<PathBuf> {
         let mut secret: Vec<&Path> = Vec::new();
         if let Some(f) = file {
-            if self.targets.iter().any(|t| t.token.is_some()) {
+            if self.targets.iter().any(|t| t.token.is_some())
+                || self.api.admin_token.is_some()
+                || self.store.url.as_ref().is_some_and(|u| u.contains('@'))
+            {
                 secret.push(f);
             }
         }
@@ -632,6 +768,9 @@ impl RawConfig {
             secret.extend(t.client_key_file.as_deref());
         }
         secret.extend(self.syslog_tls.key_file.as_deref());
+        secret.extend(self.api.key_file.as_deref());
+        secret.extend(self.api.admin_token_file.as_deref());
+        secret.extend(self.store.url_file.as_deref());
         secret
             .into_iter()
             .filter(|p| readable_by_others(p))
@@ -862,13 +1001,16 @@ impl RawConfig {
                 api,
             });
         }
-        if targets.is_empty() {
+        let api = validate_api(&self.api)?;
+        let store = validate_store(&self.store, &self.data_dir, api.is_some())?;
+        // With a registry, targets can also come from the API at run time.
+        if targets.is_empty() && store.is_none() {
             return Err(invalid(
                 "targets",
-                "no target configured: add a [[targets]] entry or pass --target URL",
+                "no target configured: add a [[targets]] entry, pass --target URL, or enable [api]",
             ));
         }
-        if default_target.is_none() && self.clusters.is_empty() {
+        if default_target.is_none() && self.clusters.is_empty() && store.is_none() {
             return Err(invalid(
                 "default_target",
                 "several targets and no default_target: events of unknown clusters would have nowhere to go",
@@ -896,6 +1038,8 @@ impl RawConfig {
             targets,
             default_target,
             clusters,
+            api,
+            store,
         };
         if let Some(ceiling) = cfg.max_memory_bytes {
             let budget = cfg.memory_budget();
@@ -1072,6 +1216,135 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
     })
 }
 
+fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {
+    if !a.enabled {
+        return Ok(None);
+    }
+    let listen = parse_addr("api.listen", &a.listen)?;
+    let cert = match (&a.cert_file, &a.key_file) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("api.key_file", "required with api.cert_file")),
+        (None, Some(_)) => return Err(invalid("api.cert_file", "required with api.key_file")),
+    };
+    let admin_token = read_secret(
+        "api.admin_token",
+        &a.admin_token,
+        "api.admin_token_file",
+        &a.admin_token_file,
+    )?;
+    if let Some(t) = &admin_token {
+        if t.0.len() < 16 || t.0.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(invalid(
+                "api.admin_token",
+                "must be at least 16 printable ASCII characters without spaces",
+            ));
+        }
+    }
+    if a.max_body_bytes < 4096 || a.max_body_bytes > 16 * 1024 * 1024 {
+        return Err(invalid("api.max_body_bytes", "must be 4096 to 16777216"));
+    }
+    let request_timeout = Duration::from_secs(positive_u64(
+        "api.request_timeout_secs",
+        a.request_timeout_secs,
+    )?);
+    positive("api.max_connections", a.max_connections)?;
+    let qumulo_hosts = a
+        .qumulo_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let field = format!("api.qumulo_hosts[{i}]");
+            if let Ok(net) = parse_net(&field, h) {
+                return Ok(HostRule::Net(net));
+            }
+            if h.is_empty() || h.len() > 253 || h.contains(['/', ' ', ':', '@']) {
+                return Err(invalid(field, format!("{h:?} is not a host name, address or CIDR")));
+            }
+            Ok(HostRule::Name(h.to_ascii_lowercase()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.qumulo_port == 0 {
+        return Err(invalid("api.qumulo_port", "must be greater than 0"));
+    }
+    if a.qumulo_ca_file.is_some() && a.qumulo_insecure_skip_verify {
+        return Err(invalid(
+            "api.qumulo_insecure_skip_verify",
+            "set api.qumulo_ca_file or api.qumulo_insecure_skip_verify, not both",
+        ));
+    }
+    if !a.rmq_url_template.starts_with("https://") || !a.rmq_url_template.contains("{server}") {
+        return Err(invalid(
+            "api.rmq_url_template",
+            "must start with https:// and contain {server}",
+        ));
+    }
+    let rmq_auth = match a.rmq_auth.as_str() {
+        "basic" => RmqAuth::Basic,
+        "bearer" => RmqAuth::Bearer,
+        other => {
+            return Err(invalid(
+                "api.rmq_auth",
+                format!("{other:?} is not one of basic, bearer"),
+            ))
+        }
+    };
+    if a.max_targets == 0 || a.max_targets > 10_000 {
+        return Err(invalid("api.max_targets", "must be 1 to 10000"));
+    }
+    Ok(Some(ApiServerConfig {
+        listen,
+        cert,
+        admin_token,
+        max_body_bytes: a.max_body_bytes,
+        request_timeout,
+        max_connections: a.max_connections,
+        auth_cache: Duration::from_secs(a.auth_cache_secs),
+        auth_failures_max: a.auth_failures_max,
+        auth_failures_window: Duration::from_secs(positive_u64(
+            "api.auth_failures_window_secs",
+            a.auth_failures_window_secs,
+        )?),
+        qumulo_hosts,
+        qumulo_port: a.qumulo_port,
+        qumulo_ca_file: a.qumulo_ca_file.clone(),
+        qumulo_insecure_skip_verify: a.qumulo_insecure_skip_verify,
+        restrict_to_own_cluster: a.restrict_to_own_cluster,
+        rmq_url_template: a.rmq_url_template.clone(),
+        rmq_auth,
+        max_targets: a.max_targets,
+    }))
+}
+
+fn validate_store(
+    s: &RawStore,
+    data_dir: &Path,
+    api: bool,
+) -> Result<Option<StoreConfig>, ConfigError> {
+    let url = read_secret("store.url", &s.url, "store.url_file", &s.url_file)?;
+    if url.is_none() && !api {
+        return Ok(None);
+    }
+    let url = url.unwrap_or_else(|| {
+        Secret(format!(
+            "sqlite://{}",
+            data_dir.join("registry.sqlite3").display()
+        ))
+    });
+    // The URL is not echoed: it may carry a password.
+    let scheme = url.0.split("://").next().unwrap_or_default();
+    if !matches!(scheme, "sqlite" | "mysql" | "mariadb") || !url.0.contains("://") {
+        return Err(invalid(
+            "store.url",
+            "must start with sqlite://, mysql:// or mariadb://",
+        ));
+    }
+    Ok(Some(StoreConfig {
+        url,
+        poll: Duration::from_secs(positive_u64("store.poll_secs", s.poll_secs)?),
+    }))
+}
+
 fn validate_enrich(e: &RawEnrich) -> Result<EnrichConfig, ConfigError> {
     positive("enrich.queue_max_events", e.queue_max_events)?;
     if e.queue_max_bytes < 64 * 1024 {
@@ -1142,6 +1415,66 @@ fn read_secret(
     Ok(Some(Secret(value)))
 }
 
+/// Host and port of a cluster's REST API URL (`https://HOST[:PORT]`, port 8000
+/// by default).
+pub fn api_url(url: &str) -> Result<(String, u16), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url:?} must start with https://"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{url:?}: give only https://HOST[:PORT]"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("must not carry credentials (user:password@)".to_string());
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, uri.port_u16().unwrap_or(8000)))
+}
+
+/// The configuration of a target registered through the API: `url` (https
+/// only, no credentials in it) and the defaults of a `[[targets]]` entry, with
+/// [`REGISTRY_IN_FLIGHT`] requests in flight. The error says what is wrong with
+/// the URL without quoting it.
+pub fn registered_target(name: &str, url: &str) -> Result<TargetConfig, String> {
+    let raw = RawTarget {
+        // Registered names (`@<cluster>`) are outside the `[[targets]]` alphabet.
+        name: "registered".to_string(),
+        url: url.to_string(),
+        ca_file: None,
+        token: None,
+        token_file: None,
+        client_cert_file: None,
+        client_key_file: None,
+        in_flight: REGISTRY_IN_FLIGHT,
+        gzip: false,
+        timeout_secs: default_timeout_secs(),
+        connect_timeout_secs: default_connect_timeout_secs(),
+        retry_initial_ms: default_retry_initial_ms(),
+        retry_max_ms: default_retry_max_ms(),
+        retry_after_max_secs: default_retry_after_max_secs(),
+    };
+    let mut cfg = validate_target(0, &raw).map_err(|e| match e {
+        ConfigError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    if !cfg.tls {
+        return Err(
+            "must start with https://: the target's credentials would travel in clear".to_string(),
+        );
+    }
+    cfg.name = name.to_string();
+    Ok(cfg)
+}
+
 fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, ConfigError> {
     let field = |name: &str| format!("clusters[{i}].{name}");
     let password = read_secret(
@@ -1171,31 +1504,7 @@ fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, C
                 "set api_url or api_host, not both",
             ))
         }
-        (Some(url), None) => {
-            let uri: http::Uri = url
-                .parse()
-                .map_err(|e| invalid(field("api_url"), format!("{url:?} is not a URL: {e}")))?;
-            if uri.scheme_str() != Some("https") {
-                return Err(invalid(
-                    field("api_url"),
-                    format!("{url:?} must start with https://"),
-                ));
-            }
-            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-                return Err(invalid(
-                    field("api_url"),
-                    format!("{url:?}: give only https://HOST[:PORT]"),
-                ));
-            }
-            let host = uri
-                .host()
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| invalid(field("api_url"), format!("{url:?} has no host")))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            (host, uri.port_u16().unwrap_or(8000))
-        }
+        (Some(url), None) => api_url(url).map_err(|reason| invalid(field("api_url"), reason))?,
         (None, Some(host)) => {
             if host.is_empty() || host.contains(['/', ' ']) {
                 return Err(invalid(
@@ -1343,6 +1652,10 @@ pub struct Config {
     /// Index into `targets`.
     pub default_target: Option<usize>,
     pub clusters: Vec<ClusterConfig>,
+    /// The HTTPS control plane, when `[api]` is enabled.
+    pub api: Option<ApiServerConfig>,
+    /// The registry of targets, when `[api]` is enabled or `[store] url` is set.
+    pub store: Option<StoreConfig>,
 }
 
 impl Config {
@@ -1403,6 +1716,12 @@ impl MemoryBudget {
     }
 }
 
+/// Read cache of a registered target's spool, in bytes (a configured target's
+/// has [`crate::spool::DEFAULT_CACHE_BYTES`]): registered targets are many.
+pub const REGISTRY_SPOOL_CACHE_BYTES: usize = 4 << 20;
+/// Requests in flight per registered target.
+pub const REGISTRY_IN_FLIGHT: usize = 4;
+
 /// Threads, runtime, code and tables that do not grow with input.
 const FIXED_MEMORY_BYTES: u64 = 64 << 20;
 /// rustls buffers of one TLS connection, about.
@@ -1432,6 +1751,25 @@ impl Config {
             + e.acl_cache_entries as u64 * 512
             + e.type_cache_entries as u64 * 64;
         self.clusters.iter().filter(|c| c.api.is_some()).count() as u64 * per_cluster
+    }
+
+    /// Per registered target (at most `api.max_targets`): its spool's read cache,
+    /// its egress bodies, and an enrichment queue and caches.
+    fn registry_budget(&self) -> u64 {
+        let Some(api) = &self.api else {
+            return 0;
+        };
+        let e = &self.enrich;
+        let enrich = if e.enabled {
+            e.queue_max_bytes as u64
+                + e.acl_cache_entries as u64 * 512
+                + e.type_cache_entries as u64 * 64
+        } else {
+            0
+        };
+        let egress = REGISTRY_SPOOL_CACHE_BYTES as u64
+            + REGISTRY_IN_FLIGHT as u64 * 2 * self.batch.max_bytes as u64;
+        api.max_targets as u64 * (egress + enrich)
     }
 
     pub fn memory_budget(&self) -> MemoryBudget {
@@ -1471,10 +1809,70 @@ impl Config {
                 ),
                 ("targets", egress),
                 ("enrich", self.enrich_budget()),
+                ("api.max_targets", self.registry_budget()),
                 ("fixed", FIXED_MEMORY_BYTES),
             ],
         }
     }
+}
+
+/// `[api]`, validated (see [`RawApi`]).
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    pub listen: SocketAddr,
+    /// (certificate chain, key) files; `None`: self-signed under `<data_dir>/api/`.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub admin_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub auth_cache: Duration,
+    pub auth_failures_max: u32,
+    pub auth_failures_window: Duration,
+    pub qumulo_hosts: Vec<HostRule>,
+    pub qumulo_port: u16,
+    pub qumulo_ca_file: Option<PathBuf>,
+    pub qumulo_insecure_skip_verify: bool,
+    pub restrict_to_own_cluster: bool,
+    pub rmq_url_template: String,
+    pub rmq_auth: RmqAuth,
+    pub max_targets: usize,
+}
+
+/// A host the Qumulo credential check may log in to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRule {
+    /// A host name, lowercase.
+    Name(String),
+    Net(IpNet),
+}
+
+impl HostRule {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostRule::Name(n) => n.eq_ignore_ascii_case(host),
+            HostRule::Net(net) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| net.contains(&canonical_ip(ip))),
+        }
+    }
+}
+
+/// How an `/v1/rmq/objects` registration's username and password reach its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmqAuth {
+    Basic,
+    Bearer,
+}
+
+/// `[store]`, validated.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://…` or `mysql://…`; may carry a password.
+    pub url: Secret,
+    pub poll: Duration,
 }
 
 /// `[syslog_tls]`, validated.

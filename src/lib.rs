@@ -20,15 +20,21 @@
 //! - [`spool`]: the durable per-target log of sealed batches.
 //! - [`egress`]: HTTPS delivery of spooled batches, with retries.
 //!
-//! Beside the data path: [`config`] (the TOML file and its validation),
-//! [`metrics`] (counters, latency, the `/metrics` endpoint), [`deadletter`]
-//! (where bad input is kept), [`model`] (types that cross stages) and [`sync`]
-//! (the hand-written synchronisation pieces, checked with loom).
+//! Beside the data path: [`targets`] (the running target set: each target's
+//! spool, egress lanes and sealer, and every cluster's route to one, changed
+//! at run time), [`api`] (the HTTPS control plane: targets registered per
+//! cluster, the reference broker's `/v1/rmq/objects`, health, stats),
+//! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
+//! [`config`] (the TOML file and its validation), [`metrics`] (counters,
+//! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
+//! [`model`] (types that cross stages) and [`sync`] (the hand-written
+//! synchronisation pieces, checked with loom).
 //!
-//! [`run`] wires the stages from the back (spools, egress, batchers, pool, then
-//! ingest) and shuts them down from the front.
+//! [`run`] wires the stages from the back (registry, targets, batchers, pool,
+//! the API, then ingest) and shuts them down from the front.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod batch;
 pub mod cluster;
 pub mod config;
@@ -41,7 +47,9 @@ pub mod model;
 pub mod parse;
 pub mod pool;
 pub mod spool;
+pub mod store;
 pub mod sync;
+pub mod targets;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,8 +59,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::spool::Spool;
+use crate::store::Store;
 use crate::sync::gate::Gate;
+use crate::targets::Targets;
 
 /// Sockets bound by the caller, so that tests can bind port 0.
 pub struct Listeners {
@@ -60,6 +69,8 @@ pub struct Listeners {
     pub metrics: Option<std::net::TcpListener>,
     /// The TLS syslog listener, when `[syslog_tls]` sets one.
     pub syslog_tls: Option<std::net::TcpListener>,
+    /// The HTTPS API, when `[api]` is enabled.
+    pub api: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -82,6 +93,11 @@ impl Listeners {
                 .syslog_tls
                 .as_ref()
                 .map(|t| bind("TLS syslog listener", t.listen))
+                .transpose()?,
+            api: cfg
+                .api
+                .as_ref()
+                .map(|a| bind("API listener", a.listen))
                 .transpose()?,
         })
     }
@@ -115,9 +131,13 @@ pub enum RunError {
     Enrich(#[from] enrich::client::ClientSetupError),
     #[error(transparent)]
     TlsInput(#[from] ingest::tls::TlsInputError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
 }
@@ -150,47 +170,36 @@ pub async fn run(
     }
     check_open_files(&cfg);
 
-    // From the back: spools, egress, batchers, pool, and ingest last.
+    // From the back: the registry, the targets (spools, egress), batchers, the
+    // pool, the API, and ingest last.
     deadletter::create_private_dir(&cfg.spool.dir).map_err(io_error(format!(
         "cannot create {}",
         cfg.spool.dir.display()
     )))?;
-    let mut spools: Vec<Arc<Spool>> = Vec::with_capacity(cfg.targets.len());
-    for target in &cfg.targets {
-        let dir = cfg.spool.dir.join(&target.name);
-        let opts = spool::Options {
-            max_bytes: cfg.spool.max_bytes,
-            segment_bytes: cfg.spool.segment_bytes,
-            fsync: cfg.spool.fsync,
-        };
-        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, opts))
-            .await
-            .expect("opening a spool does not panic");
-        let spool = opened.map_err(|source| RunError::Spool {
-            target: target.name.clone(),
-            source,
-        })?;
-        let stats = spool.stats();
-        if stats.unacked_records > 0 {
-            info!(target = %target.name, batches = stats.unacked_records, "unacknowledged batches in the spool will be sent again");
-        }
-        spools.push(Arc::new(spool));
-    }
     let dead_letters = Arc::new(deadletter::DeadLetters::open(&cfg.dead_letter).map_err(
         io_error(format!("cannot create {}", cfg.dead_letter.dir.display())),
     )?);
-    let mut egress = Vec::with_capacity(cfg.targets.len());
-    for (target, spool) in cfg.targets.iter().zip(&spools) {
-        egress.push(egress::start(
-            target.clone(),
-            spool.clone(),
+    let enricher = enrich::Enricher::start(&cfg, metrics.enrich.clone())?;
+    let store = match &cfg.store {
+        Some(s) => Some(Arc::new(Store::open(s).await?)),
+        None => None,
+    };
+    let registry = match &store {
+        Some(s) => s.list().await?,
+        None => Vec::new(),
+    };
+    let targets = {
+        let (cfg, metrics, dl, en) = (
+            cfg.clone(),
             metrics.clone(),
             dead_letters.clone(),
-        )?);
-    }
-    let batches = batch::Batches::start(cfg.batch.clone(), spools.clone())
-        .map_err(io_error("cannot start the batch sealers"))?;
-    let enricher = enrich::Enricher::start(&cfg, metrics.enrich.clone())?;
+            enricher.clone(),
+        );
+        tokio::task::spawn_blocking(move || Targets::start(cfg, registry, metrics, dl, en))
+            .await
+            .expect("starting the targets does not panic")?
+    };
+    let batches = batch::Batches::start(cfg.batch.clone(), targets.clone());
     batches.set_enricher(enricher.clone());
     let gate = Arc::new(Gate::new(cfg.queue.size, cfg.queue.max_bytes));
     // Capacity in chunks = capacity in messages: the gate, which counts messages
@@ -207,6 +216,17 @@ pub async fn run(
     )
     .map_err(io_error("cannot start the parse pool"))?;
 
+    let render: metrics::server::Render = {
+        let (m, g, t) = (metrics.clone(), gate.clone(), targets.clone());
+        Arc::new(move || {
+            let stats = t.spool_stats();
+            let gauges = metrics::Gauges {
+                queue: g.usage(),
+                spools: stats.iter().map(|(n, s)| (n.as_str(), s.clone())).collect(),
+            };
+            metrics::render(&m, &gauges)
+        })
+    };
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
     let metrics_server = match listeners.metrics {
         Some(listener) => {
@@ -215,27 +235,28 @@ pub async fn run(
                 .map_err(io_error("metrics listener"))?;
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(io_error("metrics listener"))?;
-            let (m, g) = (metrics.clone(), gate.clone());
-            let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
-            let sp = spools.clone();
-            let render: metrics::server::Render = Arc::new(move || {
-                let gauges = metrics::Gauges {
-                    queue: g.usage(),
-                    spools: names
-                        .iter()
-                        .map(String::as_str)
-                        .zip(sp.iter().map(|s| s.stats()))
-                        .collect(),
-                };
-                metrics::render(&m, &gauges)
-            });
             Some(tokio::spawn(metrics::server::serve(
                 listener,
-                render,
+                render.clone(),
                 metrics_stop_rx,
             )))
         }
         None => None,
+    };
+    let (api_stop_tx, api_stop_rx) = watch::channel(false);
+    let api_server = match (listeners.api, &store) {
+        (Some(listener), Some(store)) => {
+            let server = api::Server::new(
+                cfg.clone(),
+                store.clone(),
+                targets.clone(),
+                metrics.clone(),
+                gate.clone(),
+                render,
+            )?;
+            Some(tokio::spawn(server.serve(listener, api_stop_rx)))
+        }
+        _ => None,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -257,7 +278,7 @@ pub async fn run(
     info!(
         workers = cfg.workers.get(),
         io_threads = cfg.io_threads.get(),
-        targets = cfg.targets.len(),
+        targets = targets.views().len(),
         "qbroker running"
     );
 
@@ -267,6 +288,11 @@ pub async fn run(
         grace_secs = cfg.shutdown_grace.as_secs(),
         "shutting down: no more reading; draining"
     );
+    // No more changes to the targets while the pipeline drains.
+    let _ = api_stop_tx.send(true);
+    if let Some(server) = api_server {
+        let _ = server.await;
+    }
     let _ = stop_tx.send(true);
     // Should a spool stay unavailable past the deadline, stop waiting on it.
     let watchdog = {
@@ -289,17 +315,8 @@ pub async fn run(
     if drained.is_err() {
         error!("draining the pipeline panicked");
     }
-    for spool in &spools {
-        spool.close();
-    }
-    let finished =
-        futures_util::future::join_all(egress.into_iter().map(|e| e.finish(deadline))).await;
+    let delivered_everything = targets.finish(deadline).await;
     watchdog.abort();
-    for (spool, target) in spools.iter().zip(&cfg.targets) {
-        if let Err(err) = spool.sync() {
-            error!(target = %target.name, error = %err, "cannot sync the spool");
-        }
-    }
     if let Err(err) = dead_letters.flush() {
         warn!(error = %err, "cannot flush the dead-letter file");
     }
@@ -318,10 +335,10 @@ pub async fn run(
             "cluster totals"
         );
     }
-    info!(
-        delivered_everything = finished.iter().all(|d| *d),
-        "qbroker stopped"
-    );
+    if let Some(store) = &store {
+        store.close().await;
+    }
+    info!(delivered_everything, "qbroker stopped");
     Ok(())
 }
 

@@ -322,17 +322,20 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
             },
-            vec![spool],
-        )
-        .unwrap();
+            Arc::new(crate::batch::OneRoute(crate::batch::Route {
+                target: Arc::from("t"),
+                spool,
+                filer_id: None,
+            })),
+        );
         let gate = Arc::new(Gate::new(1000, 1 << 20));
-        let gate_id = gate.register();
-        let cm = metrics.cluster("c");
+        let batcher = batches.create(Arc::from("c"), &metrics, &gate).unwrap();
+        let (gate_id, cm) = (batcher.gate_id(), batcher.metrics().clone());
         let cluster = Arc::new(ClusterShared {
             name: Arc::from("c"),
             gate_id,
             metrics: cm.clone(),
-            batcher: batches.create(Arc::from("c"), 0, None, cm.clone(), (gate, gate_id)),
+            batcher,
         });
         let frame = |op: &str, id: u32| {
             format!(

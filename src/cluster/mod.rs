@@ -30,9 +30,14 @@ pub struct Registry {
     clusters: HashMap<Arc<str>, Addr<Supervisor>>,
 }
 
-/// The registry is at `ingest.max_clusters`.
-#[derive(Debug)]
-pub struct TooManyClusters;
+/// Why a new cluster was not started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The registry is at `ingest.max_clusters`.
+    TooManyClusters,
+    /// No target: not registered, not configured, and no `default_target`.
+    NoTarget,
+}
 
 impl Registry {
     pub fn new(
@@ -54,29 +59,21 @@ impl Registry {
     }
 
     /// The supervisor of `name`, started now if this is the cluster's first
-    /// connection. `target` and `filer_id` apply to a new cluster only.
-    pub fn get_or_create(
-        &mut self,
-        name: &str,
-        target: usize,
-        filer_id: Option<u64>,
-    ) -> Result<Addr<Supervisor>, TooManyClusters> {
+    /// connection; the cluster's target (registered, configured or default)
+    /// comes from the batches' router.
+    pub fn get_or_create(&mut self, name: &str) -> Result<Addr<Supervisor>, Refused> {
         if let Some(addr) = self.clusters.get(name) {
             return Ok(addr.clone());
         }
         if self.clusters.len() >= self.max_clusters {
-            return Err(TooManyClusters);
+            return Err(Refused::TooManyClusters);
         }
         let name: Arc<str> = Arc::from(name);
-        let gate_id = self.gate.register();
-        let metrics = self.metrics.cluster(&name);
-        let batcher = self.batches.create(
-            name.clone(),
-            target,
-            filer_id,
-            metrics.clone(),
-            (self.gate.clone(), gate_id),
-        );
+        let batcher = self
+            .batches
+            .create(name.clone(), &self.metrics, &self.gate)
+            .ok_or(Refused::NoTarget)?;
+        let (gate_id, metrics) = (batcher.gate_id(), batcher.metrics().clone());
         let shared = Arc::new(ClusterShared {
             name: name.clone(),
             gate_id,

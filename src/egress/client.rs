@@ -5,8 +5,6 @@
 //! The TLS configuration is built once per target: its CA file (or the system
 //! roots), an optional client certificate, and ALPN `http/1.1`.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,48 +65,135 @@ pub struct Connector {
     connect_timeout: Duration,
 }
 
-fn read_pem<T>(
-    target: &str,
-    path: &Path,
-    what: &'static str,
-    parse: impl FnOnce(&mut BufReader<File>) -> std::io::Result<Vec<T>>,
-) -> Result<Vec<T>, TlsSetupError> {
-    let read_err = |source| TlsSetupError::Read {
+fn read_file(target: &str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
+    std::fs::read(path).map_err(|source| TlsSetupError::Read {
         target: target.to_string(),
         path: path.display().to_string(),
         source,
-    };
-    let mut reader = BufReader::new(File::open(path).map_err(read_err)?);
-    let items = parse(&mut reader).map_err(read_err)?;
+    })
+}
+
+/// The PEM items of `pem` that `parse` finds; an error naming `origin` when there
+/// are none or they do not parse.
+fn parse_pem<T>(
+    target: &str,
+    origin: &str,
+    pem: &[u8],
+    what: &'static str,
+    parse: impl FnOnce(&mut &[u8]) -> std::io::Result<Vec<T>>,
+) -> Result<Vec<T>, TlsSetupError> {
+    let mut reader = pem;
+    let items = parse(&mut reader).map_err(|source| TlsSetupError::Read {
+        target: target.to_string(),
+        path: origin.to_string(),
+        source,
+    })?;
     if items.is_empty() {
         return Err(TlsSetupError::Empty {
             target: target.to_string(),
-            path: path.display().to_string(),
+            path: origin.to_string(),
             what,
         });
     }
     Ok(items)
 }
 
-fn certs(target: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    read_pem(target, path, "PEM certificate", |r| {
+/// Certificates in PEM text.
+pub fn pem_certs(
+    target: &str,
+    origin: &str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    parse_pem(target, origin, pem, "PEM certificate", |r| {
         rustls_pemfile::certs(r).collect()
     })
 }
 
-/// The TLS client configuration of a target.
+/// The first private key in PEM text.
+pub fn pem_key(
+    target: &str,
+    origin: &str,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    Ok(parse_pem(target, origin, pem, "private key", |r| {
+        Ok(rustls_pemfile::private_key(r)?.into_iter().collect())
+    })?
+    .remove(0))
+}
+
+/// A target's TLS material as PEM text: CA certificates to trust (none: the
+/// system roots) and a client certificate chain with its key.
+#[derive(Default, Clone, Copy)]
+pub struct TlsMaterial<'a> {
+    pub ca_pem: Option<&'a [u8]>,
+    pub client: Option<(&'a [u8], &'a [u8])>,
+}
+
+/// The TLS client configuration of a configured target (its files).
 pub fn tls_config(cfg: &TargetConfig) -> Result<ClientConfig, TlsSetupError> {
+    let ca = cfg
+        .ca_file
+        .as_deref()
+        .map(|p| Ok::<_, TlsSetupError>((read_file(&cfg.name, p)?, p.display().to_string())))
+        .transpose()?;
+    let client = cfg
+        .client_auth
+        .as_ref()
+        .map(|(c, k)| {
+            Ok::<_, TlsSetupError>((read_file(&cfg.name, c)?, read_file(&cfg.name, k)?))
+        })
+        .transpose()?;
+    let origins = (
+        ca.as_ref().map_or(String::new(), |(_, o)| o.clone()),
+        cfg.client_auth
+            .as_ref()
+            .map_or((String::new(), String::new()), |(c, k)| {
+                (c.display().to_string(), k.display().to_string())
+            }),
+    );
+    build_tls_config(
+        &cfg.name,
+        ca.as_ref().map(|(pem, _)| (pem.as_slice(), origins.0.as_str())),
+        client.as_ref().map(|(c, k)| {
+            (
+                (c.as_slice(), origins.1 .0.as_str()),
+                (k.as_slice(), origins.1 .1.as_str()),
+            )
+        }),
+    )
+}
+
+/// The TLS client configuration of a target given as PEM text.
+pub fn tls_config_from_pem(
+    target: &str,
+    tls: &TlsMaterial<'_>,
+) -> Result<ClientConfig, TlsSetupError> {
+    build_tls_config(
+        target,
+        tls.ca_pem.map(|pem| (pem, "ca_certificate")),
+        tls.client
+            .map(|(c, k)| ((c, "client_certificate"), (k, "client_key"))),
+    )
+}
+
+type PemFrom<'a> = (&'a [u8], &'a str);
+
+fn build_tls_config(
+    target: &str,
+    ca: Option<PemFrom<'_>>,
+    client: Option<(PemFrom<'_>, PemFrom<'_>)>,
+) -> Result<ClientConfig, TlsSetupError> {
     let tls_err = |reason: String| TlsSetupError::Tls {
-        target: cfg.name.clone(),
+        target: target.to_string(),
         reason,
     };
     let mut roots = RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            for cert in certs(&cfg.name, path)? {
-                roots.add(cert).map_err(|e| {
-                    tls_err(format!("bad CA certificate in {}: {e}", path.display()))
-                })?;
+    match ca {
+        Some((pem, origin)) => {
+            for cert in pem_certs(target, origin, pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("bad CA certificate in {origin}: {e}")))?;
             }
         }
         None => {
@@ -129,13 +214,10 @@ pub fn tls_config(cfg: &TargetConfig) -> Result<ClientConfig, TlsSetupError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?
         .with_root_certificates(roots);
-    let mut config = match &cfg.client_auth {
-        Some((cert_path, key_path)) => {
-            let chain = certs(&cfg.name, cert_path)?;
-            let key: PrivateKeyDer<'static> = read_pem(&cfg.name, key_path, "private key", |r| {
-                Ok(rustls_pemfile::private_key(r)?.into_iter().collect())
-            })?
-            .remove(0);
+    let mut config = match client {
+        Some(((cert, cert_origin), (key, key_origin))) => {
+            let chain = pem_certs(target, cert_origin, cert)?;
+            let key = pem_key(target, key_origin, key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| tls_err(format!("client certificate: {e}")))?
@@ -148,8 +230,28 @@ pub fn tls_config(cfg: &TargetConfig) -> Result<ClientConfig, TlsSetupError> {
 
 impl Connector {
     pub fn new(cfg: &TargetConfig) -> Result<Connector, TlsSetupError> {
-        let tls = if cfg.tls {
-            let config = tls_config(cfg)?;
+        let config = if cfg.tls { Some(tls_config(cfg)?) } else { None };
+        Connector::with_config(cfg, config)
+    }
+
+    /// A connector whose TLS material is PEM text rather than files.
+    pub fn with_material(
+        cfg: &TargetConfig,
+        tls: &TlsMaterial<'_>,
+    ) -> Result<Connector, TlsSetupError> {
+        let config = if cfg.tls {
+            Some(tls_config_from_pem(&cfg.name, tls)?)
+        } else {
+            None
+        };
+        Connector::with_config(cfg, config)
+    }
+
+    fn with_config(
+        cfg: &TargetConfig,
+        config: Option<ClientConfig>,
+    ) -> Result<Connector, TlsSetupError> {
+        let tls = if let Some(config) = config {
             let name = ServerName::try_from(cfg.host.clone()).map_err(|e| TlsSetupError::Tls {
                 target: cfg.name.clone(),
                 reason: format!("{:?} is not a valid server name: {e}", cfg.host),

@@ -25,10 +25,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header;
 use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::TargetConfig;
+use crate::config::{Secret, TargetConfig};
 use crate::deadletter::DeadLetters;
 use crate::metrics::{unix_ms, unix_us, Metrics, RateLimit, TargetMetrics};
 use crate::spool::{Record, Spool};
@@ -44,17 +45,91 @@ pub struct Egress {
     name: String,
     spool: Arc<Spool>,
     lanes: Vec<JoinHandle<()>>,
+    target: Arc<Target>,
+}
+
+/// How requests authenticate to a target.
+#[derive(Clone, Debug)]
+pub enum Authorization {
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic base64(<username>:<password>)`.
+    Basic { username: String, password: Secret },
+}
+
+/// Where a target's batches go and how: its URL, TLS settings and credentials.
+/// Replaced at run time ([`Egress::update`]); every attempt, retries of a batch
+/// already in flight included, uses the endpoint current when it starts.
+pub struct Endpoint {
+    pub cfg: TargetConfig,
+    connector: Connector,
+    /// The whole `Authorization` header value.
+    authorization: Option<Secret>,
+    /// Credentials scrubbed from answers before they are logged or kept.
+    secrets: Vec<Secret>,
+}
+
+impl Endpoint {
+    /// A configured target: CA and client certificate from its files, its token.
+    pub fn from_config(cfg: TargetConfig) -> Result<Endpoint, TlsSetupError> {
+        let connector = Connector::new(&cfg)?;
+        let auth = match &cfg.token {
+            Some(t) => Authorization::Bearer(t.clone()),
+            None => Authorization::None,
+        };
+        Ok(Endpoint::assemble(cfg, connector, auth))
+    }
+
+    /// A target whose CA and client certificate are given as PEM text.
+    pub fn with_pem(
+        cfg: TargetConfig,
+        tls: &client::TlsMaterial<'_>,
+        auth: Authorization,
+    ) -> Result<Endpoint, TlsSetupError> {
+        let connector = Connector::with_material(&cfg, tls)?;
+        Ok(Endpoint::assemble(cfg, connector, auth))
+    }
+
+    fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
+        use base64::Engine as _;
+        let (authorization, secrets) = match auth {
+            Authorization::None => (None, Vec::new()),
+            Authorization::Bearer(t) => (
+                Some(Secret::new(format!("Bearer {}", t.expose()))),
+                vec![t],
+            ),
+            Authorization::Basic { username, password } => {
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                (
+                    Some(Secret::new(format!("Basic {pair}"))),
+                    vec![password, Secret::new(pair)],
+                )
+            }
+        };
+        Endpoint {
+            cfg,
+            connector,
+            authorization,
+            secrets,
+        }
+    }
 }
 
 struct Target {
-    cfg: TargetConfig,
+    name: String,
+    /// The current endpoint; lanes wait on it to cut a back-off short after a change.
+    endpoint: watch::Sender<Arc<Endpoint>>,
     spool: Arc<Spool>,
-    connector: Connector,
     metrics: Arc<TargetMetrics>,
     broker: Arc<Metrics>,
     dead_letters: Arc<DeadLetters>,
     retry_log: RateLimit,
 }
+
+/// An open connection and the endpoint it was opened for.
+type Lane = Option<(client::Conn, Arc<Endpoint>)>;
 
 /// How one attempt ended.
 enum Outcome {
@@ -70,35 +145,75 @@ enum Outcome {
     },
 }
 
-/// Start the lanes of one target. Must be called inside a tokio runtime.
+/// Start the lanes of one configured target. Must be called inside a tokio runtime.
 pub fn start(
     cfg: TargetConfig,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
     dead_letters: Arc<DeadLetters>,
 ) -> Result<Egress, TlsSetupError> {
-    let connector = Connector::new(&cfg)?;
+    Ok(start_endpoint(
+        Endpoint::from_config(cfg)?,
+        spool,
+        metrics,
+        dead_letters,
+    ))
+}
+
+/// Start `endpoint.cfg.in_flight` lanes delivering `spool` to `endpoint`. Must be
+/// called inside a tokio runtime.
+pub fn start_endpoint(
+    endpoint: Endpoint,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    dead_letters: Arc<DeadLetters>,
+) -> Egress {
+    let name = endpoint.cfg.name.clone();
+    let in_flight = endpoint.cfg.in_flight;
+    info!(target = %name, url = %endpoint.cfg.url_for_logs(), in_flight, "egress started");
     let target = Arc::new(Target {
-        metrics: metrics.target(&cfg.name),
+        metrics: metrics.target(&name),
         broker: metrics,
-        connector,
+        endpoint: watch::Sender::new(Arc::new(endpoint)),
         spool: spool.clone(),
         dead_letters,
         retry_log: RateLimit::new(Duration::from_secs(10), 2),
-        cfg,
+        name: name.clone(),
     });
-    let lanes = (0..target.cfg.in_flight)
+    let lanes = (0..in_flight)
         .map(|_| tokio::spawn(target.clone().lane()))
         .collect();
-    info!(target = %target.cfg.name, url = %target.cfg.url_for_logs(), in_flight = target.cfg.in_flight, "egress started");
-    Ok(Egress {
-        name: target.cfg.name.clone(),
+    Egress {
+        name,
         spool,
         lanes,
-    })
+        target,
+    }
 }
 
 impl Egress {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The endpoint batches go to now.
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.target.endpoint.borrow().clone()
+    }
+
+    /// Send the next attempt, of a new batch or of one in flight, to `endpoint`.
+    /// Connections to the old one are dropped; lanes waiting to retry try again
+    /// at once. The number of lanes stays as started.
+    pub fn update(&self, endpoint: Endpoint) {
+        info!(target = %self.name, url = %endpoint.cfg.url_for_logs(), "target endpoint changed");
+        self.target.endpoint.send_replace(Arc::new(endpoint));
+    }
+
+    /// The target's delivery counters.
+    pub fn metrics(&self) -> &Arc<TargetMetrics> {
+        &self.target.metrics
+    }
+
     /// After the spool was closed: wait until the lanes delivered everything, or
     /// until `deadline`; then stop them. What is left stays in the spool. Returns
     /// whether everything was delivered.
@@ -122,14 +237,16 @@ impl Egress {
 
 impl Target {
     async fn lane(self: Arc<Self>) {
-        let mut conn: Option<client::Conn> = None;
+        let mut conn: Lane = None;
         while let Some(record) = self.spool.next().await {
             self.deliver(&mut conn, record).await;
         }
     }
 
-    async fn deliver(&self, conn: &mut Option<client::Conn>, record: Record) {
-        let body = if self.cfg.gzip {
+    async fn deliver(&self, conn: &mut Lane, record: Record) {
+        let mut changes = self.endpoint.subscribe();
+        let gzipped_body = changes.borrow_and_update().cfg.gzip;
+        let body = if gzipped_body {
             let raw = record.body.clone();
             match tokio::task::spawn_blocking(move || gzip(&raw)).await {
                 Ok(Ok(zipped)) => Some(zipped),
@@ -145,10 +262,11 @@ impl Target {
         self.metrics.in_flight.add(1);
         let mut attempt = 0u32;
         loop {
+            let ep = changes.borrow_and_update().clone();
             self.metrics.requests.inc();
             let outcome = match tokio::time::timeout(
-                self.cfg.timeout,
-                self.attempt(conn, &record, &body, gzipped),
+                ep.cfg.timeout,
+                self.attempt(&ep, conn, &record, &body, gzipped),
             )
             .await
             {
@@ -157,7 +275,7 @@ impl Target {
                     *conn = None;
                     self.metrics.failures_timeout.inc();
                     Outcome::Retry {
-                        reason: format!("timed out after {:?}", self.cfg.timeout),
+                        reason: format!("timed out after {:?}", ep.cfg.timeout),
                         after: None,
                     }
                 }
@@ -180,11 +298,11 @@ impl Target {
                     attempt += 1;
                     self.metrics.retries.inc();
                     self.metrics.failing.set(1);
-                    let delay = retry::backoff(attempt, self.cfg.retry_initial, self.cfg.retry_max)
+                    let delay = retry::backoff(attempt, ep.cfg.retry_initial, ep.cfg.retry_max)
                         .max(after.unwrap_or(Duration::ZERO));
                     if let Some(suppressed) = self.retry_log.check() {
                         warn!(
-                            target = %self.cfg.name,
+                            target = %self.name,
                             batch_id = %record.batch_id,
                             attempt,
                             retry_in_ms = delay.as_millis() as u64,
@@ -193,7 +311,15 @@ impl Target {
                             "delivery failed, will retry"
                         );
                     }
-                    tokio::time::sleep(delay).await;
+                    // A new endpoint is tried at once: the back-off was for the old one.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        changed = changes.changed() => {
+                            if changed.is_err() {
+                                tokio::time::sleep(delay).await;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -203,14 +329,19 @@ impl Target {
 
     async fn attempt(
         &self,
-        conn: &mut Option<client::Conn>,
+        ep: &Arc<Endpoint>,
+        conn: &mut Lane,
         record: &Record,
         body: &Bytes,
         gzipped: bool,
     ) -> Outcome {
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            match self.connector.connect().await {
-                Ok(c) => *conn = Some(c),
+        if conn
+            .as_ref()
+            .is_none_or(|(c, opened_for)| c.is_closed() || !Arc::ptr_eq(opened_for, ep))
+        {
+            *conn = None;
+            match ep.connector.connect().await {
+                Ok(c) => *conn = Some((c, ep.clone())),
                 Err(err) => {
                     *conn = None;
                     self.metrics.failures_connect.inc();
@@ -221,7 +352,7 @@ impl Target {
                 }
             }
         }
-        let sender = conn.as_mut().expect("connected above");
+        let sender = &mut conn.as_mut().expect("connected above").0;
         if let Err(err) = sender.ready().await {
             *conn = None;
             self.metrics.failures_connect.inc();
@@ -230,8 +361,8 @@ impl Target {
                 after: None,
             };
         }
-        let mut request = http::Request::post(self.cfg.path.as_str())
-            .header(header::HOST, host_header(&self.cfg))
+        let mut request = http::Request::post(ep.cfg.path.as_str())
+            .header(header::HOST, host_header(&ep.cfg))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONTENT_LENGTH, body.len())
             .header(header::USER_AGENT, USER_AGENT)
@@ -239,8 +370,8 @@ impl Target {
         if gzipped {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
-        if let Some(token) = &self.cfg.token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+        if let Some(auth) = &ep.authorization {
+            request = request.header(header::AUTHORIZATION, auth.expose());
         }
         let request = match request.body(Full::new(body.clone())) {
             Ok(r) => r,
@@ -268,7 +399,7 @@ impl Target {
         let after = retry::retry_after(
             response.headers(),
             SystemTime::now(),
-            self.cfg.retry_after_max,
+            ep.cfg.retry_after_max,
         );
         let text = match Limited::new(response.into_body(), RESPONSE_LIMIT)
             .collect()
@@ -276,9 +407,9 @@ impl Target {
         {
             // The answer is logged and may be kept in the dead-letter directory: a
             // target that echoes the request must not get the token written there.
-            Ok(collected) => redact(
+            Ok(collected) => ep.secrets.iter().fold(
                 String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-                self.cfg.token.as_ref(),
+                |text, secret| redact(text, Some(secret)),
             ),
             Err(_) => {
                 // Too long or cut off: the connection cannot carry another request.
@@ -312,7 +443,7 @@ impl Target {
             .events_dead_lettered
             .add(u64::from(record.events));
         let dl = self.dead_letters.clone();
-        let (target, record2) = (self.cfg.name.clone(), record.clone());
+        let (target, record2) = (self.name.clone(), record.clone());
         let response2 = response.clone();
         let kept = tokio::task::spawn_blocking(move || {
             dl.batch(
@@ -328,7 +459,7 @@ impl Target {
         .await;
         match kept {
             Ok(Ok(path)) => error!(
-                target = %self.cfg.name,
+                target = %self.name,
                 batch_id = %record.batch_id,
                 cluster = %record.cluster,
                 events = record.events,
@@ -338,7 +469,7 @@ impl Target {
                 "target refused a batch for good; kept in the dead-letter directory"
             ),
             Ok(Err(err)) => error!(
-                target = %self.cfg.name,
+                target = %self.name,
                 batch_id = %record.batch_id,
                 events = record.events,
                 status,
@@ -346,7 +477,7 @@ impl Target {
                 "target refused a batch for good and it could not be written to the dead-letter directory: batch lost"
             ),
             Err(_) => {
-                error!(target = %self.cfg.name, batch_id = %record.batch_id, "dead-letter writer panicked")
+                error!(target = %self.name, batch_id = %record.batch_id, "dead-letter writer panicked")
             }
         }
     }
@@ -365,7 +496,7 @@ fn host_header(cfg: &TargetConfig) -> String {
 }
 
 /// `text` with every occurrence of the token replaced by `<redacted>`.
-fn redact(text: String, token: Option<&crate::config::Secret>) -> String {
+fn redact(text: String, token: Option<&Secret>) -> String {
     match token {
         Some(t) if !t.expose().is_empty() && text.contains(t.expose()) => {
             text.replace(t.expose(), "<redacted>")

@@ -155,6 +155,32 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 fn tls_config(cluster: &str, api: &ApiConfig) -> Result<ClientConfig, ClientSetupError> {
+    let ca = match (&api.ca_file, api.insecure_skip_verify) {
+        (Some(path), false) => Some((
+            std::fs::read(path).map_err(|source| ClientSetupError::Read {
+                cluster: cluster.to_string(),
+                path: path.display().to_string(),
+                source,
+            })?,
+            path.display().to_string(),
+        )),
+        _ => None,
+    };
+    tls_config_pem(
+        cluster,
+        ca.as_ref().map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
+        api.insecure_skip_verify,
+    )
+}
+
+/// The TLS settings of a cluster's REST API: trust the PEM CA certificates
+/// `ca` (`(pem, where it came from)`; none: the system roots), or any
+/// certificate when `insecure`.
+pub fn tls_config_pem(
+    cluster: &str,
+    ca: Option<(&[u8], &str)>,
+    insecure: bool,
+) -> Result<ClientConfig, ClientSetupError> {
     let tls_err = |reason: String| ClientSetupError::Tls {
         cluster: cluster.to_string(),
         reason,
@@ -163,33 +189,28 @@ fn tls_config(cluster: &str, api: &ApiConfig) -> Result<ClientConfig, ClientSetu
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(e.to_string()))?;
-    let mut config = if api.insecure_skip_verify {
+    let mut config = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        match &api.ca_file {
-            Some(path) => {
-                let read_err = |source| ClientSetupError::Read {
-                    cluster: cluster.to_string(),
-                    path: path.display().to_string(),
-                    source,
-                };
-                let file = std::fs::File::open(path).map_err(read_err)?;
-                let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+        match ca {
+            Some((pem, origin)) => {
+                let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
                     .collect::<Result<_, _>>()
-                    .map_err(read_err)?;
+                    .map_err(|source| ClientSetupError::Read {
+                        cluster: cluster.to_string(),
+                        path: origin.to_string(),
+                        source,
+                    })?;
                 if certs.is_empty() {
-                    return Err(tls_err(format!(
-                        "{} holds no PEM certificate",
-                        path.display()
-                    )));
+                    return Err(tls_err(format!("{origin} holds no PEM certificate")));
                 }
                 for cert in certs {
                     roots.add(cert).map_err(|e| {
-                        tls_err(format!("bad CA certificate in {}: {e}", path.display()))
+                        tls_err(format!("bad CA certificate in {origin}: {e}"))
                     })?;
                 }
             }
@@ -240,6 +261,11 @@ fn segment(id: &str) -> String {
     s
 }
 
+#[derive(serde::Deserialize)]
+struct ClusterSettings {
+    cluster_name: String,
+}
+
 impl ApiClient {
     pub fn new(
         cluster: Arc<str>,
@@ -250,6 +276,28 @@ impl ApiClient {
         metrics: Arc<EnrichMetrics>,
     ) -> Result<ApiClient, ClientSetupError> {
         let config = tls_config(&cluster, api)?;
+        ApiClient::with_tls(
+            cluster,
+            api,
+            config,
+            max_idle,
+            request_timeout,
+            token_renew,
+            metrics,
+        )
+    }
+
+    /// A client with these TLS settings (`api.ca_file` and
+    /// `api.insecure_skip_verify` are not read).
+    pub fn with_tls(
+        cluster: Arc<str>,
+        api: &ApiConfig,
+        config: ClientConfig,
+        max_idle: usize,
+        request_timeout: Duration,
+        token_renew: Duration,
+        metrics: Arc<EnrichMetrics>,
+    ) -> Result<ApiClient, ClientSetupError> {
         let server_name =
             ServerName::try_from(api.host.clone()).map_err(|e| ClientSetupError::Tls {
                 cluster: cluster.to_string(),
@@ -276,6 +324,20 @@ impl ApiClient {
             token_renew,
             metrics,
         })
+    }
+
+    /// Log in with the client's username and password (`POST /v1/session/login`)
+    /// and read the cluster's name (`GET /v1/cluster/settings`), as the reference
+    /// broker checked the credentials Varonis sent. Every request within the
+    /// client's request timeout.
+    pub async fn cluster_name(self: &Arc<Self>) -> Result<String, ApiError> {
+        let body = self.get("/v1/cluster/settings").await?;
+        let settings: ClusterSettings =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+                path: "/v1/cluster/settings".to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(settings.cluster_name)
     }
 
     /// The explicit ACL of a file.

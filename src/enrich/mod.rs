@@ -35,7 +35,7 @@ pub mod order;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::warn;
 
 use crate::batch::Batcher;
-use crate::config::{Config, EnrichConfig};
+use crate::config::{ApiConfig, Config, EnrichConfig};
 use crate::metrics::{EnrichMetrics, RateLimit};
 use crate::parse::{EventInfo, Operation};
 use acl::{Acl, AclDiff};
@@ -262,7 +262,9 @@ impl Link {
 
 struct ClusterCtx {
     cluster: Arc<str>,
-    client: Arc<ApiClient>,
+    /// Replaced when the cluster's credentials change; `None` once they are
+    /// removed (lookups then fail at once and the generic events go out).
+    client: RwLock<Option<Arc<ApiClient>>>,
     cache: Mutex<Lru<String, Acl>>,
     timeout: Duration,
     metrics: Arc<EnrichMetrics>,
@@ -337,10 +339,16 @@ impl ClusterCtx {
         file_id: &str,
         directory: Option<bool>,
     ) -> Result<(Acl, bool), client::ApiError> {
-        let acl = self.client.acl(file_id).await?;
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| client::ApiError::Connect("no REST API credentials".to_string()))?;
+        let acl = client.acl(file_id).await?;
         let directory = match directory {
             Some(d) => d,
-            None => self.client.is_directory(file_id).await?,
+            None => client.is_directory(file_id).await?,
         };
         Ok((acl, directory))
     }
@@ -352,9 +360,20 @@ impl ClusterCtx {
 
 /// Every enriched cluster's client, cache and task, and the completion thread.
 pub struct Enricher {
-    links: HashMap<String, Arc<Link>>,
+    links: Mutex<HashMap<String, (Arc<Link>, Arc<ClusterCtx>)>>,
     cfg: EnrichConfig,
+    metrics: Arc<EnrichMetrics>,
+    /// Completions of every cluster's task go here; taken at stop.
+    done_tx: Mutex<Option<mpsc::Sender<(Arc<Link>, Completion)>>>,
+    runtime: tokio::runtime::Handle,
     done: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A cluster's REST API as the registry gives it: the CA as PEM text.
+#[derive(Debug, Clone)]
+pub struct RegisteredApi {
+    pub api: ApiConfig,
+    pub ca_pem: Option<String>,
 }
 
 /// Completions waiting for the completion thread, at most.
@@ -369,39 +388,6 @@ impl Enricher {
     ) -> Result<Arc<Enricher>, ClientSetupError> {
         let e = &cfg.enrich;
         let (done_tx, mut done_rx) = mpsc::channel::<(Arc<Link>, Completion)>(DONE_QUEUE);
-        let mut links = HashMap::new();
-        for c in cfg.clusters.iter().filter(|_| e.enabled) {
-            let Some(api) = &c.api else { continue };
-            let name: Arc<str> = Arc::from(c.name.as_str());
-            let client = Arc::new(ApiClient::new(
-                name.clone(),
-                api,
-                e.in_flight,
-                e.request_timeout,
-                e.token_renew,
-                metrics.clone(),
-            )?);
-            let (tx, rx) = mpsc::channel(e.queue_max_events);
-            let link = Arc::new(Link {
-                cluster: name.clone(),
-                jobs: tx,
-                outstanding: AtomicUsize::new(0),
-                batcher: OnceLock::new(),
-                metrics: metrics.clone(),
-                queue_max_events: e.queue_max_events,
-                queue_max_bytes: e.queue_max_bytes,
-            });
-            let ctx = Arc::new(ClusterCtx {
-                cluster: name,
-                client,
-                cache: Mutex::new(Lru::new(e.acl_cache_entries)),
-                timeout: e.timeout,
-                metrics: metrics.clone(),
-            });
-            tokio::spawn(serve(link.clone(), rx, ctx, e.in_flight, done_tx.clone()));
-            links.insert(c.name.clone(), link);
-        }
-        drop(done_tx);
         let done = std::thread::Builder::new()
             .name("qbroker-enrich-done".to_string())
             .spawn(move || {
@@ -413,16 +399,115 @@ impl Enricher {
                 cluster: String::new(),
                 reason: format!("cannot start the completion thread: {e}"),
             })?;
-        Ok(Arc::new(Enricher {
-            links,
+        let enricher = Enricher {
+            links: Mutex::new(HashMap::new()),
             cfg: e.clone(),
+            metrics,
+            done_tx: Mutex::new(Some(done_tx)),
+            runtime: tokio::runtime::Handle::current(),
             done: Mutex::new(Some(done)),
-        }))
+        };
+        for c in cfg.clusters.iter().filter(|_| e.enabled) {
+            let Some(api) = &c.api else { continue };
+            let client = enricher.client(&c.name, api, None)?;
+            enricher.add(&c.name, client);
+        }
+        Ok(Arc::new(enricher))
+    }
+
+    fn client(
+        &self,
+        cluster: &str,
+        api: &ApiConfig,
+        ca_pem: Option<&str>,
+    ) -> Result<Arc<ApiClient>, ClientSetupError> {
+        let e = &self.cfg;
+        let name: Arc<str> = Arc::from(cluster);
+        let client = match ca_pem {
+            None => ApiClient::new(
+                name,
+                api,
+                e.in_flight,
+                e.request_timeout,
+                e.token_renew,
+                self.metrics.clone(),
+            )?,
+            Some(pem) => ApiClient::with_tls(
+                name,
+                api,
+                client::tls_config_pem(
+                    cluster,
+                    Some((pem.as_bytes(), "ca_certificate")),
+                    api.insecure_skip_verify,
+                )?,
+                e.in_flight,
+                e.request_timeout,
+                e.token_renew,
+                self.metrics.clone(),
+            )?,
+        };
+        Ok(Arc::new(client))
+    }
+
+    /// A link, its context and its task for a cluster not linked yet.
+    fn add(&self, cluster: &str, client: Arc<ApiClient>) -> Arc<Link> {
+        let e = &self.cfg;
+        let name: Arc<str> = Arc::from(cluster);
+        let (tx, rx) = mpsc::channel(e.queue_max_events);
+        let link = Arc::new(Link {
+            cluster: name.clone(),
+            jobs: tx,
+            outstanding: AtomicUsize::new(0),
+            batcher: OnceLock::new(),
+            metrics: self.metrics.clone(),
+            queue_max_events: e.queue_max_events,
+            queue_max_bytes: e.queue_max_bytes,
+        });
+        let ctx = Arc::new(ClusterCtx {
+            cluster: name,
+            client: RwLock::new(Some(client)),
+            cache: Mutex::new(Lru::new(e.acl_cache_entries)),
+            timeout: e.timeout,
+            metrics: self.metrics.clone(),
+        });
+        if let Some(done) = lock(&self.done_tx).clone() {
+            self.runtime
+                .spawn(serve(link.clone(), rx, ctx.clone(), e.in_flight, done));
+        }
+        lock(&self.links).insert(cluster.to_string(), (link.clone(), ctx));
+        link
+    }
+
+    /// Use these credentials for `cluster` from now on (`None`: none; lookups in
+    /// flight finish with the old ones, later ones fail at once and their generic
+    /// events go out). Returns the cluster's link when it was created now, for
+    /// the caller to hand to the cluster's batcher if it has one; the ACL cache is
+    /// kept across changes. Does nothing while enrichment is off.
+    pub fn set_api(
+        &self,
+        cluster: &str,
+        api: Option<&RegisteredApi>,
+    ) -> Result<Option<Arc<Link>>, ClientSetupError> {
+        if !self.cfg.enabled {
+            return Ok(None);
+        }
+        let client = api
+            .map(|a| self.client(cluster, &a.api, a.ca_pem.as_deref()))
+            .transpose()?;
+        let existing = lock(&self.links).get(cluster).cloned();
+        match (existing, client) {
+            (Some((_, ctx)), client) => {
+                *ctx.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+                Ok(None)
+            }
+            (None, Some(client)) => Ok(Some(self.add(cluster, client))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The link of an enriched cluster.
     pub fn link(&self, cluster: &str) -> Option<Arc<Link>> {
-        self.links.get(cluster).cloned()
+        lock(&self.links).get(cluster).map(|(l, _)| l.clone())
     }
 
     pub fn config(&self) -> &EnrichConfig {
@@ -433,10 +518,10 @@ impl Enricher {
     /// passed; what is left is turned into generic events by the batchers' flush.
     pub fn drain(&self, wait: Duration) {
         let deadline = Instant::now() + wait;
+        let links: Vec<Arc<Link>> = lock(&self.links).values().map(|(l, _)| l.clone()).collect();
         while Instant::now() < deadline
-            && self
-                .links
-                .values()
+            && links
+                .iter()
                 .any(|l| l.outstanding.load(Ordering::Relaxed) > 0)
         {
             std::thread::sleep(Duration::from_millis(5));
@@ -445,8 +530,13 @@ impl Enricher {
 
     /// Detach the completion thread; it ends when the runtime's tasks are gone.
     pub fn stop(&self) {
-        drop(self.done.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(lock(&self.done_tx).take());
+        drop(lock(&self.done).take());
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The per-cluster task: take jobs in order, run up to `in_flight` at once.

@@ -39,7 +39,7 @@ use super::framing::{Decoder, Next};
 use super::reader::{self, ConnGuard, Handoff, ReaderDeps, SourceLimit};
 use crate::batch::Batches;
 use crate::cluster::supervisor::{Adopt, Ended};
-use crate::cluster::{Attach, Registry, Supervisor};
+use crate::cluster::{Attach, Refused, Registry, Supervisor};
 use crate::config::canonical_ip;
 use crate::metrics::RateLimit;
 use crate::parse;
@@ -363,29 +363,31 @@ fn route(
     let ip = canonical_ip(peer.ip());
     let by_source = cfg.cluster_of_source(ip);
     let hostname_cluster = host.as_deref().map(parse::cluster_of_hostname);
-    let (name, target, filer_id) = match (by_source, hostname_cluster) {
-        (Some(c), _) => (c.name.clone(), Some(c.target), c.filer_id),
+    let name = match (by_source, hostname_cluster) {
+        (Some(c), _) => c.name.clone(),
         (None, Some(name)) => match cfg.cluster_named(name) {
-            Some(c) => (c.name.clone(), Some(c.target), c.filer_id),
-            None => (name.to_string(), cfg.default_target, None),
+            Some(c) => c.name.clone(),
+            None => name.to_string(),
         },
-        (None, None) => (UNIDENTIFIED.to_string(), cfg.default_target, None),
-    };
-    let Some(target) = target else {
-        deps.metrics.ingest.unroutable.inc();
-        if let Some(suppressed) = REFUSED_LOG.check() {
-            warn!(peer = %peer, cluster = %name, suppressed, "connection closed: cluster not configured and no default_target");
-        }
-        return None;
+        (None, None) => UNIDENTIFIED.to_string(),
     };
     let node: Arc<str> = Arc::from(host.unwrap_or_else(|| ip.to_string()));
+    // Registering (the batcher's spool) may block briefly; this runs on the
+    // listener's arbiter, as the creation always did.
     let created = registry
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get_or_create(&name, target, filer_id);
+        .get_or_create(&name);
     match created {
         Ok(addr) => Some((name, addr, node)),
-        Err(_) => {
+        Err(Refused::NoTarget) => {
+            deps.metrics.ingest.unroutable.inc();
+            if let Some(suppressed) = REFUSED_LOG.check() {
+                warn!(peer = %peer, cluster = %name, suppressed, "connection closed: cluster not registered, not configured, and no default_target");
+            }
+            None
+        }
+        Err(Refused::TooManyClusters) => {
             deps.metrics.ingest.unroutable.inc();
             if let Some(suppressed) = REFUSED_LOG.check() {
                 warn!(peer = %peer, cluster = %name, max_clusters = cfg.ingest.max_clusters, suppressed, "connection closed: too many clusters");

@@ -140,6 +140,14 @@ impl Gate {
         }
     }
 
+    /// What one cluster holds in the queue now: (messages, bytes).
+    pub fn cluster_usage(&self, cluster: usize) -> (usize, usize) {
+        let st = self.lock();
+        st.clusters
+            .get(cluster)
+            .map_or((0, 0), |s| (s.used_msgs, s.used_bytes))
+    }
+
     /// What the queue holds now.
     pub fn usage(&self) -> Usage {
         let st = self.lock();

@@ -381,6 +381,8 @@ pub struct Broker {
     pub metrics: SocketAddr,
     /// The TLS syslog listener, when the configuration has `[syslog_tls]`.
     pub syslog_tls: Option<SocketAddr>,
+    /// The HTTPS API, when the configuration enables `[api]`.
+    pub api: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -428,6 +430,7 @@ impl Broker {
             .syslog_tls
             .as_ref()
             .map(|l| l.local_addr().unwrap());
+        let api = listeners.api.as_ref().map(|l| l.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -444,6 +447,7 @@ impl Broker {
             syslog,
             metrics,
             syslog_tls,
+            api,
             data_dir,
             stop: Some(stop_tx),
             thread: Some(thread),

@@ -1,0 +1,744 @@
+//! targets: the running set of targets, and the route of every cluster to one.
+//!
+//! A running target is a spool (`<spool.dir>/<name>`), its egress lanes and its
+//! age sealer. The `[[targets]]` of the configuration run from start to
+//! shutdown. Registered targets (the registry of [`crate::store`], one per
+//! cluster, named `@<cluster>` with the cluster name percent-encoded) come and
+//! go while the broker runs: [`Targets::apply`] brings the running set to a
+//! registry snapshot, after every change made through the API and every
+//! `store.poll_secs` (changes other brokers made to a shared registry).
+//!
+//! A cluster's route: its registration, else its `[[clusters]]` entry's target,
+//! else `default_target`, with the filer id that goes with it. A cluster has
+//! none of them: its connections are refused (the nodes keep their audit log
+//! and reconnect).
+//!
+//! What a change does:
+//! - **register**: the cluster's spool is opened (a spool left on disk is
+//!   delivered too) and its lanes started; the cluster's batcher seals its open
+//!   batch into the old target's spool and sends its next batches to the new
+//!   one ([`Batcher::set_route`]).
+//! - **update**: a new URL, CA, token or client certificate applies to the next
+//!   request, retries of batches in flight and batches already spooled
+//!   included: the spool belongs to the target, and its contents go wherever the
+//!   target points now. A new filer id applies from the next batch. New REST
+//!   credentials apply to the next lookup.
+//! - **delete**: the cluster goes back to its configured or default target for
+//!   its next batches; what the deleted target's spool holds is still delivered,
+//!   to the endpoint it had. Once nothing routes to it and its spool is empty it
+//!   is stopped and its directory removed. A cluster that has no other target
+//!   keeps sending to the deleted one until it is registered again (the API
+//!   refuses such a deletion while the cluster is connected here; a deletion
+//!   seen in a shared registry cannot be refused). If the broker stops before
+//!   the spool is empty, the next start delivers what is left to the cluster's
+//!   configured or default target (the deleted endpoint is not kept), or keeps
+//!   the directory, with a warning, when the cluster has none.
+//!
+//! Locks: one for the set, held for map changes only; spools are opened, routes
+//! switched (which may wait on a full spool) and lanes joined outside it. Changes
+//! are applied one at a time. Nothing here is on the per-event path: a batcher
+//! reads its route under the lock it already holds per batch.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::batch::{Batcher, Route, Router, Sealer};
+use crate::config::{ApiAuth, ApiConfig, Config, REGISTRY_SPOOL_CACHE_BYTES};
+use crate::deadletter::DeadLetters;
+use crate::egress::{self, client::TlsMaterial, Authorization, Egress, Endpoint};
+use crate::enrich::{Enricher, RegisteredApi};
+use crate::metrics::Metrics;
+use crate::spool::{self, Spool};
+use crate::store::Registration;
+
+/// Where a running target came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[targets]]` entry.
+    Config,
+    /// A registration.
+    Registry,
+    /// A registration's spool found on disk at start without its registration.
+    Leftover,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Registry => "registry",
+            Origin::Leftover => "leftover",
+        }
+    }
+}
+
+struct Live {
+    spool: Arc<Spool>,
+    egress: Egress,
+    sealer: Sealer,
+    origin: Origin,
+    /// Deleted: stopped and removed once nothing routes here and the spool is empty.
+    draining: bool,
+}
+
+struct Attached {
+    batcher: Arc<Batcher>,
+    /// The name of the target its route points at.
+    target: String,
+    filer_id: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    live: BTreeMap<String, Live>,
+    /// The registry as last applied, by cluster.
+    registry: BTreeMap<String, Registration>,
+    clusters: BTreeMap<Arc<str>, Attached>,
+    stopped: bool,
+}
+
+/// A running target, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    pub name: String,
+    pub origin: Origin,
+    pub draining: bool,
+    /// The URL without its query.
+    pub url: String,
+    pub spool: spool::Stats,
+    /// The last delivery attempt failed.
+    pub failing: bool,
+    pub last_success_unix_ms: i64,
+}
+
+/// A registration that cannot run (bad PEM, bad URL).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// The running target set.
+pub struct Targets {
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    dead_letters: Arc<DeadLetters>,
+    enricher: OnceLock<Arc<Enricher>>,
+    state: Mutex<State>,
+    /// One change at a time.
+    applying: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The name of a cluster's registered target: `@` and the name, percent-encoded
+/// outside `[A-Za-z0-9._-]`, so that it is one safe path component and never a
+/// `[[targets]]` name.
+pub fn registered_name(cluster: &str) -> String {
+    let mut s = String::with_capacity(cluster.len() + 1);
+    s.push('@');
+    for b in cluster.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// The cluster of a registered target's name.
+fn cluster_of(name: &str) -> Option<String> {
+    let enc = name.strip_prefix('@')?.as_bytes();
+    let mut out = Vec::with_capacity(enc.len());
+    let mut i = 0;
+    while i < enc.len() {
+        if enc[i] == b'%' {
+            let hex = std::str::from_utf8(enc.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(enc[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The endpoint of a registration.
+pub fn endpoint_of(reg: &Registration) -> Result<Endpoint, Invalid> {
+    let name = registered_name(&reg.cluster_name);
+    let cfg = crate::config::registered_target(&name, &reg.url)
+        .map_err(|e| Invalid(format!("url: {e}")))?;
+    let auth = match (&reg.token, &reg.basic_username, &reg.basic_password) {
+        // A username beside a token is only kept (an rmq registration in bearer mode).
+        (Some(t), _, None) => Authorization::Bearer(t.clone()),
+        (None, Some(u), Some(p)) => Authorization::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        (None, None, None) => Authorization::None,
+        _ => {
+            return Err(Invalid(
+                "token, and username with password, do not go together".to_string(),
+            ))
+        }
+    };
+    let tls = TlsMaterial {
+        ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
+        client: match (&reg.client_certificate, &reg.client_key) {
+            (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
+            (None, None) => None,
+            _ => {
+                return Err(Invalid(
+                    "client_certificate and client_key go together".to_string(),
+                ))
+            }
+        },
+    };
+    Endpoint::with_pem(cfg, &tls, auth).map_err(|e| Invalid(e.to_string()))
+}
+
+/// The REST API of a registration, for enrichment and the credential check.
+pub fn api_of(reg: &Registration) -> Result<Option<RegisteredApi>, Invalid> {
+    let Some(url) = &reg.api_url else {
+        return Ok(None);
+    };
+    let (host, port) = crate::config::api_url(url).map_err(|e| Invalid(format!("api.url: {e}")))?;
+    let auth = match (&reg.api_username, &reg.api_password, &reg.api_access_token) {
+        (Some(u), Some(p), None) if !u.is_empty() => ApiAuth::Login {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        (None, None, Some(t)) => ApiAuth::AccessToken(t.clone()),
+        _ => {
+            return Err(Invalid(
+                "api: give username and password, or access_token".to_string(),
+            ))
+        }
+    };
+    if reg.api_ca_certificate.is_some() && reg.api_insecure_skip_verify {
+        return Err(Invalid(
+            "api: ca_certificate and insecure_skip_verify do not go together".to_string(),
+        ));
+    }
+    let api = ApiConfig {
+        host,
+        port,
+        auth,
+        ca_file: None,
+        insecure_skip_verify: reg.api_insecure_skip_verify,
+    };
+    // Build the TLS settings now, so that a bad certificate is refused at once.
+    crate::enrich::client::tls_config_pem(
+        &reg.cluster_name,
+        reg.api_ca_certificate
+            .as_deref()
+            .map(|p| (p.as_bytes(), "api.ca_certificate")),
+        reg.api_insecure_skip_verify,
+    )
+    .map_err(|e| Invalid(e.to_string()))?;
+    Ok(Some(RegisteredApi {
+        api,
+        ca_pem: reg.api_ca_certificate.clone(),
+    }))
+}
+
+impl Targets {
+    /// Open the configured targets' spools and start their lanes and sealers,
+    /// then the registered ones (`registry`), then leftovers of deleted ones.
+    /// Must be called inside a tokio runtime, from a thread that may block.
+    pub fn start(
+        cfg: Arc<Config>,
+        registry: Vec<Registration>,
+        metrics: Arc<Metrics>,
+        dead_letters: Arc<DeadLetters>,
+        enricher: Arc<Enricher>,
+    ) -> Result<Arc<Targets>, crate::RunError> {
+        let targets = Arc::new(Targets {
+            cfg: cfg.clone(),
+            metrics,
+            dead_letters,
+            enricher: OnceLock::from(enricher),
+            state: Mutex::new(State::default()),
+            applying: Mutex::new(()),
+        });
+        for t in &cfg.targets {
+            let spool = targets.open_spool(&t.name)?;
+            let endpoint = Endpoint::from_config(t.clone())?;
+            let live = targets.run(endpoint, spool, Origin::Config)?;
+            lock(&targets.state).live.insert(t.name.clone(), live);
+        }
+        targets.apply(registry);
+        targets.adopt_leftovers();
+        Ok(targets)
+    }
+
+    fn spool_options(&self) -> spool::Options {
+        spool::Options {
+            max_bytes: self.cfg.spool.max_bytes,
+            segment_bytes: self.cfg.spool.segment_bytes,
+            fsync: self.cfg.spool.fsync,
+        }
+    }
+
+    fn open_spool(&self, name: &str) -> Result<Arc<Spool>, crate::RunError> {
+        let spool = Spool::open(&self.cfg.spool.dir.join(name), self.spool_options()).map_err(
+            |source| crate::RunError::Spool {
+                target: name.to_string(),
+                source,
+            },
+        )?;
+        let stats = spool.stats();
+        if stats.unacked_records > 0 {
+            info!(target = %name, batches = stats.unacked_records, "unacknowledged batches in the spool will be sent again");
+        }
+        if name.starts_with('@') {
+            spool.set_cache_bytes(REGISTRY_SPOOL_CACHE_BYTES);
+        }
+        Ok(Arc::new(spool))
+    }
+
+    fn run(
+        &self,
+        endpoint: Endpoint,
+        spool: Arc<Spool>,
+        origin: Origin,
+    ) -> Result<Live, crate::RunError> {
+        let name = endpoint.cfg.name.clone();
+        let sealer = Sealer::start(&name, self.cfg.batch.max_age)
+            .map_err(crate::io_error("cannot start a batch sealer"))?;
+        let egress = egress::start_endpoint(
+            endpoint,
+            spool.clone(),
+            self.metrics.clone(),
+            self.dead_letters.clone(),
+        );
+        Ok(Live {
+            spool,
+            egress,
+            sealer,
+            origin,
+            draining: false,
+        })
+    }
+
+    /// Spool directories of registered targets with no registration: deliver
+    /// what they hold to the cluster's configured or default target.
+    fn adopt_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.spool.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('@') || !entry.path().is_dir() {
+                continue;
+            }
+            if lock(&self.state).live.contains_key(&name) {
+                continue;
+            }
+            let Some(cluster) = cluster_of(&name) else {
+                warn!(dir = %entry.path().display(), "spool directory of no cluster left alone");
+                continue;
+            };
+            let Some((fallback, _)) = self.configured_route(&cluster) else {
+                warn!(cluster = %cluster, dir = %entry.path().display(), "spool of a deleted registration and the cluster has no configured or default target: kept as is until it is registered again");
+                continue;
+            };
+            let Some(mut target_cfg) = self.cfg.targets.iter().find(|t| t.name == fallback).cloned()
+            else {
+                continue;
+            };
+            target_cfg.name = name.clone();
+            let started = self.open_spool(&name).and_then(|spool| {
+                let endpoint = Endpoint::from_config(target_cfg)?;
+                self.run(endpoint, spool, Origin::Leftover)
+            });
+            match started {
+                Ok(mut live) => {
+                    info!(cluster = %cluster, target = %fallback, "spool of a deleted registration: delivering what it holds to the cluster's configured target");
+                    live.draining = true;
+                    lock(&self.state).live.insert(name, live);
+                }
+                Err(err) => {
+                    error!(cluster = %cluster, error = %err, "cannot open the spool of a deleted registration")
+                }
+            }
+        }
+    }
+
+    /// The `[[clusters]]` or default target of `cluster`, and its filer id.
+    fn configured_route(&self, cluster: &str) -> Option<(String, Option<u64>)> {
+        let cfg = &self.cfg;
+        match cfg.cluster_named(cluster) {
+            Some(c) => Some((cfg.targets[c.target].name.clone(), c.filer_id)),
+            None => cfg.default_target.map(|i| (cfg.targets[i].name.clone(), None)),
+        }
+    }
+
+    /// The route `cluster` should have now.
+    fn desired(&self, st: &State, cluster: &str) -> Option<(String, Option<u64>)> {
+        if let Some(reg) = st.registry.get(cluster) {
+            let name = registered_name(cluster);
+            if st.live.get(&name).is_some_and(|l| !l.draining) {
+                return Some((name, reg.filer_id.map(|f| f as u64)));
+            }
+        }
+        self.configured_route(cluster)
+    }
+
+    fn route_to(st: &State, target: &str, filer_id: Option<u64>) -> Option<Route> {
+        let live = st.live.get(target)?;
+        Some(Route {
+            target: Arc::from(target),
+            spool: live.spool.clone(),
+            filer_id,
+        })
+    }
+
+    /// Bring the running set to `registry` (a whole snapshot of the registry).
+    /// Registrations that cannot run are logged and left as they were. Blocking.
+    pub fn apply(&self, registry: Vec<Registration>) {
+        let _one = lock(&self.applying);
+        let wanted: BTreeMap<String, Registration> = registry
+            .into_iter()
+            .map(|r| (r.cluster_name.clone(), r))
+            .collect();
+        let before = lock(&self.state).registry.clone();
+        let mut applied = before.clone();
+
+        // Registrations added or changed.
+        for (cluster, reg) in &wanted {
+            let old = before.get(cluster);
+            if old == Some(reg) {
+                continue;
+            }
+            match self.apply_one(cluster, old, reg) {
+                Ok(()) => {
+                    applied.insert(cluster.clone(), reg.clone());
+                }
+                Err(err) => {
+                    error!(cluster = %cluster, error = %err, "registration cannot be applied; the cluster keeps its previous target")
+                }
+            }
+        }
+        // Registrations gone.
+        for cluster in before.keys().filter(|c| !wanted.contains_key(*c)) {
+            applied.remove(cluster);
+            self.set_api(cluster, None);
+            let name = registered_name(cluster);
+            let mut st = lock(&self.state);
+            if let Some(live) = st.live.get_mut(&name) {
+                live.draining = true;
+                info!(cluster = %cluster, target = %name, "registration deleted: its spool is delivered, then removed");
+            }
+        }
+        lock(&self.state).registry = applied;
+        self.reroute();
+        self.sweep();
+    }
+
+    fn apply_one(
+        &self,
+        cluster: &str,
+        old: Option<&Registration>,
+        reg: &Registration,
+    ) -> Result<(), Invalid> {
+        let name = registered_name(cluster);
+        let api = api_of(reg)?;
+        let target_changed = old.is_none_or(|o| !o.same_target(reg));
+        let running = lock(&self.state).live.contains_key(&name);
+        if target_changed || !running {
+            let endpoint = endpoint_of(reg)?;
+            let mut st = lock(&self.state);
+            match st.live.get_mut(&name) {
+                Some(live) => {
+                    // Running, or deleted and still draining (registered again).
+                    live.egress.update(endpoint);
+                    live.draining = false;
+                    live.origin = Origin::Registry;
+                }
+                None => {
+                    drop(st);
+                    let spool = self.open_spool(&name).map_err(|e| Invalid(e.to_string()))?;
+                    let live = self
+                        .run(endpoint, spool, Origin::Registry)
+                        .map_err(|e| Invalid(e.to_string()))?;
+                    info!(cluster = %cluster, target = %name, url = %live.egress.endpoint().cfg.url_for_logs(), "registered target started");
+                    st = lock(&self.state);
+                    st.live.insert(name.clone(), live);
+                }
+            }
+        }
+        if old.is_none_or(|o| !o.same_api(reg)) {
+            // The registry's credentials, else the configured ones.
+            match api {
+                Some(api) => self.set_api(cluster, Some(&api)),
+                None => self.set_api(cluster, None),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand `cluster`'s REST credentials (registered, else configured) to the
+    /// enricher, and a new link to the cluster's batcher.
+    fn set_api(&self, cluster: &str, registered: Option<&RegisteredApi>) {
+        let Some(enricher) = self.enricher.get() else {
+            return;
+        };
+        let configured = self
+            .cfg
+            .cluster_named(cluster)
+            .and_then(|c| c.api.clone())
+            .map(|api| RegisteredApi { api, ca_pem: None });
+        let api = registered.or(configured.as_ref());
+        match enricher.set_api(cluster, api) {
+            Ok(Some(link)) => {
+                let batcher = lock(&self.state)
+                    .clusters
+                    .get(cluster)
+                    .map(|a| a.batcher.clone());
+                if let Some(b) = batcher {
+                    b.enable_enrichment(link);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                error!(cluster = %cluster, error = %err, "cannot use the cluster's REST API credentials")
+            }
+        }
+    }
+
+    /// Give every attached cluster the route it should have now.
+    fn reroute(&self) {
+        let moves: Vec<(Arc<Batcher>, String, String, Route)> = {
+            let st = lock(&self.state);
+            st.clusters
+                .iter()
+                .filter_map(|(cluster, a)| {
+                    let Some((target, filer_id)) = self.desired(&st, cluster) else {
+                        if st.live.get(&a.target).is_some_and(|l| l.draining) {
+                            warn!(cluster = %cluster, target = %a.target, "registration deleted and the cluster has no other target: it keeps sending there");
+                        }
+                        return None;
+                    };
+                    if target == a.target && filer_id == a.filer_id {
+                        return None;
+                    }
+                    let route = Targets::route_to(&st, &target, filer_id)?;
+                    Some((a.batcher.clone(), a.target.clone(), target, route))
+                })
+                .collect()
+        };
+        for (batcher, from, to, route) in moves {
+            let filer_id = route.filer_id;
+            // Outside the lock: it seals and appends the open batch to the old spool.
+            batcher.set_route(route);
+            let mut st = lock(&self.state);
+            if let Some(old) = st.live.get(&from) {
+                old.sealer.remove(&batcher);
+            }
+            if let Some(new) = st.live.get(&to) {
+                new.sealer.add(&batcher);
+            }
+            if let Some(a) = st.clusters.get_mut(batcher.cluster()) {
+                a.target = to.clone();
+                a.filer_id = filer_id;
+            }
+            info!(cluster = %batcher.cluster(), from = %from, to = %to, "cluster's batches now go to another target");
+        }
+    }
+
+    /// Stop and remove deleted targets that nothing routes to and whose spools
+    /// are empty. Blocking (joins their lanes).
+    pub fn sweep(&self) {
+        let done: Vec<(String, Live)> = {
+            let mut st = lock(&self.state);
+            if st.stopped {
+                return;
+            }
+            let names: Vec<String> = st
+                .live
+                .iter()
+                .filter(|(name, live)| {
+                    live.draining
+                        && live.spool.stats().unacked_records == 0
+                        && !st.clusters.values().any(|a| &a.target == *name)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| st.live.remove(&n).map(|l| (n, l)))
+                .collect()
+        };
+        for (name, live) in done {
+            live.spool.close();
+            live.sealer.stop();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let dir: PathBuf = live.spool.dir().to_path_buf();
+            let Live { spool, egress, .. } = live;
+            let drained = tokio::runtime::Handle::current().block_on(egress.finish(deadline));
+            drop(spool);
+            if drained {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => info!(target = %name, "deleted target drained and removed"),
+                    Err(err) => warn!(target = %name, dir = %dir.display(), error = %err, "deleted target drained; its spool directory could not be removed"),
+                }
+            }
+        }
+    }
+
+    /// Whether deleting `cluster`'s registration would leave a cluster connected
+    /// here without a target.
+    pub fn deletion_strands(&self, cluster: &str) -> bool {
+        let st = lock(&self.state);
+        st.clusters.contains_key(cluster) && self.configured_route(cluster).is_none()
+    }
+
+    /// The name of the target `cluster`'s batches go to now, if it is connected.
+    pub fn route_of(&self, cluster: &str) -> Option<String> {
+        lock(&self.state).clusters.get(cluster).map(|a| a.target.clone())
+    }
+
+    /// The target `cluster` would be routed to now (connected or not).
+    pub fn target_of(&self, cluster: &str) -> Option<String> {
+        let st = lock(&self.state);
+        match st.clusters.get(cluster) {
+            Some(a) => Some(a.target.clone()),
+            None => self.desired(&st, cluster).map(|(t, _)| t),
+        }
+    }
+
+    /// Every running target.
+    pub fn views(&self) -> Vec<TargetView> {
+        let st = lock(&self.state);
+        st.live
+            .iter()
+            .map(|(name, live)| {
+                let m = live.egress.metrics();
+                TargetView {
+                    name: name.clone(),
+                    origin: live.origin,
+                    draining: live.draining,
+                    url: live.egress.endpoint().cfg.url_for_logs().to_string(),
+                    spool: live.spool.stats(),
+                    failing: m.failing.get() != 0,
+                    last_success_unix_ms: m.last_success_unix_ms.get(),
+                }
+            })
+            .collect()
+    }
+
+    /// Spool figures of every running target, for `/metrics`.
+    pub fn spool_stats(&self) -> Vec<(String, spool::Stats)> {
+        let st = lock(&self.state);
+        st.live
+            .iter()
+            .map(|(name, live)| (name.clone(), live.spool.stats()))
+            .collect()
+    }
+
+    /// Spools of every running target (shutdown: close, then sync).
+    pub fn spools(&self) -> Vec<(String, Arc<Spool>)> {
+        let st = lock(&self.state);
+        st.live
+            .iter()
+            .map(|(name, live)| (name.clone(), live.spool.clone()))
+            .collect()
+    }
+
+    /// Shutdown, after the batches were flushed: no more changes; close every
+    /// spool, let the lanes deliver until `deadline`, and sync. Whether
+    /// everything was delivered.
+    pub async fn finish(&self, deadline: tokio::time::Instant) -> bool {
+        let lives: Vec<(String, Live)> = {
+            let mut st = lock(&self.state);
+            st.stopped = true;
+            std::mem::take(&mut st.live).into_iter().collect()
+        };
+        let mut spools = Vec::with_capacity(lives.len());
+        let mut finishing = Vec::with_capacity(lives.len());
+        for (name, live) in lives {
+            live.spool.close();
+            live.sealer.stop();
+            spools.push((name, live.spool.clone()));
+            finishing.push(live.egress.finish(deadline));
+        }
+        let finished = futures_util::future::join_all(finishing).await;
+        for (name, spool) in &spools {
+            if let Err(err) = spool.sync() {
+                error!(target = %name, error = %err, "cannot sync the spool");
+            }
+        }
+        finished.iter().all(|d| *d)
+    }
+
+    /// The REST APIs of the applied registrations, by cluster.
+    pub fn registered_apis(&self) -> Vec<(String, RegisteredApi)> {
+        let regs: Vec<Registration> = lock(&self.state).registry.values().cloned().collect();
+        regs.iter()
+            .filter_map(|r| Some((r.cluster_name.clone(), api_of(r).ok()??)))
+            .collect()
+    }
+
+    /// `cluster`'s batcher's slot at the admission gate, if it is connected.
+    pub fn gate_id(&self, cluster: &str) -> Option<usize> {
+        lock(&self.state).clusters.get(cluster).map(|a| a.batcher.gate_id())
+    }
+}
+
+impl Router for Targets {
+    fn attach(
+        &self,
+        cluster: &Arc<str>,
+        make: &mut dyn FnMut(Route) -> Arc<Batcher>,
+    ) -> Option<Arc<Batcher>> {
+        let mut st = lock(&self.state);
+        if let Some(a) = st.clusters.get(cluster) {
+            return Some(a.batcher.clone());
+        }
+        let (target, filer_id) = self.desired(&st, cluster)?;
+        let route = Targets::route_to(&st, &target, filer_id)?;
+        let b = make(route);
+        if let Some(live) = st.live.get(&target) {
+            live.sealer.add(&b);
+        }
+        st.clusters.insert(
+            cluster.clone(),
+            Attached {
+                batcher: b.clone(),
+                target,
+                filer_id,
+            },
+        );
+        Some(b)
+    }
+
+    fn stop_sealers(&self) {
+        let st = lock(&self.state);
+        for live in st.live.values() {
+            live.sealer.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_names_are_one_safe_path_component_and_round_trip() {
+        for cluster in ["east", "a/b", "..", "Üst wing", "x%y", "@z"] {
+            let name = registered_name(cluster);
+            assert!(name.starts_with('@'));
+            assert!(!name[1..].contains(['/', '@', ' ']), "{name}");
+            assert_eq!(cluster_of(&name).as_deref(), Some(cluster));
+        }
+        assert_eq!(registered_name("qa-1.b_c"), "@qa-1.b_c");
+    }
+}
