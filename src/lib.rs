@@ -244,12 +244,20 @@ pub async fn run(
         None => None,
     };
     let (api_stop_tx, api_stop_rx) = watch::channel(false);
-    let api_server = match (listeners.api, &store) {
-        (Some(listener), Some(store)) => {
+    let sync = store
+        .as_ref()
+        .map(|s| targets::RegistrySync::new(s.clone(), targets.clone()));
+    let follower = match (&sync, &cfg.store) {
+        (Some(sync), Some(s)) => Some(tokio::spawn(
+            sync.clone().run(s.poll, api_stop_rx.clone()),
+        )),
+        _ => None,
+    };
+    let api_server = match (listeners.api, &sync) {
+        (Some(listener), Some(sync)) => {
             let server = api::Server::new(
                 cfg.clone(),
-                store.clone(),
-                targets.clone(),
+                sync.clone(),
                 metrics.clone(),
                 gate.clone(),
                 render,
@@ -292,6 +300,9 @@ pub async fn run(
     let _ = api_stop_tx.send(true);
     if let Some(server) = api_server {
         let _ = server.await;
+    }
+    if let Some(follower) = follower {
+        let _ = follower.await;
     }
     let _ = stop_tx.send(true);
     // Should a spool stay unavailable past the deadline, stop waiting on it.

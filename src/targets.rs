@@ -53,7 +53,7 @@ use crate::egress::{self, client::TlsMaterial, Authorization, Egress, Endpoint};
 use crate::enrich::{Enricher, RegisteredApi};
 use crate::metrics::Metrics;
 use crate::spool::{self, Spool};
-use crate::store::Registration;
+use crate::store::{Registration, Store, StoreError};
 
 /// Where a running target came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,7 +439,7 @@ impl Targets {
         }
         lock(&self.state).registry = applied;
         self.reroute();
-        self.sweep();
+        self.sweep_locked();
     }
 
     fn apply_one(
@@ -556,6 +556,11 @@ impl Targets {
     /// Stop and remove deleted targets that nothing routes to and whose spools
     /// are empty. Blocking (joins their lanes).
     pub fn sweep(&self) {
+        let _one = lock(&self.applying);
+        self.sweep_locked();
+    }
+
+    fn sweep_locked(&self) {
         let done: Vec<(String, Live)> = {
             let mut st = lock(&self.state);
             if st.stopped {
@@ -689,6 +694,60 @@ impl Targets {
     /// `cluster`'s batcher's slot at the admission gate, if it is connected.
     pub fn gate_id(&self, cluster: &str) -> Option<usize> {
         lock(&self.state).clusters.get(cluster).map(|a| a.batcher.gate_id())
+    }
+}
+
+/// Keeps the running set in step with the registry: after every change made
+/// through this broker's API ([`RegistrySync::reload`]), and every
+/// `store.poll_secs` for changes other brokers sharing the registry made;
+/// and sweeps drained targets every second.
+pub struct RegistrySync {
+    pub store: Arc<Store>,
+    pub targets: Arc<Targets>,
+    /// One read-and-apply at a time, so that an older snapshot is never applied
+    /// after a newer one.
+    one: tokio::sync::Mutex<()>,
+}
+
+impl RegistrySync {
+    pub fn new(store: Arc<Store>, targets: Arc<Targets>) -> Arc<RegistrySync> {
+        Arc::new(RegistrySync {
+            store,
+            targets,
+            one: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Read the registry and apply it.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _one = self.one.lock().await;
+        let all = self.store.list().await?;
+        let targets = self.targets.clone();
+        tokio::task::spawn_blocking(move || targets.apply(all))
+            .await
+            .map_err(|e| StoreError::Db(format!("applying the registry panicked: {e}")))
+    }
+
+    /// Poll and sweep until `stop` turns true.
+    pub async fn run(self: Arc<Self>, poll: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut reread = tokio::time::interval(poll);
+        reread.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = sweep.tick() => {
+                    let _one = self.one.lock().await;
+                    let targets = self.targets.clone();
+                    let _ = tokio::task::spawn_blocking(move || targets.sweep()).await;
+                }
+                _ = reread.tick() => {
+                    if let Err(err) = self.reload().await {
+                        warn!(error = %err, "cannot read the registry again");
+                    }
+                }
+            }
+        }
     }
 }
 

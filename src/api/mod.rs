@@ -45,7 +45,7 @@ use crate::config::{ApiServerConfig, Config};
 use crate::metrics::{server::Render, Metrics, RateLimit};
 use crate::store::{Store, StoreError};
 use crate::sync::gate::Gate;
-use crate::targets::Targets;
+use crate::targets::{RegistrySync, Targets};
 use auth::{Auth, CheckTarget, Credentials, KnownApis, Scope};
 
 /// The OpenAPI description of every route.
@@ -65,9 +65,7 @@ pub struct Ctx {
     pub gate: Arc<Gate>,
     pub render: Render,
     pub auth: Auth,
-    /// One store read and apply at a time, so that an older snapshot is never
-    /// applied after a newer one.
-    reload: tokio::sync::Mutex<()>,
+    pub sync: Arc<RegistrySync>,
     rates: ops::Rates,
 }
 
@@ -162,13 +160,7 @@ impl KnownApis for Targets {
 impl Ctx {
     /// Read the registry and apply it to the running pipeline.
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let _one = self.reload.lock().await;
-        let all = self.store.list().await?;
-        let targets = self.targets.clone();
-        tokio::task::spawn_blocking(move || targets.apply(all))
-            .await
-            .map_err(|e| StoreError::Db(format!("applying the registry panicked: {e}")))?;
-        Ok(())
+        self.sync.reload().await
     }
 
     /// Who the caller is: the admin token, Qumulo credentials (`body`, or Basic
@@ -250,8 +242,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
-        store: Arc<Store>,
-        targets: Arc<Targets>,
+        sync: Arc<RegistrySync>,
         metrics: Arc<Metrics>,
         gate: Arc<Gate>,
         render: Render,
@@ -269,21 +260,20 @@ impl Server {
             ctx: Arc::new(Ctx {
                 cfg,
                 api,
-                store,
-                targets,
+                store: sync.store.clone(),
+                targets: sync.targets.clone(),
                 metrics,
                 gate,
                 render,
                 auth,
-                reload: tokio::sync::Mutex::new(()),
+                sync,
                 rates: ops::Rates::default(),
             }),
             tls,
         })
     }
 
-    /// Serve on `listener` until `stop` turns true; read the registry again
-    /// every `store.poll_secs`, and sweep drained targets every second.
+    /// Serve on `listener` until `stop` turns true.
     pub async fn serve(self, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
         let listener = match listener
             .set_nonblocking(true)
@@ -334,24 +324,12 @@ impl Server {
     }
 }
 
+/// Events per second, sampled for `/v1/clusters`.
 async fn background(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let poll = ctx.cfg.store.as_ref().map_or(Duration::from_secs(10), |s| s.poll);
-    let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    let mut reread = tokio::time::interval(poll);
     let mut sample = tokio::time::interval(ops::RATE_INTERVAL);
-    reread.tick().await;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = sweep.tick() => {
-                let targets = ctx.targets.clone();
-                let _ = tokio::task::spawn_blocking(move || targets.sweep()).await;
-            }
-            _ = reread.tick() => {
-                if let Err(err) = ctx.reload().await {
-                    warn!(error = %err, "api: cannot read the registry again");
-                }
-            }
             _ = sample.tick() => ctx.rates.sample(&ctx.metrics),
         }
     }

@@ -331,7 +331,7 @@ impl Store {
         .map_err(db)?;
         match holder {
             Some(row) => {
-                let other: String = row.try_get("cluster_name").map_err(db)?;
+                let other = text(&row, "cluster_name")?.unwrap_or_default();
                 Err(StoreError::Conflict(format!(
                     "filer_id {filer_id} is already the filer id of cluster {other:?}"
                 )))
@@ -422,14 +422,33 @@ fn bind_values<'q>(q: Query<'q>, r: &Registration) -> Query<'q> {
         .bind(r.updated_unix_ms)
 }
 
+/// A text column: MySQL's `TEXT` reaches the `Any` driver as a `BLOB`, so
+/// bytes are taken too (and must be UTF-8).
+fn text(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
+    match row.try_get::<Option<String>, _>(column) {
+        Ok(v) => Ok(v),
+        Err(_) => row
+            .try_get::<Option<Vec<u8>>, _>(column)
+            .map_err(db)?
+            .map(|b| {
+                String::from_utf8(b)
+                    .map_err(|_| StoreError::Db(format!("column {column} is not UTF-8")))
+            })
+            .transpose(),
+    }
+}
+
 fn from_row(row: &AnyRow) -> Result<Registration, StoreError> {
-    let text = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db);
+    let text = |c: &str| text(row, c);
     let secret = |c: &str| Ok::<_, StoreError>(text(c)?.map(Secret::new));
+    let required = |c: &str| {
+        text(c)?.ok_or_else(|| StoreError::Db(format!("column {c} is NULL")))
+    };
     Ok(Registration {
-        cluster_name: row.try_get("cluster_name").map_err(db)?,
+        cluster_name: required("cluster_name")?,
         id: row.try_get("id").map_err(db)?,
         filer_id: row.try_get("filer_id").map_err(db)?,
-        url: row.try_get("url").map_err(db)?,
+        url: required("url")?,
         ca_certificate: text("ca_certificate")?,
         token: secret("token")?,
         basic_username: text("basic_username")?,
