@@ -654,9 +654,10 @@ impl Batcher {
 
     fn open_batch(&self, routed: &Arc<Routed>) -> Open {
         let batch_id = uuid::Uuid::now_v7().to_string();
-        let mut body = self.common.bodies.get(
-            (self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + routed.prefix.len(),
-        );
+        let mut body = self
+            .common
+            .bodies
+            .get((self.common.limits.max_bytes / 4).clamp(4096, 256 * 1024) + routed.prefix.len());
         body.extend_from_slice(&routed.prefix);
         body.extend_from_slice(batch_id.as_bytes());
         body.extend_from_slice(b"\",\"events\":[");

@@ -1259,7 +1259,10 @@ fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {
                 return Ok(HostRule::Net(net));
             }
             if h.is_empty() || h.len() > 253 || h.contains(['/', ' ', ':', '@']) {
-                return Err(invalid(field, format!("{h:?} is not a host name, address or CIDR")));
+                return Err(invalid(
+                    field,
+                    format!("{h:?} is not a host name, address or CIDR"),
+                ));
             }
             Ok(HostRule::Name(h.to_ascii_lowercase()))
         })
@@ -1728,18 +1731,6 @@ const FIXED_MEMORY_BYTES: u64 = 64 << 20;
 const TLS_CONNECTION_BYTES: u64 = 64 << 10;
 
 impl Config {
-    /// What the budgets allow the broker to hold in memory at worst.
-    ///
-    /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
-    ///   unused tail of the read buffers they lie in, at most a third more), the
-    ///   events made of them waiting for their turn in the batcher (buffers of
-    ///   one and a half times their chunk), and per-frame bookkeeping;
-    /// - connections: per connection, a read buffer and one frame in progress,
-    ///   twice over while the first frame is looked for; rustls buffers for TLS;
-    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
-    /// - workers: each worker's output buffer for one chunk;
-    /// - egress: per target, the spool's read cache and `in_flight` bodies (and
-    ///   their gzip copies).
     /// Per cluster with REST API access: its enrichment queue and its caches
     /// (an ACL entry is a few hundred bytes, a type entry a few dozen).
     fn enrich_budget(&self) -> u64 {
@@ -1772,6 +1763,20 @@ impl Config {
         api.max_targets as u64 * (egress + enrich)
     }
 
+    /// What the budgets allow the broker to hold in memory at worst.
+    ///
+    /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
+    ///   unused tail of the read buffers they lie in, at most a third more), the
+    ///   events made of them waiting for their turn in the batcher (buffers of
+    ///   one and a half times their chunk), and per-frame bookkeeping;
+    /// - connections: per connection, a read buffer and one frame in progress,
+    ///   twice over while the first frame is looked for; rustls buffers for TLS;
+    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
+    /// - workers: each worker's output buffer for one chunk;
+    /// - egress: per target, the spool's read cache and `in_flight` bodies (and
+    ///   their gzip copies);
+    /// - enrich: per configured cluster with REST API access;
+    /// - registered targets: up to `api.max_targets`, each with egress and enrichment.
     pub fn memory_budget(&self) -> MemoryBudget {
         let i = &self.ingest;
         let q = &self.queue;
@@ -2166,6 +2171,12 @@ mod tests {
         let cfg = raw.validate().unwrap();
         assert_eq!(cfg.targets[0].name, "varonis");
         assert_eq!(cfg.queue.size, 100_000);
+        // Its [api] section, switched on, is valid as written.
+        let text =
+            include_str!("../deploy/qbroker.toml").replacen("enabled = false", "enabled = true", 1);
+        let cfg = RawConfig::parse(&text).unwrap().validate().unwrap();
+        assert_eq!(cfg.api.unwrap().listen.port(), 443);
+        assert_eq!(cfg.store.unwrap().poll, Duration::from_secs(10));
     }
 
     #[test]
@@ -2380,6 +2391,92 @@ mod tests {
             with_target("")
         );
         assert!(RawConfig::parse(&text).unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn api_and_store_fields() {
+        let cfg = RawConfig::parse(&with_target(""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(cfg.api.is_none() && cfg.store.is_none());
+        let text = format!(
+            "{}\n[api]\nenabled = true\nadmin_token = \"0123456789abcdef\"\nqumulo_hosts = [\"10.0.0.0/8\", \"Q1.example\"]\n",
+            with_target("")
+        );
+        let cfg = RawConfig::parse(&text).unwrap().validate().unwrap();
+        let api = cfg.api.as_ref().unwrap();
+        assert_eq!(api.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(api.max_body_bytes, 256 * 1024);
+        assert!(api.restrict_to_own_cluster && api.cert.is_none());
+        assert!(
+            api.qumulo_hosts[0].matches("10.1.2.3") && !api.qumulo_hosts[0].matches("11.0.0.1")
+        );
+        assert!(
+            api.qumulo_hosts[1].matches("q1.example") && !api.qumulo_hosts[1].matches("q2.example")
+        );
+        assert_eq!(api.rmq_auth, RmqAuth::Basic);
+        assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
+        // The API enables the registry, in an SQLite file under data_dir.
+        let store = cfg.store.as_ref().unwrap();
+        assert_eq!(
+            store.url.expose(),
+            "sqlite:///var/lib/qbroker/registry.sqlite3"
+        );
+        assert!(cfg
+            .memory_budget()
+            .parts
+            .iter()
+            .any(|(p, b)| *p == "api.max_targets" && *b > 0));
+        // With a registry, no static target is needed.
+        let cfg = RawConfig::parse("[api]\nenabled = true\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(cfg.targets.is_empty() && cfg.default_target.is_none());
+        let cfg = RawConfig::parse("[store]\nurl = \"mysql://u:p@db/q\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(cfg.api.is_none() && cfg.store.is_some());
+        for (text, field) in [
+            ("[api]\nenabled = true\nlisten = \"x\"\n", "api.listen"),
+            ("[api]\nenabled = true\ncert_file = \"c\"\n", "api.key_file"),
+            ("[api]\nenabled = true\nadmin_token = \"short\"\n", "api.admin_token"),
+            ("[api]\nenabled = true\nmax_body_bytes = 10\n", "api.max_body_bytes"),
+            ("[api]\nenabled = true\nqumulo_hosts = [\"a/b c\"]\n", "api.qumulo_hosts[0]"),
+            ("[api]\nenabled = true\nrmq_auth = \"digest\"\n", "api.rmq_auth"),
+            ("[api]\nenabled = true\nrmq_url_template = \"http://{server}/\"\n", "api.rmq_url_template"),
+            ("[api]\nenabled = true\nmax_targets = 0\n", "api.max_targets"),
+            ("[api]\nenabled = true\nqumulo_ca_file = \"c\"\nqumulo_insecure_skip_verify = true\n", "api.qumulo_insecure_skip_verify"),
+            ("[api]\nenabled = true\nlistn = \"x\"\n", "line"),
+            ("[store]\nurl = \"postgres://x\"\n", "store.url"),
+            ("[store]\nurl = \"sqlite://x\"\npoll_secs = 0\n", "store.poll_secs"),
+        ] {
+            let err = error_of(text);
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        // The store URL's password is not echoed.
+        let err = error_of("[store]\nurl = \"pg://u:hunter2@h/d\"\n");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn registered_targets_take_https_urls_only() {
+        let t = registered_target("@east", "https://[::1]:9000/in?k=v").unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str(), t.port),
+            ("@east", "::1", 9000)
+        );
+        assert_eq!(t.in_flight, REGISTRY_IN_FLIGHT);
+        assert!(registered_target("@e", "http://h/x")
+            .unwrap_err()
+            .contains("https"));
+        assert!(!registered_target("@e", "https://u:s3cret@h/x")
+            .unwrap_err()
+            .contains("s3cret"));
+        assert_eq!(api_url("https://q").unwrap(), ("q".to_string(), 8000));
+        assert!(api_url("https://q/x").is_err());
     }
 
     #[test]

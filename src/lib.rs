@@ -248,9 +248,7 @@ pub async fn run(
         .as_ref()
         .map(|s| targets::RegistrySync::new(s.clone(), targets.clone()));
     let follower = match (&sync, &cfg.store) {
-        (Some(sync), Some(s)) => Some(tokio::spawn(
-            sync.clone().run(s.poll, api_stop_rx.clone()),
-        )),
+        (Some(sync), Some(s)) => Some(tokio::spawn(sync.clone().run(s.poll, api_stop_rx.clone()))),
         _ => None,
     };
     let api_server = match (listeners.api, &sync) {

@@ -148,6 +148,29 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
             t.gzip
         );
     }
+    if let Some(api) = &cfg.api {
+        println!(
+            "api             https://{} (certificate {}, admin token {})",
+            api.listen,
+            if api.cert.is_some() {
+                "from cert_file"
+            } else {
+                "self-signed"
+            },
+            if api.admin_token.is_some() {
+                "set"
+            } else {
+                "not set"
+            }
+        );
+    }
+    if let Some(store) = &cfg.store {
+        let kind = store.url.expose().split(':').next().unwrap_or_default();
+        println!(
+            "registry        {kind} (read again every {}s)",
+            store.poll.as_secs()
+        );
+    }
     for c in &cfg.clusters {
         println!(
             "cluster         {} -> {} ({} source ranges)",

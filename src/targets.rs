@@ -349,7 +349,12 @@ impl Targets {
                 warn!(cluster = %cluster, dir = %entry.path().display(), "spool of a deleted registration and the cluster has no configured or default target: kept as is until it is registered again");
                 continue;
             };
-            let Some(mut target_cfg) = self.cfg.targets.iter().find(|t| t.name == fallback).cloned()
+            let Some(mut target_cfg) = self
+                .cfg
+                .targets
+                .iter()
+                .find(|t| t.name == fallback)
+                .cloned()
             else {
                 continue;
             };
@@ -376,7 +381,9 @@ impl Targets {
         let cfg = &self.cfg;
         match cfg.cluster_named(cluster) {
             Some(c) => Some((cfg.targets[c.target].name.clone(), c.filer_id)),
-            None => cfg.default_target.map(|i| (cfg.targets[i].name.clone(), None)),
+            None => cfg
+                .default_target
+                .map(|i| (cfg.targets[i].name.clone(), None)),
         }
     }
 
@@ -592,7 +599,9 @@ impl Targets {
             if drained {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => info!(target = %name, "deleted target drained and removed"),
-                    Err(err) => warn!(target = %name, dir = %dir.display(), error = %err, "deleted target drained; its spool directory could not be removed"),
+                    Err(err) => {
+                        warn!(target = %name, dir = %dir.display(), error = %err, "deleted target drained; its spool directory could not be removed")
+                    }
                 }
             }
         }
@@ -607,7 +616,10 @@ impl Targets {
 
     /// The name of the target `cluster`'s batches go to now, if it is connected.
     pub fn route_of(&self, cluster: &str) -> Option<String> {
-        lock(&self.state).clusters.get(cluster).map(|a| a.target.clone())
+        lock(&self.state)
+            .clusters
+            .get(cluster)
+            .map(|a| a.target.clone())
     }
 
     /// The target `cluster` would be routed to now (connected or not).
@@ -693,7 +705,10 @@ impl Targets {
 
     /// `cluster`'s batcher's slot at the admission gate, if it is connected.
     pub fn gate_id(&self, cluster: &str) -> Option<usize> {
-        lock(&self.state).clusters.get(cluster).map(|a| a.batcher.gate_id())
+        lock(&self.state)
+            .clusters
+            .get(cluster)
+            .map(|a| a.batcher.gate_id())
     }
 }
 
@@ -729,7 +744,11 @@ impl RegistrySync {
     }
 
     /// Poll and sweep until `stop` turns true.
-    pub async fn run(self: Arc<Self>, poll: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        poll: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         let mut reread = tokio::time::interval(poll);
         reread.tick().await;

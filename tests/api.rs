@@ -37,7 +37,9 @@ impl Api {
         let path = broker.data_dir.join("api/cert.pem");
         let certs = wait_for(Duration::from_secs(20), || {
             let pem = std::fs::read(&path).ok()?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>().ok()?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<_, _>>()
+                .ok()?;
             (!certs.is_empty()).then_some(certs)
         });
         let mut roots = rustls::RootCertStore::empty();
@@ -60,8 +62,19 @@ impl Api {
         }
     }
 
-    fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
-        self.raw(method, path, headers, body.map(|b| b.to_string().into_bytes()))
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Reply {
+        self.raw(
+            method,
+            path,
+            headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
     }
 
     fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
@@ -69,7 +82,13 @@ impl Api {
         self.call(method, path, &[("authorization", &auth)], body)
     }
 
-    fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
         self.runtime.block_on(async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
@@ -165,8 +184,10 @@ fn register_update_and_delete_a_target_while_events_flow() {
     let created = api.admin(
         "POST",
         "/v1/targets",
-        Some(&json!({"cluster_name": "east", "url": first.url(), "ca_certificate": ca(&first),
-                     "token": "tok-first", "filer_id": 11})),
+        Some(
+            &json!({"cluster_name": "east", "url": first.url(), "ca_certificate": ca(&first),
+                     "token": "tok-first", "filer_id": 11}),
+        ),
     );
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.body["token"], "********");
@@ -175,7 +196,9 @@ fn register_update_and_delete_a_target_while_events_flow() {
     assert!(!created.body.to_string().contains("tok-first"));
 
     send_frames(broker.syslog, "east-1", 1, 0..100);
-    wait_for(Duration::from_secs(20), || (indexes(&first).len() == 100).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&first).len() == 100).then_some(())
+    });
     for (batch, _) in delivered(&first) {
         assert_eq!(batch["filer_id"], 11);
         assert_eq!(batch["cluster"], "east");
@@ -184,7 +207,10 @@ fn register_update_and_delete_a_target_while_events_flow() {
         .accepted()
         .iter()
         .all(|r| r.authorization.as_deref() == Some("Bearer tok-first")));
-    assert!(default.accepted().is_empty(), "nothing to the default target");
+    assert!(
+        default.accepted().is_empty(),
+        "nothing to the default target"
+    );
 
     // The first target fails: batches wait in the spool, retried.
     first.set_mode(Mode::Fail(503, None));
@@ -257,7 +283,14 @@ fn register_update_and_delete_a_target_while_events_flow() {
     // The cluster's stats.
     let clusters = api.admin("GET", "/v1/clusters", None);
     assert_eq!(clusters.status, 200);
-    let east = clusters.body.as_array().unwrap().iter().find(|c| c["cluster"] == "east").unwrap().clone();
+    let east = clusters
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "east")
+        .unwrap()
+        .clone();
     assert_eq!(east["events_total"], 400);
     assert_eq!(east["target"]["name"], "sink");
     assert_eq!(east["target"]["origin"], "config");
@@ -293,7 +326,10 @@ fn qumulo_credentials_are_checked_against_the_cluster() {
     let api = Api::new(&broker);
     let cluster = format!("127.0.0.1:{}", qumulo.addr.port());
     let good = basic(API_USER, API_PASSWORD);
-    let as_qa = [("authorization", good.as_str()), ("x-qumulo-cluster", cluster.as_str())];
+    let as_qa = [
+        ("authorization", good.as_str()),
+        ("x-qumulo-cluster", cluster.as_str()),
+    ];
     let target = json!({"cluster_name": "qa", "url": sink.url(),
                         "ca_certificate": std::fs::read_to_string(&sink.ca_file).unwrap()});
 
@@ -312,38 +348,67 @@ fn qumulo_credentials_are_checked_against_the_cluster() {
     other["cluster_name"] = json!("east");
     let r = api.call("POST", "/v1/targets", &as_qa, Some(&other));
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.body["detail"].as_str().unwrap().contains("another cluster"));
+    assert!(r.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("another cluster"));
     // The admin registers it; qa's credentials do not see it.
     assert_eq!(api.admin("POST", "/v1/targets", Some(&other)).status, 201);
     let r = api.call("GET", "/v1/targets", &as_qa, None);
     assert_eq!(r.body.as_array().unwrap().len(), 1);
-    assert_eq!(api.call("GET", "/v1/targets/east", &as_qa, None).status, 401);
+    assert_eq!(
+        api.call("GET", "/v1/targets/east", &as_qa, None).status,
+        401
+    );
     let r = api.call("GET", "/v1/clusters", &as_qa, None);
     assert_eq!(r.status, 200);
 
     // Wrong password: 401 with a JSON detail, from the cluster's refusal.
     let wrong = basic(API_USER, "nope");
-    let r = api.call("GET", "/v1/targets", &[("authorization", &wrong), ("x-qumulo-cluster", &cluster)], None);
+    let r = api.call(
+        "GET",
+        "/v1/targets",
+        &[("authorization", &wrong), ("x-qumulo-cluster", &cluster)],
+        None,
+    );
     assert_eq!(r.status, 401);
     assert_eq!(r.body["detail"], "Authentication failure");
     assert!(r.headers.contains_key("www-authenticate"));
     assert_eq!(qumulo.logins(), 1, "a refused login is not counted as one");
     // A cluster address qbroker does not know: refused without asking it.
     let asked = qumulo.log().len();
-    let r = api.call("GET", "/v1/targets", &[("authorization", &good), ("x-qumulo-cluster", "127.0.0.2:1")], None);
+    let r = api.call(
+        "GET",
+        "/v1/targets",
+        &[
+            ("authorization", &good),
+            ("x-qumulo-cluster", "127.0.0.2:1"),
+        ],
+        None,
+    );
     assert_eq!(r.status, 401);
     assert_eq!(qumulo.log().len(), asked);
     // No credentials at all.
     assert_eq!(api.call("GET", "/v1/targets", &[], None).status, 401);
     // A wrong admin token.
-    let r = api.call("GET", "/v1/targets", &[("authorization", "Bearer wrong-token-xxxxxxxx")], None);
+    let r = api.call(
+        "GET",
+        "/v1/targets",
+        &[("authorization", "Bearer wrong-token-xxxxxxxx")],
+        None,
+    );
     assert_eq!(r.status, 401);
     // Past api.auth_failures_max (4) failures: 429, and the cluster is not asked.
     let asked = qumulo.log().len();
     let r = api.call("GET", "/v1/targets", &as_qa, None);
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.headers.contains_key("retry-after"));
-    let r = api.call("GET", "/v1/targets", &[("authorization", &wrong), ("x-qumulo-cluster", &cluster)], None);
+    let r = api.call(
+        "GET",
+        "/v1/targets",
+        &[("authorization", &wrong), ("x-qumulo-cluster", &cluster)],
+        None,
+    );
     assert_eq!(r.status, 429);
     assert_eq!(qumulo.log().len(), asked);
     // The health endpoints need no credentials.
@@ -362,21 +427,40 @@ fn rmq_objects_flow_end_to_end() {
     let api = Api::new(&broker);
     let credentials = json!({"username": API_USER, "password": API_PASSWORD,
                              "cluster": format!("127.0.0.1:{}", qumulo.addr.port())});
-    let certificate = base64::engine::general_purpose::STANDARD
-        .encode(std::fs::read(&sink.ca_file).unwrap());
+    let certificate =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sink.ca_file).unwrap());
     let obj = json!({"cluster_name": "qa", "certificate": certificate, "filer_id": 5,
                      "server": "127.0.0.1", "port": sink.addr.port(), "vhost": "/varonis",
                      "exchange": "qumulo", "username": "varonis", "password": "rmq-s3cret"});
 
-    let r = api.call("POST", "/v1/rmq/objects/", &[], Some(&json!({"credentials": credentials, "obj": obj})));
+    let r = api.call(
+        "POST",
+        "/v1/rmq/objects/",
+        &[],
+        Some(&json!({"credentials": credentials, "obj": obj})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["password"], "********");
     assert_eq!(r.body["id"], 1);
-    for field in ["cluster_name", "certificate", "filer_id", "server", "port", "vhost", "exchange", "username"] {
+    for field in [
+        "cluster_name",
+        "certificate",
+        "filer_id",
+        "server",
+        "port",
+        "vhost",
+        "exchange",
+        "username",
+    ] {
         assert_eq!(r.body[field], obj[field], "{field}");
     }
     // The same again: the cluster is taken.
-    let r = api.call("POST", "/v1/rmq/objects/", &[], Some(&json!({"credentials": credentials, "obj": obj})));
+    let r = api.call(
+        "POST",
+        "/v1/rmq/objects/",
+        &[],
+        Some(&json!({"credentials": credentials, "obj": obj})),
+    );
     assert_eq!(r.status, 409, "{}", r.body);
     // List and get, the credentials as the body.
     let r = api.call("GET", "/v1/rmq/objects/", &[], Some(&credentials));
@@ -389,19 +473,28 @@ fn rmq_objects_flow_end_to_end() {
 
     // Events go to the object's server and port, with Basic credentials.
     send_frames(broker.syslog, "qa-1", 1, 0..50);
-    wait_for(Duration::from_secs(20), || (indexes(&sink).len() == 50).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&sink).len() == 50).then_some(())
+    });
     let expected = basic("varonis", "rmq-s3cret");
     for r in sink.accepted() {
         assert_eq!(r.authorization.as_deref(), Some(expected.as_str()));
         assert_eq!(r.body["filer_id"], 5);
     }
     // PATCH: a new filer id for the next batches.
-    let r = api.call("PATCH", "/v1/rmq/objects/qa", &[], Some(&json!({"credentials": credentials, "obj": {"filer_id": 6}})));
+    let r = api.call(
+        "PATCH",
+        "/v1/rmq/objects/qa",
+        &[],
+        Some(&json!({"credentials": credentials, "obj": {"filer_id": 6}})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["filer_id"], 6);
     assert_eq!(r.body["server"], "127.0.0.1");
     send_frames(broker.syslog, "qa-1", 1, 50..80);
-    wait_for(Duration::from_secs(20), || (indexes(&sink).len() == 80).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&sink).len() == 80).then_some(())
+    });
     for (batch, e) in delivered(&sink) {
         let want = if identity(&e).1 < 50 { 5 } else { 6 };
         assert_eq!(batch["filer_id"], want);
@@ -416,7 +509,10 @@ fn rmq_objects_flow_end_to_end() {
     let r = api.call("DELETE", "/v1/rmq/objects/qa", &[], Some(&credentials));
     assert_eq!((r.status, r.body.clone()), (200, json!({"ok": true})));
     let r = api.call("GET", "/v1/rmq/objects/qa", &[], Some(&credentials));
-    assert_eq!((r.status, r.body), (404, json!({"detail": "Object not found"})));
+    assert_eq!(
+        (r.status, r.body),
+        (404, json!({"detail": "Object not found"}))
+    );
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
     broker.stop();
 }
@@ -427,47 +523,93 @@ fn rmq_objects_flow_end_to_end() {
 fn bad_requests_get_clear_4xx_answers() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config_text(&sink, dir.path(), &api_config("max_body_bytes = 4096")));
+    let broker = Broker::start(&config_text(
+        &sink,
+        dir.path(),
+        &api_config("max_body_bytes = 4096"),
+    ));
     let api = Api::new(&broker);
     let auth = format!("Bearer {ADMIN}");
-    let post = |body: Vec<u8>| api.raw("POST", "/v1/targets", &[("authorization", &auth)], Some(body));
+    let post = |body: Vec<u8>| {
+        api.raw(
+            "POST",
+            "/v1/targets",
+            &[("authorization", &auth)],
+            Some(body),
+        )
+    };
 
     let r = post(b"{\"cluster_name\": ".to_vec());
     assert_eq!(r.status, 400);
-    assert!(r.body["detail"].as_str().unwrap().contains("invalid JSON"), "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("invalid JSON"),
+        "{}",
+        r.body
+    );
     let r = post(br#"{"cluster_name": "a", "url": "https://h/x", "colour": 1}"#.to_vec());
     assert_eq!(r.status, 422);
-    assert!(r.body["detail"].as_str().unwrap().contains("colour"), "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("colour"),
+        "{}",
+        r.body
+    );
     let r = post(br#"{"url": "https://h/x"}"#.to_vec());
     assert_eq!(r.status, 422);
-    assert!(r.body["detail"].as_str().unwrap().contains("cluster_name"), "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("cluster_name"),
+        "{}",
+        r.body
+    );
     let r = post(vec![b' '; 10_000]);
     assert_eq!(r.status, 413, "{}", r.body);
     let r = post(br#"{"cluster_name": "a", "url": "http://h/x"}"#.to_vec());
     assert_eq!(r.status, 422);
-    assert!(r.body["detail"].as_str().unwrap().contains("https"), "{}", r.body);
-    let r = post(br#"{"cluster_name": "a", "url": "https://h/x", "ca_certificate": "not a pem"}"#.to_vec());
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("https"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        br#"{"cluster_name": "a", "url": "https://h/x", "ca_certificate": "not a pem"}"#.to_vec(),
+    );
     assert_eq!(r.status, 422, "{}", r.body);
-    let r = post(br#"{"cluster_name": "a", "url": "https://h/x", "client_certificate": "x"}"#.to_vec());
+    let r =
+        post(br#"{"cluster_name": "a", "url": "https://h/x", "client_certificate": "x"}"#.to_vec());
     assert_eq!(r.status, 422, "{}", r.body);
-    let r = post(br#"{"cluster_name": "a", "url": "https://h/x", "api": {"url": "https://q"}}"#.to_vec());
+    let r = post(
+        br#"{"cluster_name": "a", "url": "https://h/x", "api": {"url": "https://q"}}"#.to_vec(),
+    );
     assert_eq!(r.status, 422, "{}", r.body);
-    let r = api.raw("PATCH", "/v1/targets/none", &[("authorization", &auth)], Some(b"{}".to_vec()));
+    let r = api.raw(
+        "PATCH",
+        "/v1/targets/none",
+        &[("authorization", &auth)],
+        Some(b"{}".to_vec()),
+    );
     assert_eq!(r.status, 404);
     assert_eq!(api.admin("GET", "/v2/anything", None).status, 404);
     let r = api.admin("PUT", "/v1/targets", None);
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["allow"], "GET, POST");
-    let r = api.raw("POST", "/v1/rmq/objects/", &[("authorization", &auth)], Some(br#"{"obj": {"cluster_name": "a"}}"#.to_vec()));
+    let r = api.raw(
+        "POST",
+        "/v1/rmq/objects/",
+        &[("authorization", &auth)],
+        Some(br#"{"obj": {"cluster_name": "a"}}"#.to_vec()),
+    );
     assert_eq!(r.status, 422, "{}", r.body);
 
     // Plain HTTP on the HTTPS port: told so, in clear.
     let mut s = TcpStream::connect(broker.api.unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("HTTPS only"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("HTTPS only"),
+        "{answer}"
+    );
 
     // Still serving; the OpenAPI document is there; nothing was registered.
     assert_eq!(api.call("GET", "/healthz", &[], None).status, 200);
@@ -480,7 +622,11 @@ fn bad_requests_get_clear_4xx_answers() {
     // /metrics: the admin's.
     let m = api.admin("GET", "/metrics", None);
     assert_eq!(m.status, 200);
-    assert!(m.body.as_str().unwrap().contains("qbroker_connections_accepted_total"));
+    assert!(m
+        .body
+        .as_str()
+        .unwrap()
+        .contains("qbroker_connections_accepted_total"));
     broker.stop();
 }
 
@@ -510,7 +656,10 @@ fn registrations_and_the_certificate_survive_a_restart() {
     {
         use std::os::unix::fs::PermissionsExt;
         for f in ["registry.sqlite3", "api/key.pem"] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "{f} is owner-only");
         }
     }
@@ -518,13 +667,18 @@ fn registrations_and_the_certificate_survive_a_restart() {
     assert!(!stored.is_empty());
 
     let broker = Broker::start(&config);
-    assert_eq!(std::fs::read(dir.path().join("api/cert.pem")).unwrap(), cert);
+    assert_eq!(
+        std::fs::read(dir.path().join("api/cert.pem")).unwrap(),
+        cert
+    );
     let api = Api::new(&broker);
     let r = api.admin("GET", "/v1/targets/west", None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["filer_id"], 3);
     send_frames(broker.syslog, "west-1", 2, 0..20);
-    wait_for(Duration::from_secs(20), || (indexes(&registered).len() == 20).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&registered).len() == 20).then_some(())
+    });
     assert!(default.accepted().is_empty());
 
     registered.set_mode(Mode::Fail(503, None));
@@ -534,7 +688,9 @@ fn registrations_and_the_certificate_survive_a_restart() {
         (r.status == 503 && r.body["targets"]["failing"] == json!(["@west"])).then_some(())
     });
     registered.set_mode(Mode::Accept);
-    wait_for(Duration::from_secs(20), || (indexes(&registered).len() == 30).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&registered).len() == 30).then_some(())
+    });
     broker.stop();
 }
 
@@ -564,7 +720,9 @@ fn deleting_the_only_target_of_a_connected_cluster_is_refused() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     send_frames(broker.syslog, "solo-1", 1, 5..10);
-    wait_for(Duration::from_secs(20), || (indexes(&sink) == (5..10).collect()).then_some(()));
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&sink) == (5..10).collect()).then_some(())
+    });
     let r = api.admin("DELETE", "/v1/targets/solo", None);
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body["detail"].as_str().unwrap().contains("nowhere"));

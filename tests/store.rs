@@ -34,7 +34,8 @@ fn registration(cluster: &str, filer_id: Option<i64>) -> Registration {
     let mut r = Registration::new(cluster, "https://varonis.example:8443/events");
     r.filer_id = filer_id;
     r.token = Some(Secret::new("t0ken"));
-    r.ca_certificate = Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_string());
+    r.ca_certificate =
+        Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_string());
     r.api_url = Some("https://q:8000".to_string());
     r.api_username = Some("svc".to_string());
     r.api_password = Some(Secret::new("pa55 wörd"));
@@ -53,7 +54,10 @@ async fn suite(url: &str) {
     assert_eq!((east.id, east.revision), (1, 1));
     assert!(east.created_unix_ms > 0);
     let got = store.get("east").await.unwrap().unwrap();
-    assert_eq!(got, east, "every field round-trips, secrets and unicode included");
+    assert_eq!(
+        got, east,
+        "every field round-trips, secrets and unicode included"
+    );
     assert_eq!(got.api_password.as_ref().unwrap().expose(), "pa55 wörd");
     assert!(got.api_insecure_skip_verify);
     assert!(store.get("west").await.unwrap().is_none());
@@ -84,10 +88,16 @@ async fn suite(url: &str) {
     let again = store.get("east").await.unwrap().unwrap();
     assert_eq!(again.url, "https://elsewhere:443/in");
     assert!(again.token.is_none());
-    assert!(matches!(store.update(&got).await, Err(StoreError::Stale(_))));
+    assert!(matches!(
+        store.update(&got).await,
+        Err(StoreError::Stale(_))
+    ));
     let mut clash = big.clone();
     clash.filer_id = Some(8);
-    assert!(matches!(store.update(&clash).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.update(&clash).await,
+        Err(StoreError::Conflict(_))
+    ));
 
     let names: Vec<String> = store
         .list()
@@ -102,7 +112,9 @@ async fn suite(url: &str) {
     store.close().await;
 
     // Opening again migrates nothing twice and keeps the rows.
-    let store = Store::open(&store_config(url)).await.expect("store opens again");
+    let store = Store::open(&store_config(url))
+        .await
+        .expect("store opens again");
     assert_eq!(store.list().await.unwrap().len(), 2);
     let next = store.insert(&registration("south", None)).await.unwrap();
     assert_eq!(next.id, 3, "ids are not reused below the highest");
@@ -166,12 +178,20 @@ impl MariaDb {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
-        let user = if root { vec!["--user=root".to_string()] } else { vec![] };
+        let user = if root {
+            vec!["--user=root".to_string()]
+        } else {
+            vec![]
+        };
         let out = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args(&user)
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"])
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ])
             .output()
             .expect("mariadb-install-db runs");
         assert!(
@@ -194,7 +214,10 @@ impl MariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--log-error={}", dir.path().join("error.log").display()))
+            .arg(format!(
+                "--log-error={}",
+                dir.path().join("error.log").display()
+            ))
             .arg(format!("--tmpdir={}", dir.path().display()))
             .arg(format!("--init-file={}", init.display()))
             .arg(format!("--port={port}"))
@@ -225,7 +248,8 @@ impl MariaDb {
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
                 panic!("mariadbd did not listen within 60 s:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -294,9 +318,15 @@ fn mariadb_store_and_a_shared_registry() {
     let broker = Broker::start(&config_text(
         &default,
         dir.path(),
-        &format!("\n[store]\nurl_file = \"{}\"\npoll_secs = 1\n", url_file.display()),
+        &format!(
+            "\n[store]\nurl_file = \"{}\"\npoll_secs = 1\n",
+            url_file.display()
+        ),
     ));
-    assert!(broker.api.is_none(), "a broker can share the registry without serving the API");
+    assert!(
+        broker.api.is_none(),
+        "a broker can share the registry without serving the API"
+    );
     let mut reg = Registration::new("shared", &shared.url());
     reg.ca_certificate = Some(std::fs::read_to_string(&shared.ca_file).unwrap());
     reg.filer_id = Some(99);
@@ -314,7 +344,12 @@ fn mariadb_store_and_a_shared_registry() {
     let mut s = TcpStream::connect(broker.syslog).unwrap();
     use std::io::Write;
     for i in 0..10 {
-        let frame = json_frame("shared-1", "fs_create_file", &format!("/f{i}"), &file_id(1, i));
+        let frame = json_frame(
+            "shared-1",
+            "fs_create_file",
+            &format!("/f{i}"),
+            &file_id(1, i),
+        );
         s.write_all(&framed(&frame, false)).unwrap();
     }
     drop(s);

@@ -90,15 +90,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Why a caller was turned away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// 401: no credentials, wrong ones, or a cluster that could not be asked.
-    Unauthorized(String),
-    /// 429: too many failures from this source; retry after this many seconds.
-    TooMany(u64),
-}
-
 /// The REST API a credential check logs in to.
 pub struct CheckTarget {
     pub host: String,
@@ -259,7 +250,9 @@ impl Auth {
         // A configured cluster, by name or API host.
         for c in &self.cfg.clusters {
             let Some(api) = &c.api else { continue };
-            if c.name == cluster || (api.host.eq_ignore_ascii_case(&host) && port.is_none_or(|p| p == api.port)) {
+            if c.name == cluster
+                || (api.host.eq_ignore_ascii_case(&host) && port.is_none_or(|p| p == api.port))
+            {
                 let ca_pem = match &api.ca_file {
                     Some(p) => Some(std::fs::read_to_string(p).ok()?),
                     None => None,
@@ -273,7 +266,9 @@ impl Auth {
             }
         }
         for (name, t) in known.known_apis() {
-            if name == cluster || (t.host.eq_ignore_ascii_case(&host) && port.is_none_or(|p| p == t.port)) {
+            if name == cluster
+                || (t.host.eq_ignore_ascii_case(&host) && port.is_none_or(|p| p == t.port))
+            {
                 return Some(t);
             }
         }
@@ -338,7 +333,10 @@ impl Auth {
             .map_err(|_| "shutting down".to_string())?;
         let tls = tls_config_pem(
             &c.cluster,
-            target.ca_pem.as_deref().map(|p| (p.as_bytes(), "CA certificate")),
+            target
+                .ca_pem
+                .as_deref()
+                .map(|p| (p.as_bytes(), "CA certificate")),
             target.insecure,
         )
         .map_err(|e| e.to_string())?;

@@ -17,6 +17,10 @@
 //! in clear and closed. Errors are JSON `{"detail": "..."}` (FastAPI's form,
 //! which the reference's clients read); authentication in [`auth`].
 
+// Handlers return their refusal as the HTTP answer itself (`Result<_, Answer>`):
+// built once per request, never on a hot path, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod cert;
 mod ops;
@@ -118,7 +122,10 @@ pub fn store_error(err: StoreError) -> Answer {
         StoreError::Stale(_) => error(StatusCode::CONFLICT, err.to_string()),
         other => {
             warn!(error = %other, "api: registry failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the registry is not available")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the registry is not available",
+            )
         }
     }
 }
@@ -471,7 +478,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/targets", &["GET", "POST"]),
     ("/v1/targets/{cluster_name}", &["GET", "PATCH", "DELETE"]),
     ("/v1/rmq/objects/", &["GET", "POST"]),
-    ("/v1/rmq/objects/{cluster_name}", &["GET", "PATCH", "DELETE"]),
+    (
+        "/v1/rmq/objects/{cluster_name}",
+        &["GET", "PATCH", "DELETE"],
+    ),
 ];
 
 async fn route(ctx: &Ctx, req: Request) -> Answer {
@@ -545,7 +555,10 @@ mod tests {
             vec!["v1", "targets", "a b/c"]
         );
         assert!(segments("/v1/targets/%ff").is_none());
-        assert_eq!(allowed_methods(&["v1", "targets", "x"]), vec!["GET", "PATCH", "DELETE"]);
+        assert_eq!(
+            allowed_methods(&["v1", "targets", "x"]),
+            vec!["GET", "PATCH", "DELETE"]
+        );
         assert!(allowed_methods(&["v2"]).is_empty());
     }
 
@@ -580,6 +593,9 @@ mod tests {
             .collect();
         served.sort();
         assert_eq!(documented, served);
-        assert_eq!(doc["openapi"].as_str().unwrap().split('.').next(), Some("3"));
+        assert_eq!(
+            doc["openapi"].as_str().unwrap().split('.').next(),
+            Some("3")
+        );
     }
 }

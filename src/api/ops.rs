@@ -24,9 +24,7 @@ impl Rates {
         let now = Instant::now();
         for c in metrics.clusters() {
             let total = c.events_total();
-            let entry = rates
-                .entry(c.name.to_string())
-                .or_insert((total, now, 0.0));
+            let entry = rates.entry(c.name.to_string()).or_insert((total, now, 0.0));
             let secs = now.duration_since(entry.1).as_secs_f64();
             if secs > 0.0 {
                 *entry = (total, now, total.saturating_sub(entry.0) as f64 / secs);

@@ -150,7 +150,11 @@ fn out<'a>(ctx: &Ctx, r: &'a Registration) -> TargetOut<'a> {
             ca_certificate: r.api_ca_certificate.as_deref(),
             insecure_skip_verify: r.api_insecure_skip_verify,
         }),
-        registered_through: if r.rmq_vhost.is_some() { "rmq" } else { "targets" },
+        registered_through: if r.rmq_vhost.is_some() {
+            "rmq"
+        } else {
+            "targets"
+        },
         revision: r.revision,
         created_unix_ms: r.created_unix_ms,
         updated_unix_ms: r.updated_unix_ms,
@@ -237,7 +241,10 @@ pub fn allowed(scope: &Scope, cluster: &str) -> Result<(), Answer> {
 }
 
 /// Write, then apply to the running pipeline.
-pub async fn saved(ctx: &Ctx, written: Result<Registration, StoreError>) -> Result<Registration, Answer> {
+pub async fn saved(
+    ctx: &Ctx,
+    written: Result<Registration, StoreError>,
+) -> Result<Registration, Answer> {
     let reg = written.map_err(store_error)?;
     ctx.reload().await.map_err(store_error)?;
     Ok(reg)

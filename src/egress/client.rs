@@ -139,9 +139,7 @@ pub fn tls_config(cfg: &TargetConfig) -> Result<ClientConfig, TlsSetupError> {
     let client = cfg
         .client_auth
         .as_ref()
-        .map(|(c, k)| {
-            Ok::<_, TlsSetupError>((read_file(&cfg.name, c)?, read_file(&cfg.name, k)?))
-        })
+        .map(|(c, k)| Ok::<_, TlsSetupError>((read_file(&cfg.name, c)?, read_file(&cfg.name, k)?)))
         .transpose()?;
     let origins = (
         ca.as_ref().map_or(String::new(), |(_, o)| o.clone()),
@@ -153,7 +151,8 @@ pub fn tls_config(cfg: &TargetConfig) -> Result<ClientConfig, TlsSetupError> {
     );
     build_tls_config(
         &cfg.name,
-        ca.as_ref().map(|(pem, _)| (pem.as_slice(), origins.0.as_str())),
+        ca.as_ref()
+            .map(|(pem, _)| (pem.as_slice(), origins.0.as_str())),
         client.as_ref().map(|(c, k)| {
             (
                 (c.as_slice(), origins.1 .0.as_str()),
@@ -230,7 +229,11 @@ fn build_tls_config(
 
 impl Connector {
     pub fn new(cfg: &TargetConfig) -> Result<Connector, TlsSetupError> {
-        let config = if cfg.tls { Some(tls_config(cfg)?) } else { None };
+        let config = if cfg.tls {
+            Some(tls_config(cfg)?)
+        } else {
+            None
+        };
         Connector::with_config(cfg, config)
     }
 

@@ -55,7 +55,10 @@ pub enum Authorization {
     /// `Authorization: Bearer <token>`.
     Bearer(Secret),
     /// `Authorization: Basic base64(<username>:<password>)`.
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
 }
 
 /// Where a target's batches go and how: its URL, TLS settings and credentials.
@@ -95,10 +98,9 @@ impl Endpoint {
         use base64::Engine as _;
         let (authorization, secrets) = match auth {
             Authorization::None => (None, Vec::new()),
-            Authorization::Bearer(t) => (
-                Some(Secret::new(format!("Bearer {}", t.expose()))),
-                vec![t],
-            ),
+            Authorization::Bearer(t) => {
+                (Some(Secret::new(format!("Bearer {}", t.expose()))), vec![t])
+            }
             Authorization::Basic { username, password } => {
                 let pair = base64::engine::general_purpose::STANDARD
                     .encode(format!("{username}:{}", password.expose()));

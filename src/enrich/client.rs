@@ -168,7 +168,8 @@ fn tls_config(cluster: &str, api: &ApiConfig) -> Result<ClientConfig, ClientSetu
     };
     tls_config_pem(
         cluster,
-        ca.as_ref().map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
+        ca.as_ref()
+            .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
         api.insecure_skip_verify,
     )
 }
@@ -209,9 +210,9 @@ pub fn tls_config_pem(
                     return Err(tls_err(format!("{origin} holds no PEM certificate")));
                 }
                 for cert in certs {
-                    roots.add(cert).map_err(|e| {
-                        tls_err(format!("bad CA certificate in {origin}: {e}"))
-                    })?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| tls_err(format!("bad CA certificate in {origin}: {e}")))?;
                 }
             }
             None => {

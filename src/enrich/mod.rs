@@ -358,13 +358,18 @@ impl ClusterCtx {
     }
 }
 
+/// A completion on its way to the completion thread.
+type Done = mpsc::Sender<(Arc<Link>, Completion)>;
+/// A cluster's link and the context its task looks up with.
+type Linked = (Arc<Link>, Arc<ClusterCtx>);
+
 /// Every enriched cluster's client, cache and task, and the completion thread.
 pub struct Enricher {
-    links: Mutex<HashMap<String, (Arc<Link>, Arc<ClusterCtx>)>>,
+    links: Mutex<HashMap<String, Linked>>,
     cfg: EnrichConfig,
     metrics: Arc<EnrichMetrics>,
     /// Completions of every cluster's task go here; taken at stop.
-    done_tx: Mutex<Option<mpsc::Sender<(Arc<Link>, Completion)>>>,
+    done_tx: Mutex<Option<Done>>,
     runtime: tokio::runtime::Handle,
     done: Mutex<Option<JoinHandle<()>>>,
 }

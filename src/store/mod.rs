@@ -185,7 +185,9 @@ impl Store {
         };
         let url = match kind {
             Kind::Sqlite => {
-                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
                 let path = path.split('?').next().unwrap_or_default();
                 prepare_sqlite_file(std::path::Path::new(path))?;
                 format!("sqlite://{path}?mode=rw")
@@ -245,12 +247,13 @@ impl Store {
         // Another broker may take the same id at once: the unique index refuses
         // the second, which tries the next.
         for _ in 0..5 {
-            let next: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 AS next FROM qbroker_targets")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db)?
-                .try_get("next")
-                .map_err(db)?;
+            let next: i64 =
+                sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 AS next FROM qbroker_targets")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?
+                    .try_get("next")
+                    .map_err(db)?;
             let mut row = reg.clone();
             row.id = next;
             row.revision = 1;
@@ -272,7 +275,9 @@ impl Store {
                 Err(e) => return Err(db(e)),
             }
         }
-        Err(StoreError::Db("could not give the registration an id".to_string()))
+        Err(StoreError::Db(
+            "could not give the registration an id".to_string(),
+        ))
     }
 
     /// Replace a registration read at revision `reg.revision`; the stored one
@@ -288,9 +293,8 @@ impl Store {
             .map(|c| format!("{c} = ?"))
             .collect::<Vec<_>>()
             .join(", ");
-        let q = format!(
-            "UPDATE qbroker_targets SET {sets} WHERE cluster_name = ? AND revision = ?"
-        );
+        let q =
+            format!("UPDATE qbroker_targets SET {sets} WHERE cluster_name = ? AND revision = ?");
         let done = bind_values(sqlx::query(&q), &row)
             .bind(reg.cluster_name.clone())
             .bind(reg.revision)
@@ -441,9 +445,7 @@ fn text(row: &AnyRow, column: &str) -> Result<Option<String>, StoreError> {
 fn from_row(row: &AnyRow) -> Result<Registration, StoreError> {
     let text = |c: &str| text(row, c);
     let secret = |c: &str| Ok::<_, StoreError>(text(c)?.map(Secret::new));
-    let required = |c: &str| {
-        text(c)?.ok_or_else(|| StoreError::Db(format!("column {c} is NULL")))
-    };
+    let required = |c: &str| text(c)?.ok_or_else(|| StoreError::Db(format!("column {c} is NULL")));
     Ok(Registration {
         cluster_name: required("cluster_name")?,
         id: row.try_get("id").map_err(db)?,
@@ -479,7 +481,10 @@ mod tests {
     #[test]
     fn errors_do_not_quote_the_password() {
         let url = "mysql://qb:hunter2@db:3306/qbroker";
-        let text = scrub("error connecting to mysql://qb:hunter2@db:3306/qbroker: hunter2 refused", url);
+        let text = scrub(
+            "error connecting to mysql://qb:hunter2@db:3306/qbroker: hunter2 refused",
+            url,
+        );
         assert!(!text.contains("hunter2"), "{text}");
     }
 
@@ -489,6 +494,9 @@ mod tests {
         r.token = Some(Secret::new("t0ken"));
         r.api_password = Some(Secret::new("pa55"));
         let text = format!("{r:?}");
-        assert!(!text.contains("t0ken") && !text.contains("pa55") && !text.contains("k3y"), "{text}");
+        assert!(
+            !text.contains("t0ken") && !text.contains("pa55") && !text.contains("k3y"),
+            "{text}"
+        );
     }
 }
