@@ -33,8 +33,12 @@ struct Reply {
 
 impl Api {
     fn new(broker: &Broker) -> Api {
+        Api::at(broker.api.expect("api enabled"), &broker.data_dir)
+    }
+
+    fn at(addr: SocketAddr, data_dir: &std::path::Path) -> Api {
         // The broker writes its self-signed pair as it starts the API.
-        let path = broker.data_dir.join("api/cert.pem");
+        let path = data_dir.join("api/cert.pem");
         let certs = wait_for(Duration::from_secs(20), || {
             let pem = std::fs::read(&path).ok()?;
             let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
@@ -53,7 +57,7 @@ impl Api {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Api {
-            addr: broker.api.expect("api enabled"),
+            addr,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -728,4 +732,121 @@ fn deleting_the_only_target_of_a_connected_cluster_is_refused() {
     assert!(r.body["detail"].as_str().unwrap().contains("nowhere"));
     assert_eq!(api.admin("GET", "/v1/targets/solo", None).status, 200);
     broker.stop();
+}
+
+/// The broker binary, at the most verbose log level: the secrets given to the
+/// API (target token, Basic and REST passwords, client key, the admin token,
+/// a wrong Qumulo password) appear in no answer, no log line and no file but
+/// the registry.
+#[test]
+fn api_secrets_stay_out_of_answers_logs_and_files() {
+    let sink = Sink::start();
+    let qumulo = QumuloApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin.token");
+    std::fs::write(&admin_file, ADMIN).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = config_text(&sink, &dir.path().join("data"), "").replace(
+        "[[targets]]",
+        &format!(
+            "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\nqumulo_hosts = [\"127.0.0.1\"]\nqumulo_ca_file = \"{}\"\n[[targets]]",
+            admin_file.display(),
+            qumulo.ca_file.display()
+        ),
+    );
+    let config_file = dir.path().join("qbroker.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut broker = BrokerProcess::spawn_with_log(&config_file, "trace");
+    let addr: SocketAddr = wait_for(Duration::from_secs(20), || {
+        broker.log().iter().find_map(|l| {
+            if !l.contains("serving the API") {
+                return None;
+            }
+            l.split("listen=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    });
+    let api = Api::at(addr, &dir.path().join("data"));
+    let secrets = [
+        "tok-S3CRET-target",
+        "rmq-S3CRET-pass",
+        "api-S3CRET-pass",
+        "wrong-S3CRET-pass",
+        ADMIN,
+    ];
+    let key = std::fs::read_to_string(&sink.client_key_file).unwrap();
+    let ca = std::fs::read_to_string(&sink.ca_file).unwrap();
+    let mut answers = Vec::new();
+    let r = api.admin("POST", "/v1/targets", Some(&json!({
+        "cluster_name": "one", "url": sink.url(), "ca_certificate": ca, "token": secrets[0],
+        "client_certificate": std::fs::read_to_string(&sink.client_cert_file).unwrap(), "client_key": key,
+        "api": {"url": format!("https://127.0.0.1:{}", qumulo.addr.port()), "username": API_USER, "password": secrets[2]}})));
+    assert_eq!(r.status, 201, "{}", r.body);
+    answers.push(r.body.to_string());
+    let r = api.admin("POST", "/v1/rmq/objects/", Some(&json!({"obj": {
+        "cluster_name": "two", "certificate": ca, "filer_id": 1, "server": "127.0.0.1", "port": sink.addr.port(),
+        "vhost": "/", "exchange": "x", "username": "u", "password": secrets[1]}})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    answers.push(r.body.to_string());
+    answers.push(api.admin("GET", "/v1/targets", None).body.to_string());
+    answers.push(api.admin("GET", "/v1/rmq/objects/", None).body.to_string());
+    let wrong = basic(API_USER, secrets[3]);
+    let cluster = format!("127.0.0.1:{}", qumulo.addr.port());
+    let r = api.call(
+        "GET",
+        "/v1/targets",
+        &[("authorization", &wrong), ("x-qumulo-cluster", &cluster)],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    answers.push(r.body.to_string());
+    send_frames(broker.syslog, "one-1", 1, 0..10);
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&sink).len() == 10).then_some(())
+    });
+    assert!(broker.signal_and_wait("TERM").success());
+
+    let log = broker.log().join("\n");
+    assert!(
+        log.contains("registered target started"),
+        "the log was taken"
+    );
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for secret in secrets.iter().copied().chain([key_body.as_str()]) {
+        assert!(!log.contains(secret), "a secret in the log");
+        for a in &answers {
+            assert!(!a.contains(secret), "a secret in an answer: {a}");
+        }
+    }
+    // On disk only in the registry (and SQLite's journal beside it).
+    let mut files = Vec::new();
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    walk(&dir.path().join("data"), &mut files);
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("registry.sqlite3") {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in &secrets[..4] {
+            assert!(!text.contains(secret), "a secret in {}", f.display());
+        }
+    }
 }
