@@ -920,11 +920,6 @@ impl Batches {
     pub fn abort(&self) {
         self.common.abort.store(true, Ordering::Relaxed);
     }
-
-    /// Max age of a batch, for the sealers.
-    pub fn max_age(&self) -> Duration {
-        self.common.limits.max_age
-    }
 }
 
 #[cfg(test)]

@@ -660,15 +660,6 @@ impl Targets {
             .collect()
     }
 
-    /// Spools of every running target (shutdown: close, then sync).
-    pub fn spools(&self) -> Vec<(String, Arc<Spool>)> {
-        let st = lock(&self.state);
-        st.live
-            .iter()
-            .map(|(name, live)| (name.clone(), live.spool.clone()))
-            .collect()
-    }
-
     /// Shutdown, after the batches were flushed: no more changes; close every
     /// spool, let the lanes deliver until `deadline`, and sync. Whether
     /// everything was delivered.

@@ -850,3 +850,71 @@ fn api_secrets_stay_out_of_answers_logs_and_files() {
         }
     }
 }
+
+/// REST credentials registered through the API feed enrichment, for a cluster
+/// already connected without any: its next metadata changes are looked up.
+#[test]
+fn registered_rest_credentials_enrich_a_connected_cluster() {
+    let qumulo = QumuloApi::start();
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(&sink, dir.path(), &api_config("")));
+    let api = Api::new(&broker);
+    let file = "4242";
+    let rw: &[&str] = &["READ", "MODIFY"];
+    let mut node = TcpStream::connect(broker.syslog).unwrap();
+    let mut send = |frame: String| {
+        node.write_all(&framed(&frame, false)).unwrap();
+        node.flush().unwrap();
+    };
+    let operations = || -> Vec<String> {
+        delivered(&sink)
+            .iter()
+            .map(|(_, e)| e["operation"].as_str().unwrap().to_string())
+            .collect()
+    };
+    qumulo.set_acl(file, acl_body(false, &[("ALLOWED", "1104", rw, &[])]));
+    qumulo.set_type(file, false);
+    send(metadata_frame("qa-1", file, "/a.txt", "1104", "1104"));
+    wait_for(Duration::from_secs(20), || {
+        (operations().len() == 1).then_some(())
+    });
+    assert!(qumulo.log().is_empty(), "no credentials, no lookup");
+
+    let r = api.admin(
+        "POST",
+        "/v1/targets",
+        Some(&json!({"cluster_name": "qa", "url": sink.url(),
+                     "ca_certificate": std::fs::read_to_string(&sink.ca_file).unwrap(),
+                     "api": {"url": format!("https://127.0.0.1:{}", qumulo.addr.port()),
+                             "username": API_USER, "password": API_PASSWORD,
+                             "ca_certificate": std::fs::read_to_string(&qumulo.ca_file).unwrap()}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    // First lookup: the baseline (generic event); then an ACE added.
+    send(metadata_frame("qa-1", file, "/a.txt", "1104", "1104"));
+    wait_for(Duration::from_secs(20), || {
+        (operations().len() == 2).then_some(())
+    });
+    qumulo.set_acl(
+        file,
+        acl_body(
+            false,
+            &[("ALLOWED", "1104", rw, &[]), ("ALLOWED", "1200", rw, &[])],
+        ),
+    );
+    send(metadata_frame("qa-1", file, "/a.txt", "1104", "1104"));
+    wait_for(Duration::from_secs(20), || {
+        (operations().len() == 3).then_some(())
+    });
+    assert_eq!(
+        operations(),
+        [
+            "file.permissions_change",
+            "file.permissions_change",
+            "file.permissions_add"
+        ]
+    );
+    assert!(qumulo.logins() >= 1);
+    broker.stop();
+}

@@ -147,21 +147,6 @@ enum Outcome {
     },
 }
 
-/// Start the lanes of one configured target. Must be called inside a tokio runtime.
-pub fn start(
-    cfg: TargetConfig,
-    spool: Arc<Spool>,
-    metrics: Arc<Metrics>,
-    dead_letters: Arc<DeadLetters>,
-) -> Result<Egress, TlsSetupError> {
-    Ok(start_endpoint(
-        Endpoint::from_config(cfg)?,
-        spool,
-        metrics,
-        dead_letters,
-    ))
-}
-
 /// Start `endpoint.cfg.in_flight` lanes delivering `spool` to `endpoint`. Must be
 /// called inside a tokio runtime.
 pub fn start_endpoint(

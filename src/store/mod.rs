@@ -169,7 +169,6 @@ const COLUMNS: &str = "cluster_name, id, filer_id, url, ca_certificate, token, b
 /// The registry.
 pub struct Store {
     pool: AnyPool,
-    kind: Kind,
 }
 
 impl Store {
@@ -202,14 +201,10 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(scrub(&e.to_string(), cfg.url.expose())))?;
-        let store = Store { pool, kind };
+        let store = Store { pool };
         let version = schema::migrate(&store.pool, kind).await?;
         info!(kind = ?kind, schema_version = version, "registry open");
         Ok(store)
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
     }
 
     /// Every registration, by cluster name.
