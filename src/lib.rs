@@ -294,15 +294,6 @@ pub async fn run(
         grace_secs = cfg.shutdown_grace.as_secs(),
         "shutting down: no more reading; draining"
     );
-    // No more changes to the targets while the pipeline drains.
-    let _ = api_stop_tx.send(true);
-    if let Some(server) = api_server {
-        let _ = server.await;
-    }
-    if let Some(follower) = follower {
-        let _ = follower.await;
-    }
-    let _ = stop_tx.send(true);
     // Should a spool stay unavailable past the deadline, stop waiting on it.
     let watchdog = {
         let batches = batches.clone();
@@ -311,6 +302,16 @@ pub async fn run(
             batches.abort();
         })
     };
+    // No more changes to the targets while the pipeline drains (a change being
+    // applied may wait on a full spool: not past the deadline).
+    let _ = api_stop_tx.send(true);
+    for mut task in [api_server, follower].into_iter().flatten() {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            warn!("a change of targets was still being applied at the shutdown deadline");
+        }
+    }
+    let _ = stop_tx.send(true);
     let drain_enricher = enricher.clone();
     let drained = tokio::task::spawn_blocking(move || {
         ingest.join();

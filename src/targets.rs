@@ -411,6 +411,9 @@ impl Targets {
     /// Registrations that cannot run are logged and left as they were. Blocking.
     pub fn apply(&self, registry: Vec<Registration>) {
         let _one = lock(&self.applying);
+        if lock(&self.state).stopped {
+            return;
+        }
         let wanted: BTreeMap<String, Registration> = registry
             .into_iter()
             .map(|r| (r.cluster_name.clone(), r))
@@ -477,6 +480,9 @@ impl Targets {
                         .map_err(|e| Invalid(e.to_string()))?;
                     info!(cluster = %cluster, target = %name, url = %live.egress.endpoint().cfg.url_for_logs(), "registered target started");
                     st = lock(&self.state);
+                    if st.stopped {
+                        return Err(Invalid("shutting down".to_string()));
+                    }
                     st.live.insert(name.clone(), live);
                 }
             }
