@@ -156,6 +156,14 @@ impl Filter {
     }
 
     /// The filter proper, after the app name: access denied, operation, protocol, status.
+    /// Whether `decide` drops a record of this operation and status whatever its
+    /// protocol: an operation the filter does not keep, unless access-denied
+    /// records are kept and this is one.
+    pub(crate) fn drops(&self, op: &[u8], status: &[u8]) -> bool {
+        !(self.access_denied && status == ACCESS_DENIED)
+            && !QOp::from_name(op).is_some_and(|q| self.ops & q.bit() != 0)
+    }
+
     pub(crate) fn decide(
         &self,
         op: &[u8],
