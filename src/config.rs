@@ -1409,18 +1409,6 @@ const FIXED_MEMORY_BYTES: u64 = 64 << 20;
 const TLS_CONNECTION_BYTES: u64 = 64 << 10;
 
 impl Config {
-    /// What the budgets allow the broker to hold in memory at worst.
-    ///
-    /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
-    ///   unused tail of the read buffers they lie in, at most a third more), the
-    ///   events made of them waiting for their turn in the batcher (buffers of
-    ///   one and a half times their chunk), and per-frame bookkeeping;
-    /// - connections: per connection, a read buffer and one frame in progress,
-    ///   twice over while the first frame is looked for; rustls buffers for TLS;
-    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
-    /// - workers: each worker's output buffer for one chunk;
-    /// - egress: per target, the spool's read cache and `in_flight` bodies (and
-    ///   their gzip copies).
     /// Per cluster with REST API access: its enrichment queue and its caches
     /// (an ACL entry is a few hundred bytes, a type entry a few dozen).
     fn enrich_budget(&self) -> u64 {
@@ -1434,6 +1422,18 @@ impl Config {
         self.clusters.iter().filter(|c| c.api.is_some()).count() as u64 * per_cluster
     }
 
+    /// What the budgets allow the broker to hold in memory at worst.
+    ///
+    /// - queue: frames admitted to the work queue (`queue.max_bytes`, plus the
+    ///   unused tail of the read buffers they lie in, at most a third more), the
+    ///   events made of them waiting for their turn in the batcher (buffers of
+    ///   one and a half times their chunk), and per-frame bookkeeping;
+    /// - connections: per connection, a read buffer and one frame in progress,
+    ///   twice over while the first frame is looked for; rustls buffers for TLS;
+    /// - open batches: one per cluster, up to `batch.max_bytes` (sealed there);
+    /// - workers: each worker's output buffer for one chunk;
+    /// - egress: per target, the spool's read cache and `in_flight` bodies (and
+    ///   their gzip copies).
     pub fn memory_budget(&self) -> MemoryBudget {
         let i = &self.ingest;
         let q = &self.queue;
