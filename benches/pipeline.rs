@@ -165,8 +165,9 @@ fn batch(c: &mut Criterion) {
             max_events: 1000,
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(200),
+            idle_seal: None,
         },
-        vec![spool.clone()],
+        vec![(spool.clone(), 4)],
     )
     .expect("batches");
     let metrics = qbroker::metrics::Metrics::new();

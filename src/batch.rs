@@ -125,6 +125,8 @@ impl Common {
 /// Batches of one cluster.
 pub struct Batcher {
     cluster: Arc<str>,
+    /// The target's requests in flight at most (`in_flight`).
+    lanes: u64,
     /// `{"schema":…,"cluster":…,"filer_id":…,"batch_id":"` up to the id.
     prefix: Vec<u8>,
     spool: Arc<Spool>,
@@ -153,7 +155,7 @@ impl Batcher {
     fn new(
         cluster: Arc<str>,
         filer_id: Option<u64>,
-        spool: Arc<Spool>,
+        (spool, lanes): (Arc<Spool>, usize),
         metrics: Arc<ClusterMetrics>,
         (gate, gate_id): (Arc<Gate>, usize),
         common: Arc<Common>,
@@ -175,6 +177,7 @@ impl Batcher {
         prefix.extend_from_slice(b",\"batch_id\":\"");
         Batcher {
             cluster,
+            lanes: lanes as u64,
             prefix,
             spool,
             metrics,
@@ -366,15 +369,20 @@ impl Batcher {
         }
     }
 
-    /// Seal the open batch if it is `max_age` old. Skips a batcher that is busy.
+    /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
+    /// target has a request slot free. Skips a batcher that is busy.
     fn seal_if_due(&self) {
         let Ok(mut st) = self.state.try_lock() else {
             return;
         };
-        let due = st
-            .open
-            .as_ref()
-            .is_some_and(|o| o.opened.elapsed() >= self.common.limits.max_age);
+        let limits = &self.common.limits;
+        let due = st.open.as_ref().is_some_and(|o| {
+            let age = o.opened.elapsed();
+            age >= limits.max_age
+                || limits
+                    .idle_seal
+                    .is_some_and(|idle| age >= idle && self.spool.unacked_records() < self.lanes)
+        });
         if due {
             let sealed = self.seal(&mut st);
             let order = lock(&self.append);
@@ -692,7 +700,7 @@ impl Batcher {
 /// Every batcher, grouped by target, with one age sealer thread per target.
 pub struct Batches {
     common: Arc<Common>,
-    spools: Vec<Arc<Spool>>,
+    targets: Vec<(Arc<Spool>, usize)>,
     by_target: Vec<Arc<Mutex<Vec<Arc<Batcher>>>>>,
     stop: Arc<AtomicBool>,
     sealers: Mutex<Vec<JoinHandle<()>>>,
@@ -700,11 +708,17 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// `spools[i]` is target `i`'s spool.
-    pub fn start(limits: BatchConfig, spools: Vec<Arc<Spool>>) -> std::io::Result<Arc<Batches>> {
-        let by_target: Vec<_> = spools.iter().map(|_| Arc::default()).collect();
+    /// `targets[i]` is target `i`'s spool and its requests in flight at most.
+    pub fn start(
+        limits: BatchConfig,
+        targets: Vec<(Arc<Spool>, usize)>,
+    ) -> std::io::Result<Arc<Batches>> {
+        let by_target: Vec<_> = targets.iter().map(|_| Arc::default()).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let tick = (limits.max_age / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
+        let soonest = limits
+            .idle_seal
+            .map_or(limits.max_age, |i| i.min(limits.max_age));
+        let tick = (soonest / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
         let mut sealers = Vec::new();
         for (i, list) in by_target.iter().enumerate() {
             let list: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::clone(list);
@@ -725,7 +739,7 @@ impl Batches {
         }
         Ok(Arc::new(Batches {
             common: Arc::new(Common::new(limits)),
-            spools,
+            targets,
             by_target,
             stop,
             sealers: Mutex::new(sealers),
@@ -745,7 +759,7 @@ impl Batches {
         let b = Arc::new(Batcher::new(
             cluster,
             filer_id,
-            self.spools[target].clone(),
+            self.targets[target].clone(),
             metrics,
             gate,
             self.common.clone(),
@@ -811,6 +825,15 @@ mod tests {
         max_events: usize,
         max_bytes: usize,
     ) -> (Batcher, Arc<Spool>) {
+        batcher_with(dir, max_events, max_bytes, None)
+    }
+
+    fn batcher_with(
+        dir: &std::path::Path,
+        max_events: usize,
+        max_bytes: usize,
+        idle_seal: Option<Duration>,
+    ) -> (Batcher, Arc<Spool>) {
         let spool = Arc::new(
             Spool::open(
                 dir,
@@ -826,6 +849,7 @@ mod tests {
             max_events,
             max_bytes,
             max_age: Duration::from_millis(50),
+            idle_seal,
         };
         let m = Metrics::new();
         let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
@@ -833,7 +857,7 @@ mod tests {
         let b = Batcher::new(
             Arc::from("c\"1"),
             Some(7),
-            spool.clone(),
+            (spool.clone(), 1),
             m.cluster("c\"1"),
             (gate, id),
             Arc::new(Common::new(limits)),
@@ -911,6 +935,24 @@ mod tests {
             let n = v["events"].as_array().unwrap().len();
             assert!(len <= 4096 || n == 1, "{len} bytes in {n} events");
         }
+    }
+
+    #[test]
+    fn a_batch_leaves_early_while_the_target_has_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)));
+        b.submit(chunk(0, &["{}"]));
+        std::thread::sleep(Duration::from_millis(8));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 1, "sealed at the idle age");
+        // The one slot (lanes = 1) now holds that batch: the next waits for max_age.
+        b.submit(chunk(1, &["{}"]));
+        std::thread::sleep(Duration::from_millis(8));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 1, "no slot free: it waits");
+        std::thread::sleep(Duration::from_millis(50));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
     }
 
     #[test]

@@ -188,8 +188,15 @@ pub async fn run(
             dead_letters.clone(),
         )?);
     }
-    let batches = batch::Batches::start(cfg.batch.clone(), spools.clone())
-        .map_err(io_error("cannot start the batch sealers"))?;
+    let batches = batch::Batches::start(
+        cfg.batch.clone(),
+        spools
+            .iter()
+            .zip(&cfg.targets)
+            .map(|(s, t)| (s.clone(), t.in_flight))
+            .collect(),
+    )
+    .map_err(io_error("cannot start the batch sealers"))?;
     let enricher = enrich::Enricher::start(&cfg, metrics.enrich.clone())?;
     batches.set_enricher(enricher.clone());
     let gate = Arc::new(Gate::new(cfg.queue.size, cfg.queue.max_bytes));

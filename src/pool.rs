@@ -321,8 +321,9 @@ mod tests {
                 max_events: 100,
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
+                idle_seal: None,
             },
-            vec![spool],
+            vec![(spool, 1)],
         )
         .unwrap();
         let gate = Arc::new(Gate::new(1000, 1 << 20));
