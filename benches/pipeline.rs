@@ -165,11 +165,13 @@ fn batch(c: &mut Criterion) {
             max_events: 1000,
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(200),
+            idle_seal: None,
         },
         Arc::new(qbroker::batch::OneRoute(qbroker::batch::Route {
             target: Arc::from("bench"),
             spool: spool.clone(),
             filer_id: Some(7),
+            lanes: 4,
         })),
     );
     let metrics = qbroker::metrics::Metrics::new();

@@ -85,6 +85,8 @@ pub struct Route {
     pub target: Arc<str>,
     pub spool: Arc<Spool>,
     pub filer_id: Option<u64>,
+    /// The target's requests in flight at most (`in_flight`), for the idle seal.
+    pub lanes: usize,
 }
 
 /// A route and the body prefix it gives the cluster's batches.
@@ -436,15 +438,21 @@ impl Batcher {
         }
     }
 
-    /// Seal the open batch if it is `max_age` old. Skips a batcher that is busy.
+    /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
+    /// target has a request slot free. Skips a batcher that is busy.
     fn seal_if_due(&self) {
         let Ok(mut st) = self.state.try_lock() else {
             return;
         };
-        let due = st
-            .open
-            .as_ref()
-            .is_some_and(|o| o.opened.elapsed() >= self.common.limits.max_age);
+        let limits = &self.common.limits;
+        let due = st.open.as_ref().is_some_and(|o| {
+            let age = o.opened.elapsed();
+            age >= limits.max_age
+                || limits.idle_seal.is_some_and(|idle| {
+                    let route = &o.routed.route;
+                    age >= idle && route.spool.unacked_records() < route.lanes as u64
+                })
+        });
         if due {
             let sealed = self.seal(&mut st);
             let order = lock(&self.append);
@@ -776,10 +784,13 @@ pub struct Sealer {
 
 impl Sealer {
     /// Start the sealer of target `name`.
-    pub fn start(name: &str, max_age: Duration) -> std::io::Result<Sealer> {
+    pub fn start(name: &str, limits: &BatchConfig) -> std::io::Result<Sealer> {
         let batchers: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let tick = (max_age / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
+        let soonest = limits
+            .idle_seal
+            .map_or(limits.max_age, |i| i.min(limits.max_age));
+        let tick = (soonest / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
         let (list, flag) = (batchers.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("qbroker-sealer-{name}"))
@@ -949,6 +960,15 @@ mod tests {
         max_events: usize,
         max_bytes: usize,
     ) -> (Batcher, Arc<Spool>) {
+        batcher_with(dir, max_events, max_bytes, None)
+    }
+
+    fn batcher_with(
+        dir: &std::path::Path,
+        max_events: usize,
+        max_bytes: usize,
+        idle_seal: Option<Duration>,
+    ) -> (Batcher, Arc<Spool>) {
         let spool = Arc::new(
             Spool::open(
                 dir,
@@ -964,6 +984,7 @@ mod tests {
             max_events,
             max_bytes,
             max_age: Duration::from_millis(50),
+            idle_seal,
         };
         let m = Metrics::new();
         let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
@@ -974,6 +995,7 @@ mod tests {
                 target: Arc::from("t"),
                 spool: spool.clone(),
                 filer_id: Some(7),
+                lanes: 1,
             },
             m.cluster("c\"1"),
             (gate, id),
@@ -1074,6 +1096,7 @@ mod tests {
             target: Arc::from("b"),
             spool: second.clone(),
             filer_id: None,
+            lanes: 1,
         });
         // The open batch went to the old spool at once, whole.
         assert_eq!(first.stats().appended_records, 1);
@@ -1088,6 +1111,24 @@ mod tests {
         assert_eq!(new[0]["filer_id"], serde_json::Value::Null);
         assert_eq!(new[0]["events"][0]["n"], 3);
         assert_eq!(b.current_route().target.as_ref(), "b");
+    }
+
+    #[test]
+    fn a_batch_leaves_early_while_the_target_has_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)));
+        b.submit(chunk(0, &["{}"]));
+        std::thread::sleep(Duration::from_millis(8));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 1, "sealed at the idle age");
+        // The one slot (lanes = 1) now holds that batch: the next waits for max_age.
+        b.submit(chunk(1, &["{}"]));
+        std::thread::sleep(Duration::from_millis(8));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 1, "no slot free: it waits");
+        std::thread::sleep(Duration::from_millis(50));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
     }
 
     #[test]

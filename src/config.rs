@@ -267,6 +267,11 @@ pub struct RawBatch {
     pub max_bytes: usize,
     /// Age of a batch's first event at which it is sealed, in milliseconds. Default 200.
     pub max_age_ms: u64,
+    /// Age at which a batch is sealed early when its target has a request slot
+    /// free (fewer unacknowledged batches than `in_flight`), in milliseconds:
+    /// batches fill up while the target is busy and leave at once while it is
+    /// not, which keeps latency low below full load. 0 disables. Default 20.
+    pub idle_seal_ms: u64,
 }
 
 impl Default for RawBatch {
@@ -275,6 +280,7 @@ impl Default for RawBatch {
             max_events: 1000,
             max_bytes: 1024 * 1024,
             max_age_ms: 200,
+            idle_seal_ms: 20,
         }
     }
 }
@@ -904,6 +910,8 @@ impl RawConfig {
             max_events: b.max_events,
             max_bytes: b.max_bytes,
             max_age: Duration::from_millis(positive_u64("batch.max_age_ms", b.max_age_ms)?),
+            idle_seal: (b.idle_seal_ms > 0 && b.idle_seal_ms < b.max_age_ms)
+                .then(|| Duration::from_millis(b.idle_seal_ms)),
         };
 
         let s = &self.spool;
@@ -1920,6 +1928,8 @@ pub struct BatchConfig {
     pub max_events: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
+    /// Seal at this age when the target has a free request slot.
+    pub idle_seal: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -321,11 +321,13 @@ mod tests {
                 max_events: 100,
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
+                idle_seal: None,
             },
             Arc::new(crate::batch::OneRoute(crate::batch::Route {
                 target: Arc::from("t"),
                 spool,
                 filer_id: None,
+                lanes: 1,
             })),
         );
         let gate = Arc::new(Gate::new(1000, 1 << 20));

@@ -310,7 +310,7 @@ impl Targets {
         origin: Origin,
     ) -> Result<Live, crate::RunError> {
         let name = endpoint.cfg.name.clone();
-        let sealer = Sealer::start(&name, self.cfg.batch.max_age)
+        let sealer = Sealer::start(&name, &self.cfg.batch)
             .map_err(crate::io_error("cannot start a batch sealer"))?;
         let egress = egress::start_endpoint(
             endpoint,
@@ -404,6 +404,7 @@ impl Targets {
             target: Arc::from(target),
             spool: live.spool.clone(),
             filer_id,
+            lanes: live.egress.endpoint().cfg.in_flight,
         })
     }
 

@@ -474,7 +474,8 @@ fn shutdown_delivers_what_was_read() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(
-        &config_text(&sink, dir.path(), "").replace("max_age_ms = 50", "max_age_ms = 60000"),
+        &config_text(&sink, dir.path(), "")
+            .replace("max_age_ms = 50", "max_age_ms = 60000\nidle_seal_ms = 0"),
     );
     let frames: Vec<Vec<u8>> = (0..120)
         .map(|i| {

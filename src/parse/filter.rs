@@ -156,6 +156,15 @@ impl Filter {
     }
 
     /// The filter proper, after the app name: access denied, operation, protocol, status.
+    /// Whether `decide` drops a record of this operation and status whatever its
+    /// protocol: an operation the filter does not keep, unless access-denied
+    /// records are kept and this is one.
+    pub(crate) fn drops(&self, op: &[u8], status: &[u8]) -> bool {
+        let kept = QOp::from_name(op).is_some_and(|q| self.ops & q.bit() != 0);
+        let denied_kept = self.access_denied && status == ACCESS_DENIED;
+        !(kept || denied_kept)
+    }
+
     pub(crate) fn decide(
         &self,
         op: &[u8],

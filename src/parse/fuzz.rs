@@ -98,7 +98,7 @@ pub fn json_payload(msg: &[u8]) {
     if let Ok(rec) = json::parse(msg) {
         check_record(msg, &rec);
     }
-    if let Ok(rec) = record::parse_payload(msg) {
+    if let Ok(rec) = record::parse_payload(msg, |_, _| false) {
         check_record(msg, &rec);
     }
 }
@@ -155,7 +155,7 @@ pub fn convert(frame: &[u8]) {
     });
     // The mapper on its own, on whatever record the payload gives.
     if let Ok(h) = syslog::parse_header(frame) {
-        if let Ok(rec) = record::parse_payload(h.msg) {
+        if let Ok(rec) = record::parse_payload(h.msg, |_, _| false) {
             for q in MAPPABLE
                 .iter()
                 .filter_map(|n| filter::QOp::from_name(n.as_bytes()))

@@ -172,11 +172,22 @@ impl<'a> Cur<'a> {
 }
 
 /// The payload must be exactly one object (trailing whitespace allowed).
+#[cfg(any(test, fuzzing))]
 pub(crate) fn parse(msg: &[u8]) -> Res<Record<'_>> {
+    parse_unless(msg, |_, _| false)
+}
+
+/// Like [`parse`], but stops as soon as `operation` and `status` are known and
+/// `drop(operation, status)` says the record is not wanted: most of what Qumulo
+/// sends is dropped by the filter, and `details` (the largest part) usually
+/// comes last. The record returned then holds only what was read so far, and
+/// the rest of the payload is not checked.
+pub(crate) fn parse_unless(msg: &[u8], drop: impl Fn(&[u8], &[u8]) -> bool) -> Res<Record<'_>> {
     let mut r = Record::default();
     let mut c = Cur { b: msg, i: 0 };
+    let mut dropped = false;
     c.ws();
-    c.object(|c, key| {
+    let parsed = c.object(|c, key| {
         match key {
             b"user_id" => {
                 if c.peek() == Some(b'"') {
@@ -213,8 +224,20 @@ pub(crate) fn parse(msg: &[u8]) -> Res<Record<'_>> {
             }
             _ => c.skip()?,
         }
+        if matches!(key, b"operation" | b"status") {
+            if let (Some(op), Some(status)) = (r.operation.non_empty(), r.status.non_empty()) {
+                if drop(op, status) {
+                    dropped = true;
+                    return Err(BAD); // ends the walk; see `dropped`
+                }
+            }
+        }
         Ok(())
-    })?;
+    });
+    if dropped {
+        return Ok(r);
+    }
+    parsed?;
     c.ws();
     if c.i == msg.len() {
         Ok(r)
@@ -249,6 +272,17 @@ fn owner_of<'a>(c: &mut Cur<'a>) -> Res<Option<Owner<'a>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_record_stops_the_walk_before_details() {
+        let msg = br#"{"protocol":"smb2","operation":"fs_read_metadata","status":"ok","details":{"path":"/x" BROKEN"#;
+        assert_eq!(parse(msg), Err(BAD));
+        let r = parse_unless(msg, |op, _| op == b"fs_read_metadata").unwrap();
+        assert_eq!(r.operation, Val::Json(b"fs_read_metadata"));
+        assert_eq!(r.path, Val::Absent);
+        // A record that is kept is read whole, and checked whole.
+        assert_eq!(parse_unless(msg, |_, _| false), Err(BAD));
+    }
 
     fn p(s: &str) -> Record<'_> {
         parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))

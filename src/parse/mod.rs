@@ -357,8 +357,7 @@ fn convert_bytes(
     if !filter.app_ok(h.app) {
         return Ok(Outcome::Filtered(FilterReason::AppName));
     }
-    let time_ms = h.ts.resolve(ctx.received_unix_ms)?;
-    let rec = record::parse_payload(h.msg)?;
+    let rec = record::parse_payload(h.msg, |op, status| filter.drops(op, status))?;
     let op = rec
         .operation
         .non_empty()
@@ -371,6 +370,7 @@ fn convert_bytes(
         Ok(kind) => kind,
         Err(reason) => return Ok(Outcome::Filtered(reason)),
     };
+    let time_ms = h.ts.resolve(ctx.received_unix_ms)?;
     if std::str::from_utf8(frame).is_err() {
         return Err(Step::NotUtf8);
     }
@@ -838,7 +838,8 @@ mod tests {
             ("\r\n\0", ParseError::Empty),
             ("hello", ParseError::Header),
             (
-                "<14>1 2026-13-01T00:00:00Z h qumulo - - - x",
+                // The timestamp is read once the record is known to be kept.
+                "<14>1 2026-13-01T00:00:00Z h qumulo - - - 1.1.1.1,\"u\",smb2,fs_read_data,ok,1,\"/a\",\"\"",
                 ParseError::Timestamp,
             ),
             ("<14>1 - h qumulo - - -", ParseError::Payload),

@@ -382,6 +382,14 @@ impl Spool {
         self.shared.cache_budget.store(bytes, Ordering::Relaxed);
     }
 
+    /// Records appended and not yet acknowledged (cheaper than [`Spool::stats`]).
+    pub fn unacked_records(&self) -> u64 {
+        let sh = &self.shared;
+        let (w, ahead) = sh.tracker.snapshot();
+        let next_id = lock(&sh.log).next_id;
+        next_id.saturating_sub(w).saturating_sub(ahead)
+    }
+
     pub fn stats(&self) -> Stats {
         let sh = &self.shared;
         let c = &sh.counters;
