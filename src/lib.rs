@@ -6,6 +6,8 @@
 //!
 //! - [`ingest`]: the syslog TCP listener, RFC 6587 framing, and each connection's
 //!   read loop, which hands frames on in chunks through the admission gate.
+//! - [`stdin`]: the other source, beside ingest: lines on a pipe from rsyslog's
+//!   omprog (`qbroker stdin`), with a commit barrier for its acknowledgements.
 //! - [`cluster`]: one actix supervisor actor per Qumulo cluster, which owns the
 //!   readers of its nodes' connections.
 //! - [`pool`]: the parse pool, `workers` OS threads fed by a bounded crossbeam
@@ -21,8 +23,9 @@
 //!
 //! Beside the data path: [`config`] (the TOML file and its validation),
 //! [`metrics`] (counters, latency, the `/metrics` endpoint), [`deadletter`]
-//! (where bad input is kept), [`model`] (types that cross stages) and [`sync`]
-//! (the hand-written synchronisation pieces, checked with loom).
+//! (where bad input is kept), [`model`] (types that cross stages), [`sync`]
+//! (the hand-written synchronisation pieces, checked with loom) and [`doctor`]
+//! (`qbroker doctor`: checks of the clusters, the targets and the host).
 //!
 //! [`run`] wires the stages from the back (spools, egress, batchers, pool, then
 //! ingest) and shuts them down from the front.
@@ -32,6 +35,7 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod deadletter;
+pub mod doctor;
 pub mod egress;
 pub mod enrich;
 pub mod ingest;
@@ -40,6 +44,7 @@ pub mod model;
 pub mod parse;
 pub mod pool;
 pub mod spool;
+pub mod stdin;
 pub mod sync;
 
 use std::future::Future;
@@ -52,6 +57,14 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 use crate::sync::gate::Gate;
+
+/// Where the frames come from.
+pub enum Input {
+    /// The syslog TCP listener (`qbroker run`).
+    Syslog(std::net::TcpListener),
+    /// Lines on a pipe, from rsyslog's omprog or a person (`qbroker stdin`).
+    Stdin(stdin::Feed),
+}
 
 /// Sockets bound by the caller, so that tests can bind port 0.
 pub struct Listeners {
@@ -105,6 +118,8 @@ pub enum RunError {
     Tls(#[from] egress::TlsSetupError),
     #[error(transparent)]
     Enrich(#[from] enrich::client::ClientSetupError),
+    #[error("{path} is locked by another qbroker: run one broker per spool directory (is `qbroker run` running beside `qbroker stdin`, or does rsyslog start several instances? set forceSingleInstance=\"on\")")]
+    Locked { path: std::path::PathBuf },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -121,6 +136,23 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_input(
+        cfg,
+        Input::Syslog(listeners.syslog),
+        listeners.metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with frames from `input`: the syslog listener, or a [`stdin::Feed`]
+/// (whose end of input should resolve `shutdown`, see [`stdin::Feed::new`]).
+pub async fn run_input(
+    cfg: Config,
+    input: Input,
+    metrics_listener: Option<std::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
 
@@ -129,6 +161,8 @@ pub async fn run(
         "cannot create {}",
         cfg.spool.dir.display()
     )))?;
+    // Held until this function returns; the kernel lets go of it if the process dies.
+    let _lock = lock_spool_dir(&cfg.spool.dir)?;
     let mut spools: Vec<Arc<Spool>> = Vec::with_capacity(cfg.targets.len());
     for target in &cfg.targets {
         let dir = cfg.spool.dir.join(&target.name);
@@ -182,7 +216,7 @@ pub async fn run(
     .map_err(io_error("cannot start the parse pool"))?;
 
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
-    let metrics_server = match listeners.metrics {
+    let metrics_server = match metrics_listener {
         Some(listener) => {
             listener
                 .set_nonblocking(true)
@@ -213,20 +247,38 @@ pub async fn run(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = ingest::start(
-        listeners.syslog,
-        ingest::IngestCtx {
-            deps: ingest::reader::ReaderDeps {
+    let source = match input {
+        Input::Syslog(listener) => Source::Ingest(
+            ingest::start(
+                listener,
+                ingest::IngestCtx {
+                    deps: ingest::reader::ReaderDeps {
+                        config: cfg.clone(),
+                        queue: queue_tx,
+                        gate: gate.clone(),
+                        metrics: metrics.clone(),
+                        stop: stop_rx,
+                    },
+                    batches: batches.clone(),
+                },
+            )
+            .map_err(io_error("cannot start ingest"))?,
+        ),
+        Input::Stdin(feed) => Source::Stdin(
+            feed.start(stdin::Pipeline {
                 config: cfg.clone(),
                 queue: queue_tx,
                 gate: gate.clone(),
                 metrics: metrics.clone(),
+                batches: batches.clone(),
+                spools: spools.clone(),
+                dead_letters: dead_letters.clone(),
+                runtime: tokio::runtime::Handle::current(),
                 stop: stop_rx,
-            },
-            batches: batches.clone(),
-        },
-    )
-    .map_err(io_error("cannot start ingest"))?;
+            })
+            .map_err(io_error("cannot start the stdin feed"))?,
+        ),
+    };
     info!(
         workers = cfg.workers.get(),
         io_threads = cfg.io_threads.get(),
@@ -251,7 +303,7 @@ pub async fn run(
     };
     let drain_enricher = enricher.clone();
     let drained = tokio::task::spawn_blocking(move || {
-        ingest.join();
+        source.join();
         pool.join();
         // Let lookups in flight finish; what is left goes out generic in the flush.
         drain_enricher.drain(drain_enricher.config().shutdown_wait);
@@ -296,4 +348,40 @@ pub async fn run(
         "qbroker stopped"
     );
     Ok(())
+}
+
+/// The running source of frames, joined before the pool drains.
+enum Source {
+    Ingest(ingest::Ingest),
+    Stdin(stdin::Running),
+}
+
+impl Source {
+    /// Wait until the source stopped and handed on everything it read. Blocking.
+    fn join(self) {
+        match self {
+            Source::Ingest(i) => i.join(),
+            Source::Stdin(s) => s.join(),
+        }
+    }
+}
+
+/// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
+/// share a spool: the spool assumes one writer.
+fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let path = dir.join("qbroker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(format!("cannot open {}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(RunError::Locked { path }),
+        Err(e) => Err(RunError::Io {
+            what: format!("cannot lock {}", path.display()),
+            source: e.into(),
+        }),
+    }
 }
