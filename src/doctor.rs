@@ -621,7 +621,7 @@ impl Here {
                 .iter()
                 .map(|(h, p)| format!("{h}:{p}"))
                 .collect();
-            format!("{} (--advertise)", list.join(", "))
+            format!("--advertise {}", list.join(", "))
         }
     }
 
@@ -666,12 +666,14 @@ impl Here {
                 continue;
             }
             if host.eq_ignore_ascii_case(address) {
-                return Ok(format!("{address}:{port} is this broker (--advertise)"));
+                return Ok(format!(
+                    "{address}:{port} is this broker (--advertise {host}:{p})"
+                ));
             }
             if let (Ok(theirs), Ok(ours)) = (&resolved, resolve(host, timeout).await) {
                 if theirs.iter().any(|ip| ours.contains(ip)) {
                     return Ok(format!(
-                        "{address}:{port} is this broker ({host}:{p}, --advertise)"
+                        "{address}:{port} is this broker (--advertise {host}:{p})"
                     ));
                 }
             }
