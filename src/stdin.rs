@@ -31,12 +31,26 @@
 //!   While the barrier waits (an enrichment, a full spool) a `.` goes out every
 //!   `keepalive`. A barrier that fails (spool I/O) answers an error line, and
 //!   rsyslog sends the transaction again (at-least-once: a copy may follow);
-//! - without transactions, each message -> `OK` once it is read: the TCP
-//!   listener's promise (a crash loses what was not yet sealed: at most
-//!   `batch.max_age_ms` plus the fsync interval). rsyslog waits for each answer
-//!   before it sends the next message, so each message becomes a chunk of its
-//!   own. Prefer transactions: one barrier (seal, append, one fsync) per rsyslog
+//! - without transactions, each message -> `OK` once it is in the write-ahead
+//!   file (below): it outlives a crash of qbroker, and is fsynced in the spool
+//!   by a commit within a second. rsyslog waits for each answer before it
+//!   sends the next message, so each message becomes a chunk of its own.
+//!   Prefer transactions: one barrier (seal, append, one fsync) per rsyslog
 //!   batch (`queue.dequeueBatchSize`), and batches as large as rsyslog's.
+//!
+//! A program that dies mid-transaction (a crash, SIGKILL, the OOM killer) is
+//! the case rsyslog does not cover: omprog uses rsyslog's old-style
+//! transaction interface, and rsyslog resumes the transaction at the message
+//! that failed, with the new program; the messages the dead one had answered
+//! `DEFER_COMMIT` are not sent again (rsyslog's action.c, `doTransaction`). So
+//! the feed writes every message to a write-ahead file, `<spool.dir>/stdin.wal`,
+//! before it answers (a `write(2)`, no fsync: it must outlive the process, and
+//! the commit fsyncs the spool), empties it once a commit made its messages
+//! durable, and at start feeds back whatever a dead predecessor left in it.
+//! What a crash costs is then a copy (a message both replayed and sent again),
+//! never a loss. Outside transactions the file is emptied by a commit of its
+//! own every second or 4 MiB. tests/rsyslog.rs kills qbroker mid-stream under a
+//! real rsyslog to show it.
 //!
 //! Bad lines take the path of bad frames: counted, kept in the dead-letter file,
 //! and acknowledged (sending them again would not make them good). A line over
@@ -218,17 +232,24 @@ impl Feed {
         std::thread::Builder::new()
             .name("qbroker-stdin".into())
             .spawn(move || read_lines(&mut input, &tx))?;
+        let (wal, replay) = if opts.report_delivery.is_none() {
+            let (wal, lines) = Wal::open(&p.config.spool.dir)?;
+            (Some(wal), lines)
+        } else {
+            (None, Vec::new())
+        };
         let feeder = Feeder {
             p,
             opts,
             reply: reply.clone(),
             clusters: HashMap::new(),
             in_transaction: false,
+            wal,
         };
         let thread = std::thread::Builder::new()
             .name("qbroker-feed".into())
             .spawn(move || {
-                feeder.run(&rx);
+                feeder.run(replay, &rx);
                 reply.ended.store(true, Ordering::Relaxed);
                 let _ = keepalive.join();
                 let _ = done.send(());
@@ -305,12 +326,79 @@ struct Cluster {
     dirty: bool,
 }
 
+/// Outside a transaction, the write-ahead file is emptied (after a commit)
+/// this often, or once it holds this much.
+const WAL_CHECKPOINT: Duration = Duration::from_secs(1);
+const WAL_CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// Messages answered but not yet committed (see the module documentation).
+struct Wal {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    bytes: u64,
+    since: Instant,
+}
+
+impl Wal {
+    /// Open `<dir>/stdin.wal`, returning what a previous process left in it.
+    fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Vec<u8>>)> {
+        use std::io::Read as _;
+        let path = dir.join("stdin.wal");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut left = Vec::new();
+        file.read_to_end(&mut left)?;
+        let lines = left
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let bytes = left.len() as u64;
+        Ok((
+            Wal {
+                file,
+                path,
+                bytes,
+                since: Instant::now(),
+            },
+            lines,
+        ))
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Everything in it is durable in the spool: start over.
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.bytes = 0;
+        self.since = Instant::now();
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.bytes > 0
+            && (self.bytes >= WAL_CHECKPOINT_BYTES || self.since.elapsed() >= WAL_CHECKPOINT)
+    }
+}
+
 struct Feeder {
     p: Pipeline,
     opts: Options,
     reply: Arc<Reply>,
     clusters: HashMap<Arc<str>, Cluster>,
     in_transaction: bool,
+    /// None for `--once`, which works on a throw-away spool.
+    wal: Option<Wal>,
 }
 
 impl Feeder {
@@ -318,7 +406,21 @@ impl Feeder {
         *self.p.stop.borrow() || self.reply.broken.load(Ordering::Relaxed)
     }
 
-    fn run(mut self, lines: &Receiver<Vec<u8>>) {
+    fn run(mut self, replay: Vec<Vec<u8>>, lines: &Receiver<Vec<u8>>) {
+        if !replay.is_empty() {
+            // A predecessor died before it committed these: they go first.
+            warn!(
+                messages = replay.len(),
+                path = %self.wal.as_ref().map_or_else(String::new, |w| w.path.display().to_string()),
+                "stdin feed: messages received but not committed before the last exit; feeding them again"
+            );
+            for line in &replay {
+                self.message(line);
+            }
+            if let Err(reason) = self.checkpoint(false) {
+                error!(error = %reason, "stdin feed: cannot commit the replayed messages; they stay in the write-ahead file");
+            }
+        }
         self.reply.answer("OK");
         info!(
             confirm = self.opts.confirm,
@@ -335,6 +437,7 @@ impl Feeder {
                     if !self.in_transaction {
                         // Nothing more is waiting: hand on what was answered.
                         self.flush_all();
+                        self.checkpoint_if_due();
                     }
                     match lines.recv_timeout(Duration::from_millis(200)) {
                         Ok(line) => line,
@@ -348,14 +451,41 @@ impl Feeder {
                 messages += 1;
             }
         }
-        // Whatever was read goes on: after a stop, rsyslog may send part of it
+        // Whatever was read goes on, and is committed so that the next start
+        // does not feed it again. After a stop, rsyslog may send part of it
         // again (a copy, never a loss).
         self.flush_all();
-        if let Some(wait) = self.opts.report_delivery {
-            let result = self.commit();
-            self.report(wait, result);
+        match self.opts.report_delivery {
+            Some(wait) => {
+                let result = self.commit(true);
+                self.report(wait, result);
+            }
+            None => {
+                if let Err(reason) = self.checkpoint(false) {
+                    warn!(error = %reason, "stdin feed: last commit failed; the next start feeds the uncommitted messages again");
+                }
+            }
         }
         info!(messages, "stdin feed ended");
+    }
+
+    /// Commit, then empty the write-ahead file.
+    fn checkpoint(&mut self, stop_aware: bool) -> Result<(), String> {
+        self.commit(stop_aware)?;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.clear()
+                .map_err(|e| format!("cannot empty {}: {e}", wal.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Outside a transaction: keep the write-ahead file short.
+    fn checkpoint_if_due(&mut self) {
+        if self.wal.as_ref().is_some_and(Wal::due) {
+            if let Err(reason) = self.checkpoint(true) {
+                warn!(error = %reason, "stdin feed: commit failed; retrying later");
+            }
+        }
     }
 
     /// Handle one line; true when it was a message.
@@ -370,7 +500,7 @@ impl Feeder {
         }
         if line == self.opts.commit_mark.as_bytes() {
             self.in_transaction = false;
-            match self.commit() {
+            match self.checkpoint(true) {
                 Ok(()) => self.reply.answer("OK"),
                 Err(reason) => {
                     error!(error = %reason, "commit failed: rsyslog will send the transaction again");
@@ -379,12 +509,26 @@ impl Feeder {
             }
             return false;
         }
+        if let Some(wal) = self.wal.as_mut() {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                if let Err(err) = wal.append(&line) {
+                    // Not kept, so not answered as received: rsyslog retries it.
+                    error!(error = %err, path = %wal.path.display(), "stdin feed: cannot write the write-ahead file");
+                    self.reply
+                        .answer(&format!("ERROR cannot keep the message: {err}"));
+                    return false;
+                }
+            }
+        }
         self.message(&line);
         self.reply.answer(if self.in_transaction {
             "DEFER_COMMIT"
         } else {
             "OK"
         });
+        if !self.in_transaction {
+            self.checkpoint_if_due();
+        }
         true
     }
 
@@ -518,8 +662,12 @@ impl Feeder {
 
     /// The commit barrier: everything read so far is in a sealed batch in the
     /// spool, and on disk unless `spool.fsync = "never"`.
-    fn commit(&mut self) -> Result<(), String> {
+    fn commit(&mut self, stop_aware: bool) -> Result<(), String> {
         self.flush_all();
+        // At the end, during shutdown, the barrier still completes: the pool
+        // drains only after the feed ended. Bounded by the grace period (the
+        // batchers stop waiting on a full spool then).
+        let deadline = Instant::now() + self.p.config.shutdown_grace + Duration::from_secs(5);
         self.reply.waiting.store(true, Ordering::Relaxed);
         let mut touched = vec![false; self.p.spools.len()];
         let started = Instant::now();
@@ -527,8 +675,11 @@ impl Feeder {
         for cluster in self.clusters.values_mut().filter(|c| c.dirty) {
             let mut spins = 0u32;
             while !cluster.shared.batcher.seal_through(cluster.next_chunk) {
-                if *self.p.stop.borrow() {
+                if stop_aware && *self.p.stop.borrow() {
                     return Err("qbroker is shutting down".to_string());
+                }
+                if Instant::now() >= deadline && *self.p.stop.borrow() {
+                    return Err("shutdown grace period over".to_string());
                 }
                 if !said && started.elapsed() >= COMMIT_SLOW {
                     said = true;
