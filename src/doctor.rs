@@ -16,7 +16,10 @@
 //! "This broker", for the clusters' server address: the `--advertise`
 //! addresses when given (a name or an IP, and a port, default `listen`'s);
 //! otherwise `listen`, and when that is `0.0.0.0` or `::`, any address of this
-//! host (one an UDP socket can bind to). Every network step has a timeout.
+//! host (one an UDP socket can bind to). Behind rsyslog the clusters send to
+//! rsyslog: pass its address and port with `--advertise`, and
+//! `--behind-rsyslog` when rsyslog runs `qbroker stdin` (no listener of its
+//! own to check). Every network step has a timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -44,6 +47,9 @@ pub struct Options {
     pub timeout: Duration,
     /// POST an empty test batch to each target.
     pub post: bool,
+    /// qbroker runs behind rsyslog as `qbroker stdin` (omprog): the syslog
+    /// port is rsyslog's, so its check is skipped.
+    pub behind_rsyslog: bool,
 }
 
 /// One check's result.
@@ -140,7 +146,17 @@ impl Report {
 /// Run every check. Must be called inside a tokio runtime.
 pub async fn run(cfg: &Config, opts: &Options) -> Report {
     let here = Here::new(cfg, &opts.advertise);
-    let mut checks = vec![syslog_port(cfg, opts.timeout).await, spool_disk(cfg)];
+    let port = if opts.behind_rsyslog {
+        row(
+            "host",
+            &format!("syslog port {}", cfg.listen),
+            Status::Skip,
+            "--behind-rsyslog: rsyslog holds the syslog port and runs `qbroker stdin`",
+        )
+    } else {
+        syslog_port(cfg, opts.timeout).await
+    };
+    let mut checks = vec![port, spool_disk(cfg)];
     let targets =
         futures_util::future::join_all(cfg.targets.iter().map(|t| check_target(t, opts))).await;
     let clusters = futures_util::future::join_all(

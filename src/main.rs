@@ -93,6 +93,11 @@ struct DoctorArgs {
     /// Do not POST a test batch (an empty one) to the targets.
     #[arg(long)]
     no_post: bool,
+    /// qbroker runs behind rsyslog as `qbroker stdin` (omprog): skip the
+    /// syslog port check (rsyslog holds it). Give rsyslog's address and port
+    /// with --advertise.
+    #[arg(long)]
+    behind_rsyslog: bool,
 }
 
 #[derive(clap::Args)]
@@ -385,6 +390,7 @@ fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         advertise: args.advertise,
         timeout: std::time::Duration::from_secs(args.timeout_secs.max(1)),
         post: !args.no_post,
+        behind_rsyslog: args.behind_rsyslog,
     };
     let cfg = match RawConfig::load(&args.config).and_then(|raw| raw.validate()) {
         Ok(cfg) => cfg,

@@ -194,6 +194,19 @@ fn doctor_passes_when_everything_is_in_place() {
     assert_eq!(row(&out, "target ok", "post").0, "skip");
     let (code, out) = doctor(&config, &["--advertise", &format!("localhost:{port}")]);
     assert_eq!(code, 0, "{out}");
+
+    // Behind rsyslog (omprog): another program holds the syslog port, and
+    // that is expected.
+    let rsyslog = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (code, out) = doctor(&config, &["--no-post"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = doctor(&config, &["--no-post", "--behind-rsyslog"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        row(&out, "host", &format!("syslog port 127.0.0.1:{port}")).0,
+        "skip"
+    );
+    drop(rsyslog);
 }
 
 #[test]

@@ -38,12 +38,13 @@ fn rsyslogd() -> &'static str {
     RSYSLOGD
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// imtcp on a loopback port of the kernel's choosing, written to a file
+/// (no race with other programs for a "free" port).
+fn imtcp_input(dir: &Path) -> String {
+    format!(
+        "input(type=\"imtcp\" address=\"127.0.0.1\" port=\"0\" listenPortFileName=\"{}\"",
+        dir.join("imtcp.port").display()
+    )
 }
 
 /// A shipped snippet with test values in place of the production ones; each
@@ -60,7 +61,8 @@ fn snippet(name: &str, subs: &[(&str, &str)]) -> String {
     text
 }
 
-/// rsyslogd in the foreground with a private configuration.
+/// rsyslogd in the foreground with a private configuration, whose imtcp input
+/// is [`imtcp_input`].
 struct Rsyslog {
     child: Option<Child>,
     dir: PathBuf,
@@ -69,7 +71,7 @@ struct Rsyslog {
 }
 
 impl Rsyslog {
-    fn start(dir: &Path, body: &str, port: u16) -> Rsyslog {
+    fn start(dir: &Path, body: &str) -> Rsyslog {
         let conf = dir.join("rsyslog.conf");
         std::fs::write(
             &conf,
@@ -83,7 +85,7 @@ impl Rsyslog {
             child: None,
             dir: dir.to_path_buf(),
             conf,
-            port,
+            port: 0,
         };
         r.launch();
         r
@@ -107,10 +109,18 @@ impl Rsyslog {
             .spawn()
             .expect("rsyslogd starts");
         self.child = Some(child);
-        let port = self.port;
+        let port_file = self.dir.join("imtcp.port");
+        let port: u16 = wait_for(Duration::from_secs(15), || {
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
         wait_for(Duration::from_secs(15), || {
             TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
         });
+        self.port = port;
     }
 
     /// SIGTERM, and wait for rsyslog (and the omprog child it stops) to exit.
@@ -129,6 +139,7 @@ impl Rsyslog {
             assert!(Instant::now() < deadline, "rsyslogd did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = std::fs::remove_file(self.dir.join("imtcp.port"));
     }
 
     fn log(&self) -> String {
@@ -190,14 +201,11 @@ retry_max_ms = 200
 }
 
 /// The omprog snippet, pointed at the test's rsyslog port, binary and files.
-fn omprog_snippet(dir: &Path, config: &Path, port: u16) -> String {
+fn omprog_snippet(dir: &Path, config: &Path) -> String {
     snippet(
         "10-qbroker-omprog.conf",
         &[
-            (
-                "input(type=\"imtcp\" port=\"514\"",
-                &format!("input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\""),
-            ),
+            ("input(type=\"imtcp\" port=\"514\"", &imtcp_input(dir)),
             (
                 "binary=\"/usr/local/bin/qbroker stdin --config /etc/qbroker/qbroker.toml\"",
                 &format!(
@@ -298,8 +306,8 @@ fn omprog_with_transactions_delivers_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let config = qbroker_config(dir.path(), &sink);
-    let port = free_port();
-    let mut rsyslog = Rsyslog::start(dir.path(), &omprog_snippet(dir.path(), &config, port), port);
+    let mut rsyslog = Rsyslog::start(dir.path(), &omprog_snippet(dir.path(), &config));
+    let port = rsyslog.port;
 
     let mut expected = BTreeSet::new();
     let mut octet = Vec::new();
@@ -367,8 +375,8 @@ fn omprog_survives_sigkill_of_qbroker_without_losing_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let config = qbroker_config(dir.path(), &sink);
-    let port = free_port();
-    let mut rsyslog = Rsyslog::start(dir.path(), &omprog_snippet(dir.path(), &config, port), port);
+    let mut rsyslog = Rsyslog::start(dir.path(), &omprog_snippet(dir.path(), &config));
+    let port = rsyslog.port;
 
     let total = 12_000u64;
     let expected: BTreeSet<(u32, u64)> = (0..total).map(|i| (1, i)).collect();
@@ -432,13 +440,12 @@ fn the_reference_omprog_shape_works_without_confirmations() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let config = qbroker_config(dir.path(), &sink);
-    let port = free_port();
     // Qumulo's 10-qumulo.conf with qbroker in place of the Broker binary: no
     // template (omprog's default RSYSLOG_FileFormat), no confirmations.
     let body = format!(
         r#"module(load="imtcp")
 module(load="omprog")
-input(type="imtcp" address="127.0.0.1" port="{port}")
+{input})
 if ($app-name startswith "qumulo") then {{
   action(type="omprog" name="QumuloLog"
     binary="{exe} stdin --no-confirm --config {config}"
@@ -448,11 +455,13 @@ if ($app-name startswith "qumulo") then {{
   stop
 }}
 "#,
+        input = imtcp_input(dir.path()),
         exe = env!("CARGO_BIN_EXE_qbroker"),
         config = config.display(),
         out = dir.path().join("broker.log").display()
     );
-    let mut rsyslog = Rsyslog::start(dir.path(), &body, port);
+    let mut rsyslog = Rsyslog::start(dir.path(), &body);
+    let port = rsyslog.port;
     let mut expected = BTreeSet::new();
     let mut frames = Vec::new();
     for i in 0..400u64 {
@@ -483,13 +492,12 @@ fn the_forward_snippet_keeps_messages_in_its_disk_queue_while_qbroker_is_away() 
     std::fs::create_dir_all(&data).unwrap();
     let broker = Broker::start(&config_text(&sink, &data, ""));
     let qport = broker.syslog.port();
-    let port = free_port();
     let body = snippet(
         "10-qbroker-forward.conf",
         &[
             (
                 "input(type=\"imtcp\" port=\"514\"",
-                &format!("input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\""),
+                &imtcp_input(dir.path()),
             ),
             (
                 "target=\"127.0.0.1\" port=\"5514\"",
@@ -498,7 +506,8 @@ fn the_forward_snippet_keeps_messages_in_its_disk_queue_while_qbroker_is_away() 
             ("action.resumeInterval=\"5\"", "action.resumeInterval=\"1\""),
         ],
     );
-    let mut rsyslog = Rsyslog::start(dir.path(), &body, port);
+    let mut rsyslog = Rsyslog::start(dir.path(), &body);
+    let port = rsyslog.port;
 
     // Octet-counted and newline-delimited senders; rsyslog forwards octet-counted.
     let mut first = BTreeSet::new();
@@ -560,10 +569,17 @@ fn the_forward_snippet_keeps_messages_in_its_disk_queue_while_qbroker_is_away() 
         .collect();
     assert!(!saved.is_empty(), "the queue went to disk at shutdown");
     rsyslog.launch();
+    let port = rsyslog.port;
     let broker = Broker::start(&config_text(&sink, &data, "").replace(
         "\nlisten = \"127.0.0.1:0\"",
         &format!("\nlisten = \"127.0.0.1:{qport}\""),
     ));
+    // The restarted rsyslog (on a new port) forwards new messages too.
+    let third: Vec<String> = (0..50u64)
+        .map(|i| json_frame("delta-3", "fs_write_data", "/d/e", &file_id(9, i)))
+        .collect();
+    send(port, &third, false);
+    second.extend((0..50u64).map(|i| (9, i)));
     wait_all(&sink, &second, Duration::from_secs(60));
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
     rsyslog.stop();
