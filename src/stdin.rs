@@ -83,6 +83,23 @@ use crate::sync::gate::Gate;
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 static UNROUTABLE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 
+/// Why a commit could not be confirmed (rsyslog then sends the messages again).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("qbroker is shutting down")]
+    ShuttingDown,
+    #[error("the shutdown grace period is over")]
+    GraceOver,
+    #[error("spool fsync failed: {0}")]
+    Fsync(std::io::Error),
+    #[error("cannot empty {path}: {source}")]
+    Wal {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Lines read ahead of the feed, at most.
 const READ_AHEAD: usize = 1024;
 /// A commit that waits this long says so in the log.
@@ -162,12 +179,28 @@ impl Reply {
     }
 }
 
+/// The keep-alive thread; stopped when dropped (a feed that never started, or
+/// one that ended).
+struct KeepAlive {
+    reply: Arc<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.reply.ended.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Lines on a pipe, waiting to be started by [`run_input`](crate::run_input).
 pub struct Feed {
     opts: Options,
     input: Box<dyn BufRead + Send>,
     reply: Arc<Reply>,
-    keepalive: JoinHandle<()>,
+    keepalive: KeepAlive,
     done: oneshot::Sender<()>,
 }
 
@@ -208,8 +241,11 @@ impl Feed {
             Feed {
                 opts,
                 input,
+                keepalive: KeepAlive {
+                    reply: reply.clone(),
+                    thread: Some(keepalive),
+                },
                 reply,
-                keepalive,
                 done,
             },
             done_rx,
@@ -250,8 +286,7 @@ impl Feed {
             .name("qbroker-feed".into())
             .spawn(move || {
                 feeder.run(replay, &rx);
-                reply.ended.store(true, Ordering::Relaxed);
-                let _ = keepalive.join();
+                drop(keepalive);
                 let _ = done.send(());
             })?;
         Ok(Running { thread })
@@ -470,11 +505,13 @@ impl Feeder {
     }
 
     /// Commit, then empty the write-ahead file.
-    fn checkpoint(&mut self, stop_aware: bool) -> Result<(), String> {
+    fn checkpoint(&mut self, stop_aware: bool) -> Result<(), CommitError> {
         self.commit(stop_aware)?;
         if let Some(wal) = self.wal.as_mut() {
-            wal.clear()
-                .map_err(|e| format!("cannot empty {}: {e}", wal.path.display()))?;
+            wal.clear().map_err(|source| CommitError::Wal {
+                path: wal.path.display().to_string(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -662,7 +699,7 @@ impl Feeder {
 
     /// The commit barrier: everything read so far is in a sealed batch in the
     /// spool, and on disk unless `spool.fsync = "never"`.
-    fn commit(&mut self, stop_aware: bool) -> Result<(), String> {
+    fn commit(&mut self, stop_aware: bool) -> Result<(), CommitError> {
         self.flush_all();
         // At the end, during shutdown, the barrier still completes: the pool
         // drains only after the feed ended. Bounded by the grace period (the
@@ -676,10 +713,10 @@ impl Feeder {
             let mut spins = 0u32;
             while !cluster.shared.batcher.seal_through(cluster.next_chunk) {
                 if stop_aware && *self.p.stop.borrow() {
-                    return Err("qbroker is shutting down".to_string());
+                    return Err(CommitError::ShuttingDown);
                 }
                 if Instant::now() >= deadline && *self.p.stop.borrow() {
-                    return Err("shutdown grace period over".to_string());
+                    return Err(CommitError::GraceOver);
                 }
                 if !said && started.elapsed() >= COMMIT_SLOW {
                     said = true;
@@ -697,16 +734,14 @@ impl Feeder {
         }
         if self.p.config.spool.fsync != Fsync::Never {
             for (spool, _) in self.p.spools.iter().zip(&touched).filter(|(_, t)| **t) {
-                spool
-                    .sync_appended()
-                    .map_err(|e| format!("spool fsync failed: {e}"))?;
+                spool.sync_appended().map_err(CommitError::Fsync)?;
             }
         }
         Ok(())
     }
 
     /// `--once`: wait for the targets, then say what became of the batches.
-    fn report(&self, wait: Duration, committed: Result<(), String>) {
+    fn report(&self, wait: Duration, committed: Result<(), CommitError>) {
         let mut text = String::new();
         if let Err(reason) = committed {
             text.push_str(&format!("delivery  not spooled: {reason}\n"));
