@@ -438,6 +438,23 @@ impl Batcher {
         }
     }
 
+    /// A commit barrier's step (`qbroker stdin`): once every chunk numbered
+    /// below `chunks` is in and no event waits for an enrichment, seal the open
+    /// batch into the spool now, without waiting for `max_age`, and return true;
+    /// return false while something is still on its way (call again). The
+    /// spool append may wait while the spool is full.
+    pub fn seal_through(&self, chunks: u64) -> bool {
+        let mut st = lock(&self.state);
+        if st.next_chunk < chunks || !st.order.idle() {
+            return false;
+        }
+        let sealed = self.seal(&mut st);
+        let order = lock(&self.append);
+        drop(st);
+        self.write(sealed.into_iter().collect(), order);
+        true
+    }
+
     /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
     /// target has a request slot free. Skips a batcher that is busy.
     fn seal_if_due(&self) {

@@ -7,6 +7,8 @@
 //! - [`ingest`]: the syslog TCP listener (and the optional TLS one), RFC 6587
 //!   framing, and each connection's read loop, which hands frames on in chunks
 //!   through the admission gate and closes connections that misbehave.
+//! - [`stdin`]: the other source, beside ingest: lines on a pipe from rsyslog's
+//!   omprog (`qbroker stdin`), with a commit barrier for its acknowledgements.
 //! - [`cluster`]: one actix supervisor actor per Qumulo cluster, which owns the
 //!   readers of its nodes' connections.
 //! - [`pool`]: the parse pool, `workers` OS threads fed by a bounded crossbeam
@@ -27,8 +29,9 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
-//! [`model`] (types that cross stages) and [`sync`] (the hand-written
-//! synchronisation pieces, checked with loom).
+//! [`model`] (types that cross stages), [`sync`] (the hand-written
+//! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
+//! doctor`: checks of the clusters, the targets and the host).
 //!
 //! [`run`] wires the stages from the back (registry, targets, batchers, pool,
 //! the API, then ingest) and shuts them down from the front.
@@ -39,6 +42,7 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod deadletter;
+pub mod doctor;
 pub mod egress;
 pub mod enrich;
 pub mod ingest;
@@ -47,6 +51,7 @@ pub mod model;
 pub mod parse;
 pub mod pool;
 pub mod spool;
+pub mod stdin;
 pub mod store;
 pub mod sync;
 pub mod targets;
@@ -62,6 +67,17 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::gate::Gate;
 use crate::targets::Targets;
+
+/// Where the frames come from.
+pub enum Input {
+    /// The syslog TCP listener and the optional TLS one (`qbroker run`).
+    Syslog {
+        listener: std::net::TcpListener,
+        tls: Option<std::net::TcpListener>,
+    },
+    /// Lines on a pipe, from rsyslog's omprog or a person (`qbroker stdin`).
+    Stdin(stdin::Feed),
+}
 
 /// Sockets bound by the caller, so that tests can bind port 0.
 pub struct Listeners {
@@ -135,6 +151,8 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error("{path} is locked by another qbroker: run one broker per spool directory (is `qbroker run` running beside `qbroker stdin`, or does rsyslog start several instances? set forceSingleInstance=\"on\")")]
+    Locked { path: std::path::PathBuf },
 }
 
 pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -151,10 +169,42 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let Listeners {
+        syslog,
+        metrics,
+        syslog_tls,
+        api,
+    } = listeners;
+    run_input(
+        cfg,
+        Input::Syslog {
+            listener: syslog,
+            tls: syslog_tls,
+        },
+        metrics,
+        api,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with frames from `input`: the syslog listener, or a [`stdin::Feed`]
+/// (whose end of input should resolve `shutdown`, see [`stdin::Feed::new`]).
+pub async fn run_input(
+    cfg: Config,
+    input: Input,
+    metrics_listener: Option<std::net::TcpListener>,
+    api_listener: Option<std::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     // Before anything is started: a bad certificate or key stops the start.
-    let tls_input = match (&cfg.syslog_tls, listeners.syslog_tls) {
+    let (input, tls_listener) = match input {
+        Input::Syslog { listener, tls } => (Input::Syslog { listener, tls: None }, tls),
+        stdin => (stdin, None),
+    };
+    let tls_input = match (&cfg.syslog_tls, tls_listener) {
         (Some(tls), Some(listener)) => Some(ingest::TlsInput {
             listener,
             config: ingest::tls::server_config(tls)?,
@@ -176,6 +226,8 @@ pub async fn run(
         "cannot create {}",
         cfg.spool.dir.display()
     )))?;
+    // Held until this function returns; the kernel lets go of it if the process dies.
+    let _lock = lock_spool_dir(&cfg.spool.dir)?;
     let dead_letters = Arc::new(deadletter::DeadLetters::open(&cfg.dead_letter).map_err(
         io_error(format!("cannot create {}", cfg.dead_letter.dir.display())),
     )?);
@@ -228,7 +280,7 @@ pub async fn run(
         })
     };
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
-    let metrics_server = match listeners.metrics {
+    let metrics_server = match metrics_listener {
         Some(listener) => {
             listener
                 .set_nonblocking(true)
@@ -251,7 +303,7 @@ pub async fn run(
         (Some(sync), Some(s)) => Some(tokio::spawn(sync.clone().run(s.poll, api_stop_rx.clone()))),
         _ => None,
     };
-    let api_server = match (listeners.api, &sync) {
+    let api_server = match (api_listener, &sync) {
         (Some(listener), Some(sync)) => {
             let server = api::Server::new(
                 cfg.clone(),
@@ -266,21 +318,39 @@ pub async fn run(
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = ingest::start(
-        listeners.syslog,
-        tls_input,
-        ingest::IngestCtx {
-            deps: ingest::reader::ReaderDeps {
+    let source = match input {
+        Input::Syslog { listener, .. } => Source::Ingest(
+            ingest::start(
+                listener,
+                tls_input,
+                ingest::IngestCtx {
+                    deps: ingest::reader::ReaderDeps {
+                        config: cfg.clone(),
+                        queue: queue_tx,
+                        gate: gate.clone(),
+                        metrics: metrics.clone(),
+                        stop: stop_rx,
+                    },
+                    batches: batches.clone(),
+                },
+            )
+            .map_err(io_error("cannot start ingest"))?,
+        ),
+        Input::Stdin(feed) => Source::Stdin(
+            feed.start(stdin::Pipeline {
                 config: cfg.clone(),
                 queue: queue_tx,
                 gate: gate.clone(),
                 metrics: metrics.clone(),
+                batches: batches.clone(),
+                targets: targets.clone(),
+                dead_letters: dead_letters.clone(),
+                runtime: tokio::runtime::Handle::current(),
                 stop: stop_rx,
-            },
-            batches: batches.clone(),
-        },
-    )
-    .map_err(io_error("cannot start ingest"))?;
+            })
+            .map_err(io_error("cannot start the stdin feed"))?,
+        ),
+    };
     info!(
         workers = cfg.workers.get(),
         io_threads = cfg.io_threads.get(),
@@ -314,7 +384,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let drain_enricher = enricher.clone();
     let drained = tokio::task::spawn_blocking(move || {
-        ingest.join();
+        source.join();
         pool.join();
         // Let lookups in flight finish; what is left goes out generic in the flush.
         drain_enricher.drain(drain_enricher.config().shutdown_wait);
@@ -378,4 +448,40 @@ pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The running source of frames, joined before the pool drains.
+enum Source {
+    Ingest(ingest::Ingest),
+    Stdin(stdin::Running),
+}
+
+impl Source {
+    /// Wait until the source stopped and handed on everything it read. Blocking.
+    fn join(self) {
+        match self {
+            Source::Ingest(i) => i.join(),
+            Source::Stdin(s) => s.join(),
+        }
+    }
+}
+
+/// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
+/// share a spool: the spool assumes one writer.
+fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let path = dir.join("qbroker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(format!("cannot open {}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(RunError::Locked { path }),
+        Err(e) => Err(RunError::Io {
+            what: format!("cannot lock {}", path.display()),
+            source: e.into(),
+        }),
+    }
 }

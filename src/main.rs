@@ -1,5 +1,7 @@
 //! The `qbroker` command: parse the command line, load the configuration, bind
-//! the sockets, and run the broker until SIGTERM or SIGINT.
+//! the sockets, and run the broker until SIGTERM or SIGINT; or run it fed by
+//! stdin (`qbroker stdin`, for rsyslog's omprog and for one line by hand), or
+//! check its surroundings (`qbroker doctor`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +32,72 @@ enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Read syslog messages on stdin, one per line, through the same pipeline:
+    /// what rsyslog's omprog runs in place of the reference broker binary
+    /// (confirmMessages and useTransactions protocol); with --once, explain
+    /// (and deliver) lines given by hand.
+    Stdin(Box<StdinArgs>),
+    /// Check the clusters' audit settings (REST API), each target (DNS, TCP,
+    /// TLS, a test POST) and this host (syslog port, spool disk); exit 1 if
+    /// any check fails.
+    Doctor(Box<DoctorArgs>),
+}
+
+#[derive(clap::Args)]
+struct StdinArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Read the messages given on stdin (a message may span lines, as a
+    /// pretty-printed JSON payload does), print what each becomes (the event,
+    /// or why it is filtered or invalid), deliver the events through a private
+    /// temporary spool, report, and exit: 0 when every message became an
+    /// event (and was delivered), 3 when one was filtered, 1 on an invalid
+    /// message or a failed delivery.
+    #[arg(long)]
+    once: bool,
+    /// With --once: explain only; deliver nothing.
+    #[arg(long, requires = "once")]
+    dry_run: bool,
+    /// With --once: how long to wait for the targets to acknowledge.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    timeout_secs: u64,
+    /// Write no answers on stdout (omprog without confirmMessages, as in the
+    /// reference rsyslog configuration).
+    #[arg(long)]
+    no_confirm: bool,
+    /// omprog's beginTransactionMark.
+    #[arg(long, value_name = "LINE", default_value = "BEGIN TRANSACTION")]
+    begin_mark: String,
+    /// omprog's commitTransactionMark.
+    #[arg(long, value_name = "LINE", default_value = "COMMIT TRANSACTION")]
+    commit_mark: String,
+    /// A keep-alive `.` goes out this often while an answer is pending (a
+    /// commit waiting on a full spool); keep it below omprog's confirmTimeout.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    keepalive_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// TOML configuration file.
+    #[arg(long, short, default_value = "/etc/qbroker/qbroker.toml")]
+    config: PathBuf,
+    /// This broker's address as the clusters see it (a name or an IP,
+    /// optionally :PORT; the port defaults to listen's). Repeatable. Default:
+    /// the listen address, or any address of this host when it listens on all.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Vec<String>,
+    /// Timeout of each network step.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout_secs: u64,
+    /// Do not POST a test batch (an empty one) to the targets.
+    #[arg(long)]
+    no_post: bool,
+    /// qbroker runs behind rsyslog as `qbroker stdin` (omprog): skip the
+    /// syslog port check (rsyslog holds it). Give rsyslog's address and port
+    /// with --advertise.
+    #[arg(long)]
+    behind_rsyslog: bool,
 }
 
 #[derive(clap::Args)]
@@ -67,21 +135,30 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The commands a person runs by hand say only what goes wrong, unless RUST_LOG says otherwise.
+    let quiet = match &cli.command {
+        Command::Stdin(a) => a.once,
+        Command::Doctor(_) => true,
+        _ => false,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(*args),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { file } => check_config(&file).map(|()| ExitCode::SUCCESS),
+        Command::Stdin(args) => stdin(*args),
+        Command::Doctor(args) => doctor(*args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("qbroker: {err:#}");
             ExitCode::FAILURE
@@ -182,7 +259,8 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+/// The configuration of the file and the flags.
+fn load_config(args: RunArgs) -> anyhow::Result<qbroker::config::Config> {
     let mut raw = match &args.config {
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
@@ -199,17 +277,200 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         spool_dir: args.spool_dir,
         spool_fsync: args.spool_fsync,
     });
-    let cfg = raw.validate()?;
-    let listeners = qbroker::Listeners::bind(&cfg)?;
+    Ok(raw.validate()?)
+}
+
+fn runtime(cfg: &qbroker::config::Config) -> anyhow::Result<tokio::runtime::Runtime> {
     let threads = (cfg.workers.get() / 4).clamp(2, 4);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("qbroker-rt")
         .enable_all()
         .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(qbroker::run(cfg, listeners, shutdown_signal()))?;
+        .context("cannot start the runtime")
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = load_config(args)?;
+    let listeners = qbroker::Listeners::bind(&cfg)?;
+    runtime(&cfg)?.block_on(qbroker::run(cfg, listeners, shutdown_signal()))?;
     Ok(())
+}
+
+fn stdin(args: StdinArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = load_config(args.run)?;
+    let opts = qbroker::stdin::Options {
+        confirm: !args.no_confirm,
+        begin_mark: args.begin_mark,
+        commit_mark: args.commit_mark,
+        keepalive: std::time::Duration::from_millis(args.keepalive_ms.max(10)),
+        report_delivery: None,
+    };
+    if args.once {
+        return stdin_once(cfg, opts, args.dry_run, args.timeout_secs);
+    }
+    let metrics = cfg
+        .metrics_listen
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot bind the metrics listener to {addr}"))
+        })
+        .transpose()?;
+    cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let input = Box::new(std::io::BufReader::with_capacity(
+        256 * 1024,
+        std::io::stdin(),
+    ));
+    let (feed, ended) = qbroker::stdin::Feed::new(opts, input, Box::new(std::io::stdout()))?;
+    let rt = runtime(&cfg)?;
+    rt.block_on(qbroker::run_input(
+        cfg,
+        qbroker::Input::Stdin(feed),
+        metrics,
+        None,
+        async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = ended => tracing::info!("end of stdin"),
+            }
+        },
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qbroker stdin --once`: explain each message, then deliver the events
+/// through a private spool (the running broker's spool is not touched).
+fn stdin_once(
+    mut cfg: qbroker::config::Config,
+    mut opts: qbroker::stdin::Options,
+    dry_run: bool,
+    timeout_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read stdin")?;
+    let records = qbroker::stdin::records(&text);
+    if records.is_empty() {
+        anyhow::bail!(
+            "no message on stdin: give one line, e.g. echo '<line>' | qbroker stdin --once"
+        );
+    }
+    let mut verdicts = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let e = qbroker::stdin::explain(&cfg, r);
+        if records.len() > 1 {
+            println!("#{}", i + 1);
+        }
+        print!("{}", e.text);
+        verdicts.push(e.verdict);
+    }
+    use qbroker::stdin::Verdict;
+    let code = if verdicts.contains(&Verdict::Invalid) {
+        ExitCode::FAILURE
+    } else if verdicts.contains(&Verdict::Filtered) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    };
+    if dry_run || !verdicts.contains(&Verdict::Event) {
+        return Ok(code);
+    }
+    let tmp = std::env::temp_dir().join(format!(
+        "qbroker-once-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    cfg.data_dir = tmp.clone();
+    cfg.spool.dir = tmp.join("spool");
+    cfg.dead_letter.dir = tmp.join("dead-letter");
+    cfg.shutdown_grace = std::time::Duration::from_secs(1);
+    cfg.metrics_listen = None;
+    opts.confirm = false;
+    opts.report_delivery = Some(std::time::Duration::from_secs(timeout_secs));
+    let mut input = format!("{}\n", opts.begin_mark);
+    for r in records {
+        input.push_str(&r);
+        input.push('\n');
+    }
+    input.push_str(&opts.commit_mark);
+    input.push('\n');
+    let out = SharedOut::default();
+    let (feed, ended) = qbroker::stdin::Feed::new(
+        opts,
+        Box::new(std::io::Cursor::new(input.into_bytes())),
+        Box::new(out.clone()),
+    )?;
+    let result = runtime(&cfg)?.block_on(qbroker::run_input(
+        cfg,
+        qbroker::Input::Stdin(feed),
+        None,
+        None,
+        async {
+            let _ = ended.await;
+        },
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    let report =
+        String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    print!("{report}");
+    if report.contains("NOT DELIVERED")
+        || report.contains("refused")
+        || report.contains("not spooled")
+    {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(code)
+}
+
+/// Output kept in memory (the delivery report of `--once`).
+#[derive(Clone, Default)]
+struct SharedOut(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let opts = qbroker::doctor::Options {
+        advertise: args.advertise,
+        timeout: std::time::Duration::from_secs(args.timeout_secs.max(1)),
+        post: !args.no_post,
+        behind_rsyslog: args.behind_rsyslog,
+    };
+    let cfg = match RawConfig::load(&args.config).and_then(|raw| raw.validate()) {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            println!("config {}: FAIL {err}", args.config.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let report = rt.block_on(qbroker::doctor::run(&cfg, &opts));
+    println!("config {}: valid", args.config.display());
+    print!("{}", report.render());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn shutdown_signal() {

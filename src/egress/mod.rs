@@ -38,7 +38,7 @@ pub use client::{Connector, TlsSetupError};
 
 /// Most of a response body kept, for logs and dead letters.
 const RESPONSE_LIMIT: usize = 64 * 1024;
-const USER_AGENT: &str = concat!("qbroker/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("qbroker/", env!("CARGO_PKG_VERSION"));
 
 /// A running target: its lanes.
 pub struct Egress {
@@ -470,7 +470,8 @@ impl Target {
     }
 }
 
-fn host_header(cfg: &TargetConfig) -> String {
+/// The `Host` header of a target's requests.
+pub(crate) fn host_header(cfg: &TargetConfig) -> String {
     let host = if cfg.host.contains(':') {
         format!("[{}]", cfg.host)
     } else {

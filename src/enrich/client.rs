@@ -364,6 +364,16 @@ impl ApiClient {
         Ok(attrs.kind == "FS_FILE_TYPE_DIRECTORY")
     }
 
+    /// Any JSON resource of the API, with the same login, token and TLS
+    /// (`qbroker doctor` reads the audit settings with it).
+    pub async fn get_json(self: &Arc<Self>, path: &str) -> Result<serde_json::Value, ApiError> {
+        let body = self.get(path).await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
     /// GET with the bearer token; a 401 renews a login token and tries once more.
     async fn get(self: &Arc<Self>, path: &str) -> Result<Bytes, ApiError> {
         let (token, generation) = self.token().await?;

@@ -418,6 +418,14 @@ pub fn frame_hostname(frame: &[u8]) -> Option<&str> {
     }
 }
 
+/// The syslog APP-NAME (or RFC 3164 TAG without `[pid]` and `:`) of a frame, for
+/// explaining a filtered frame (`qbroker stdin --once`). `None` if the header
+/// cannot be split or the name is not UTF-8.
+pub fn frame_app_name(frame: &[u8]) -> Option<&str> {
+    let h = syslog::parse_header(trim(frame)).ok()?;
+    std::str::from_utf8(h.app).ok()
+}
+
 /// `<cluster>-<digits>` to `<cluster>`; a name without that suffix is returned whole.
 pub fn cluster_of_hostname(host: &str) -> &str {
     match host.rsplit_once('-') {

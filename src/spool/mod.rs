@@ -376,6 +376,19 @@ impl Spool {
         sh.persist_and_delete()
     }
 
+    /// Fsyncs every record appended so far (sharing the fsync with concurrent
+    /// appenders), without [`sync`](Self::sync)'s watermark work: for a caller
+    /// that must know its records are on disk before it acknowledges them
+    /// (`qbroker stdin`'s commit).
+    pub fn sync_appended(&self) -> std::io::Result<()> {
+        let sh = &self.shared;
+        let (from, end) = {
+            let covered = lock(&sh.commit).covered;
+            (covered, lock(&sh.log).next_id)
+        };
+        sh.commit_until(from, end)
+    }
+
     /// Sets the budget of the cache of recent records (default
     /// [`DEFAULT_CACHE_BYTES`]); records past it are read back from the segments.
     pub fn set_cache_bytes(&self, bytes: usize) {

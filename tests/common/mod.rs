@@ -738,11 +738,17 @@ struct ApiState {
     token_uses: u32,
     /// (method, path, had a valid token)
     log: Vec<(String, String, bool)>,
+    /// `/v1/audit/syslog/config` and `/v1/audit/syslog/status` (404 when unset).
+    audit_v1: Option<(Value, Value)>,
+    /// `/v2/audit/destinations/` and each destination's `/status` by id (404
+    /// when unset, as before Qumulo 7.9).
+    audit_v2: Option<(Value, std::collections::HashMap<String, Value>)>,
 }
 
 /// A Qumulo REST API stand-in over HTTPS on loopback: login, who-am-i,
-/// cluster settings, v2 ACLs and attributes, with tokens that expire after a
-/// number of uses.
+/// cluster settings, v2 ACLs and attributes, the audit settings (legacy
+/// syslog config and status, 7.9+ destinations), with tokens that expire after
+/// a number of uses.
 pub struct QumuloApi {
     pub addr: SocketAddr,
     pub ca_file: PathBuf,
@@ -843,6 +849,22 @@ impl QumuloApi {
         self.state.lock().unwrap().logins
     }
 
+    /// Serve the legacy audit syslog settings: the config and status bodies.
+    pub fn set_audit_v1(&self, config: Value, status: Value) {
+        self.state.lock().unwrap().audit_v1 = Some((config, status));
+    }
+
+    /// Serve Qumulo 7.9+ audit destinations: the list body and each one's status.
+    pub fn set_audit_v2(&self, list: Value, statuses: &[(&str, Value)]) {
+        self.state.lock().unwrap().audit_v2 = Some((
+            list,
+            statuses
+                .iter()
+                .map(|(id, v)| (id.to_string(), v.clone()))
+                .collect(),
+        ));
+    }
+
     /// (method, path, authorised) of every request so far.
     pub fn log(&self) -> Vec<(String, String, bool)> {
         self.state.lock().unwrap().log.clone()
@@ -918,6 +940,30 @@ async fn api_handle(
             respond(200, serde_json::json!({"id": "500", "name": API_USER}))
         }
         ["v1", "cluster", "settings"] => respond(200, serde_json::json!({"cluster_name": "qa"})),
+        ["v1", "audit", "syslog", which @ ("config" | "status")] => match &st.audit_v1 {
+            Some((config, status)) => respond(
+                200,
+                if *which == "config" {
+                    config.clone()
+                } else {
+                    status.clone()
+                },
+            ),
+            None => respond(404, serde_json::json!({"error_class": "no_such_route"})),
+        },
+        ["v2", "audit", "destinations"] => match &st.audit_v2 {
+            Some((list, _)) => respond(200, list.clone()),
+            None => respond(404, serde_json::json!({"error_class": "no_such_route"})),
+        },
+        ["v2", "audit", "destinations", id, "status"] => {
+            match st.audit_v2.as_ref().and_then(|(_, s)| s.get(*id)) {
+                Some(status) => respond(200, status.clone()),
+                None => respond(
+                    404,
+                    serde_json::json!({"error_class": "no_such_destination"}),
+                ),
+            }
+        }
         ["v2", "files", id, "info", "acl"] => match st.acls.get(*id) {
             Some(acl) => respond(200, acl.clone()),
             None => respond(

@@ -1,0 +1,1126 @@
+//! doctor: `qbroker doctor`, a check of everything a broker depends on, as a
+//! pass/fail table.
+//!
+//! - Each configured cluster with REST credentials (`[[clusters]]` `api_url` or
+//!   `api_host`; the registry of issue 6 does not exist yet): log in with the
+//!   enrichment's [`ApiClient`], then read the audit settings (Qumulo 7.9+:
+//!   `/v2/audit/destinations/` and each one's `/status`; older: the legacy
+//!   `/v1/audit/syslog/config` and `/status`) and check that audit logging is
+//!   enabled, in JSON, pointed at this broker, and connected.
+//! - Each target: DNS, TCP, the TLS chain (with egress's own
+//!   [`tls_config`](crate::egress::client::tls_config)), and a test POST of an
+//!   empty batch with the target's headers and token.
+//! - This host: the syslog port is free or held by a qbroker, and the spool's
+//!   disk has room for the spool caps.
+//!
+//! "This broker", for the clusters' server address: the `--advertise`
+//! addresses when given (a name or an IP, and a port, default `listen`'s);
+//! otherwise `listen`, and when that is `0.0.0.0` or `::`, any address of this
+//! host (one an UDP socket can bind to). Behind rsyslog the clusters send to
+//! rsyslog: pass its address and port with `--advertise`, and
+//! `--behind-rsyslog` when rsyslog runs `qbroker stdin` (no listener of its
+//! own to check). Every network step has a timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{ClusterConfig, Config, TargetConfig};
+use crate::enrich::client::{ApiClient, ApiError};
+use crate::metrics::EnrichMetrics;
+
+/// What the checks need besides the configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This broker's address(es) as the clusters see it: `HOST` or `HOST:PORT`.
+    pub advertise: Vec<String>,
+    /// Timeout of each network step.
+    pub timeout: Duration,
+    /// POST an empty test batch to each target.
+    pub post: bool,
+    /// qbroker runs behind rsyslog as `qbroker stdin` (omprog): the syslog
+    /// port is rsyslog's, so its check is skipped.
+    pub behind_rsyslog: bool,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not applicable, or not possible after an earlier failure.
+    Skip,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// `host`, `target <name>`, `cluster <name>`.
+    pub subject: String,
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn row(subject: &str, check: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        subject: subject.to_string(),
+        check: check.to_string(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Every check, in the order of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// No check failed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// The table, and a summary line.
+    pub fn render(&self) -> String {
+        let w1 = self
+            .checks
+            .iter()
+            .map(|c| c.subject.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let w2 = self
+            .checks
+            .iter()
+            .map(|c| c.check.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let mut out = format!(
+            "{:<w1$}  {:<w2$}  {:<6}DETAIL\n",
+            "SUBJECT", "CHECK", "RESULT"
+        );
+        for c in &self.checks {
+            out.push_str(&format!(
+                "{:<w1$}  {:<w2$}  {:<6}{}\n",
+                c.subject,
+                c.check,
+                c.status.as_str(),
+                c.detail
+            ));
+        }
+        let count = |s| self.checks.iter().filter(|c| c.status == s).count();
+        out.push_str(&format!(
+            "\n{} checks: {} passed, {} failed, {} skipped\n",
+            self.checks.len(),
+            count(Status::Pass),
+            count(Status::Fail),
+            count(Status::Skip)
+        ));
+        out
+    }
+}
+
+/// Run every check. Must be called inside a tokio runtime.
+pub async fn run(cfg: &Config, opts: &Options) -> Report {
+    let here = Here::new(cfg, &opts.advertise);
+    let port = if opts.behind_rsyslog {
+        row(
+            "host",
+            &format!("syslog port {}", cfg.listen),
+            Status::Skip,
+            "--behind-rsyslog: rsyslog holds the syslog port and runs `qbroker stdin`",
+        )
+    } else {
+        syslog_port(cfg, opts.timeout).await
+    };
+    let mut checks = vec![port, spool_disk(cfg)];
+    let targets =
+        futures_util::future::join_all(cfg.targets.iter().map(|t| check_target(t, opts))).await;
+    let clusters = futures_util::future::join_all(
+        cfg.clusters
+            .iter()
+            .map(|c| check_cluster(cfg, c, &here, opts)),
+    )
+    .await;
+    checks.extend(targets.into_iter().flatten());
+    checks.extend(clusters.into_iter().flatten());
+    if cfg.clusters.is_empty() {
+        checks.push(row(
+            "clusters",
+            "audit settings",
+            Status::Skip,
+            "no [[clusters]] configured: nothing to ask (clusters that send unannounced are named from their HOSTNAME)",
+        ));
+    }
+    Report { checks }
+}
+
+// ---------------------------------------------------------------------------
+// This host.
+
+async fn syslog_port(cfg: &Config, timeout: Duration) -> Check {
+    let subject = "host";
+    let what = format!("syslog port {}", cfg.listen);
+    if cfg.listen.port() == 0 {
+        return row(
+            subject,
+            &what,
+            Status::Skip,
+            "listen has port 0 (a test setting)",
+        );
+    }
+    let in_use = match std::net::TcpListener::bind(cfg.listen) {
+        Ok(_) => return row(subject, &what, Status::Pass, "free: qbroker can bind it"),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => true,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Ports below 1024 need CAP_NET_BIND_SERVICE (the unit grants it);
+            // tell "free" from "taken" by connecting.
+            let probe = probe_addr(cfg.listen);
+            matches!(
+                tokio::time::timeout(timeout, TcpStream::connect(probe)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(e) => {
+            return row(subject, &what, Status::Fail, format!("cannot bind: {e}"));
+        }
+    };
+    if !in_use {
+        return row(
+            subject,
+            &what,
+            Status::Pass,
+            "free (this user may not bind a port below 1024; the service has CAP_NET_BIND_SERVICE)",
+        );
+    }
+    match cfg.metrics_listen {
+        Some(m) if healthz(probe_addr(m), timeout).await => row(
+            subject,
+            &what,
+            Status::Pass,
+            format!("in use by qbroker (its /healthz on {m} answers)"),
+        ),
+        _ => row(
+            subject,
+            &what,
+            Status::Fail,
+            format!(
+                "in use by another program (rsyslog's imtcp?): see `ss -ltnp 'sport = :{}'`; move it, or point qbroker's listen elsewhere",
+                cfg.listen.port()
+            ),
+        ),
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr`.
+fn probe_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+async fn healthz(addr: SocketAddr, timeout: Duration) -> bool {
+    let ask = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: qbroker\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        Some(text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.contains("\"ok\""))
+    };
+    matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)))
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Bytes of the files under `dir` (the spools as they are now).
+fn used_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => used_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn spool_disk(cfg: &Config) -> Check {
+    let subject = "host";
+    let dir = &cfg.spool.dir;
+    let what = format!("spool disk {}", dir.display());
+    // The spool directory may not exist before the first start: ask its nearest ancestor.
+    let mut probe = dir.as_path();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    let stat = match rustix::fs::statvfs(probe) {
+        Ok(s) => s,
+        Err(e) => {
+            return row(
+                subject,
+                &what,
+                Status::Fail,
+                format!("cannot stat {}: {e}", probe.display()),
+            )
+        }
+    };
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let targets = cfg.targets.len().max(1) as u64;
+    let cap = cfg.spool.max_bytes.saturating_mul(targets);
+    let used = used_bytes(dir);
+    let need = cap.saturating_sub(used);
+    let detail = format!(
+        "{} free; spool cap {} ({} x {} target(s)), {} in use",
+        gib(free),
+        gib(cap),
+        gib(cfg.spool.max_bytes),
+        targets,
+        gib(used)
+    );
+    if free >= need {
+        row(subject, &what, Status::Pass, detail)
+    } else {
+        row(
+            subject,
+            &what,
+            Status::Fail,
+            format!("{detail}: a long outage would fill the disk before the cap; lower [spool] max_bytes or grow the disk"),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Targets.
+
+async fn check_target(t: &TargetConfig, opts: &Options) -> Vec<Check> {
+    let subject = format!("target {}", t.name);
+    let timeout = opts.timeout;
+    let mut out = Vec::new();
+    let skip_rest = |out: &mut Vec<Check>, from: usize, why: &str| {
+        for check in ["dns", "tcp", "tls", "post"].iter().skip(from) {
+            out.push(row(&subject, check, Status::Skip, why));
+        }
+    };
+
+    let started = Instant::now();
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((t.host.as_str(), t.port)))
+            .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                out.push(row(
+                    &subject,
+                    "dns",
+                    Status::Fail,
+                    format!("{}: {e}", t.host),
+                ));
+                skip_rest(&mut out, 1, "needs dns");
+                return out;
+            }
+            Err(_) => {
+                out.push(row(
+                    &subject,
+                    "dns",
+                    Status::Fail,
+                    format!("{}: no answer within {timeout:?}", t.host),
+                ));
+                skip_rest(&mut out, 1, "needs dns");
+                return out;
+            }
+        };
+    let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    out.push(row(
+        &subject,
+        "dns",
+        Status::Pass,
+        format!(
+            "{} -> {} ({} ms)",
+            t.host,
+            list.join(", "),
+            started.elapsed().as_millis()
+        ),
+    ));
+
+    let mut errors = Vec::new();
+    let mut stream = None;
+    for addr in &addrs {
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some((s, *addr, started.elapsed()));
+                break;
+            }
+            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+            Err(_) => errors.push(format!("{addr}: no answer within {timeout:?}")),
+        }
+    }
+    let Some((tcp, addr, took)) = stream else {
+        out.push(row(&subject, "tcp", Status::Fail, errors.join("; ")));
+        skip_rest(&mut out, 2, "needs tcp");
+        return out;
+    };
+    let _ = tcp.set_nodelay(true);
+    out.push(row(
+        &subject,
+        "tcp",
+        Status::Pass,
+        format!("connected to {addr} in {} ms", took.as_millis()),
+    ));
+
+    if !t.tls {
+        out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
+        out.push(post_check(&subject, t, opts, TokioIo::new(tcp)).await);
+        return out;
+    }
+    let config = match crate::egress::client::tls_config(t) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(row(&subject, "tls", Status::Fail, e.to_string()));
+            skip_rest(&mut out, 3, "needs tls");
+            return out;
+        }
+    };
+    let name = match ServerName::try_from(t.host.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            out.push(row(
+                &subject,
+                "tls",
+                Status::Fail,
+                format!("{:?} is not a valid server name: {e}", t.host),
+            ));
+            skip_rest(&mut out, 3, "needs tls");
+            return out;
+        }
+    };
+    let roots = match &t.ca_file {
+        Some(p) => format!("ca_file {}", p.display()),
+        None => "the system roots".to_string(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let hint = if e.to_string().contains("certificate") {
+                format!(" (checked against {roots}: is it the CA that signed the target's certificate, and does the certificate name {}?)", t.host)
+            } else {
+                String::new()
+            };
+            out.push(row(
+                &subject,
+                "tls",
+                Status::Fail,
+                format!("handshake: {e}{hint}"),
+            ));
+            skip_rest(&mut out, 3, "needs tls");
+            return out;
+        }
+        Err(_) => {
+            out.push(row(
+                &subject,
+                "tls",
+                Status::Fail,
+                format!("no handshake within {timeout:?}"),
+            ));
+            skip_rest(&mut out, 3, "needs tls");
+            return out;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let version = session
+        .protocol_version()
+        .map_or("?".to_string(), |v| format!("{v:?}"));
+    let client_cert = if t.client_auth.is_some() {
+        ", client certificate sent"
+    } else {
+        ""
+    };
+    out.push(row(
+        &subject,
+        "tls",
+        Status::Pass,
+        format!("chain verified against {roots}, {version}{client_cert}"),
+    ));
+    out.push(post_check(&subject, t, opts, TokioIo::new(tls)).await);
+    out
+}
+
+async fn post_check<IO>(subject: &str, t: &TargetConfig, opts: &Options, io: IO) -> Check
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if !opts.post {
+        return row(subject, "post", Status::Skip, "--no-post");
+    }
+    let started = Instant::now();
+    match tokio::time::timeout(opts.timeout, post(t, io)).await {
+        Ok(Ok((status, _))) if (200..300).contains(&status) => row(
+            subject,
+            "post",
+            Status::Pass,
+            format!(
+                "HTTP {status} in {} ms to an empty test batch",
+                started.elapsed().as_millis()
+            ),
+        ),
+        Ok(Ok((status, text))) if status == 401 || status == 403 => row(
+            subject,
+            "post",
+            Status::Fail,
+            format!(
+                "HTTP {status}: the target refused the credentials (token / token_file{}): {}",
+                if t.client_auth.is_some() {
+                    ", client certificate"
+                } else {
+                    ""
+                },
+                snippet(&text)
+            ),
+        ),
+        Ok(Ok((status, text))) => row(
+            subject,
+            "post",
+            Status::Fail,
+            format!("HTTP {status} to POST {}: {}", t.path, snippet(&text)),
+        ),
+        Ok(Err(e)) => row(subject, "post", Status::Fail, e),
+        Err(_) => row(
+            subject,
+            "post",
+            Status::Fail,
+            format!("no answer within {:?}", opts.timeout),
+        ),
+    }
+}
+
+fn snippet(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line.chars().take(200).collect()
+}
+
+/// POST an empty batch of the egress schema, with egress's headers.
+async fn post<IO>(t: &TargetConfig, io: IO) -> Result<(u16, String), String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("http handshake: {e}"))?;
+    tokio::spawn(conn);
+    let batch_id = format!("qbroker-doctor-{}", uuid::Uuid::now_v7());
+    let body = serde_json::json!({
+        "schema": crate::batch::SCHEMA,
+        "cluster": "qbroker-doctor",
+        "filer_id": null,
+        "batch_id": batch_id,
+        "events": [],
+    })
+    .to_string();
+    let mut request = http::Request::post(t.path.as_str())
+        .header(http::header::HOST, crate::egress::host_header(t))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::USER_AGENT, crate::egress::USER_AGENT)
+        .header("idempotency-key", batch_id.as_str());
+    if let Some(token) = &t.token {
+        request = request.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose()),
+        );
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status().as_u16();
+    let text = Limited::new(response.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Ok((status, text))
+}
+
+// ---------------------------------------------------------------------------
+// Clusters.
+
+/// Where this broker is, as the clusters should see it.
+struct Here {
+    /// (host, port) pairs from `--advertise`.
+    advertised: Vec<(String, u16)>,
+    listen: SocketAddr,
+}
+
+impl Here {
+    fn new(cfg: &Config, advertise: &[String]) -> Here {
+        let default_port = cfg.listen.port();
+        let advertised = advertise
+            .iter()
+            .map(|a| split_host_port(a, default_port))
+            .collect();
+        Here {
+            advertised,
+            listen: cfg.listen,
+        }
+    }
+
+    /// A host for the fix hints.
+    fn host_hint(&self) -> String {
+        match self.advertised.first() {
+            Some((h, _)) => h.clone(),
+            None if self.listen.ip().is_unspecified() => "<this broker's address>".to_string(),
+            None => self.listen.ip().to_string(),
+        }
+    }
+
+    fn port_hint(&self) -> u16 {
+        self.advertised
+            .first()
+            .map_or(self.listen.port(), |(_, p)| *p)
+    }
+
+    fn describe(&self) -> String {
+        if self.advertised.is_empty() {
+            if self.listen.ip().is_unspecified() {
+                format!(
+                    "any address of this host, port {} (listen)",
+                    self.listen.port()
+                )
+            } else {
+                format!("{} (listen)", self.listen)
+            }
+        } else {
+            let list: Vec<String> = self
+                .advertised
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect();
+            format!("--advertise {}", list.join(", "))
+        }
+    }
+
+    /// Whether a cluster's `server_address:server_port` reaches this broker.
+    async fn matches(&self, address: &str, port: u16, timeout: Duration) -> Result<String, String> {
+        let address = address.trim().trim_start_matches('[').trim_end_matches(']');
+        if address.is_empty() {
+            return Err("no server address set".to_string());
+        }
+        let resolved = resolve(address, timeout).await;
+        if self.advertised.is_empty() {
+            if port != self.listen.port() {
+                return Err(format!(
+                    "port {port}, but this broker listens on {}",
+                    self.listen.port()
+                ));
+            }
+            let ips = resolved?;
+            let ok = if self.listen.ip().is_unspecified() {
+                ips.iter().any(|ip| is_local(*ip))
+            } else {
+                ips.contains(&self.listen.ip())
+            };
+            return if ok {
+                Ok(format!(
+                    "{address}:{port} is this broker ({})",
+                    self.describe()
+                ))
+            } else {
+                Err(format!(
+                    "{address}:{port} ({}) is not this broker ({})",
+                    ips.iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.describe()
+                ))
+            };
+        }
+        for (host, p) in &self.advertised {
+            if *p != port {
+                continue;
+            }
+            if host.eq_ignore_ascii_case(address) {
+                return Ok(format!(
+                    "{address}:{port} is this broker (--advertise {host}:{p})"
+                ));
+            }
+            if let (Ok(theirs), Ok(ours)) = (&resolved, resolve(host, timeout).await) {
+                if theirs.iter().any(|ip| ours.contains(ip)) {
+                    return Ok(format!(
+                        "{address}:{port} is this broker (--advertise {host}:{p})"
+                    ));
+                }
+            }
+        }
+        Err(format!(
+            "{address}:{port} is not this broker ({})",
+            self.describe()
+        ))
+    }
+}
+
+fn split_host_port(text: &str, default_port: u16) -> (String, u16) {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return (sa.ip().to_string(), sa.port());
+    }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return (inner.to_string(), default_port);
+    }
+    match text.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h.to_string(), port),
+            Err(_) => (text.to_string(), default_port),
+        },
+        _ => (text.to_string(), default_port),
+    }
+}
+
+async fn resolve(host: &str, timeout: Duration) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, 0))).await {
+        Ok(Ok(addrs)) => Ok(addrs.map(|a| a.ip()).collect()),
+        Ok(Err(e)) => Err(format!("{host}: {e}")),
+        Err(_) => Err(format!("{host}: no DNS answer within {timeout:?}")),
+    }
+}
+
+/// An address of this host: one a socket can bind to.
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+const ENABLED: &str = "audit enabled";
+const JSON: &str = "audit json";
+const POINTED: &str = "audit destination";
+const CONNECTED: &str = "audit connected";
+
+async fn check_cluster(cfg: &Config, c: &ClusterConfig, here: &Here, opts: &Options) -> Vec<Check> {
+    let subject = format!("cluster {}", c.name);
+    let Some(api) = &c.api else {
+        return vec![row(
+            &subject,
+            "audit settings",
+            Status::Skip,
+            "no api_url/api_host: give the cluster REST credentials to check its audit settings",
+        )];
+    };
+    let timeout = opts.timeout;
+    let client = match ApiClient::new(
+        Arc::from(c.name.as_str()),
+        api,
+        1,
+        timeout,
+        cfg.enrich.token_renew,
+        Arc::new(EnrichMetrics::default()),
+    ) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return vec![row(&subject, "rest api", Status::Fail, e.to_string())],
+    };
+    let mut out = Vec::new();
+    let api_at = format!("https://{}:{}", api.host, api.port);
+    // Overall bound: a login and the call, each already bounded by `timeout`.
+    let who = tokio::time::timeout(timeout * 3, client.get_json("/v1/session/who-am-i")).await;
+    match who {
+        Ok(Ok(v)) => out.push(row(
+            &subject,
+            "rest api",
+            Status::Pass,
+            format!(
+                "{api_at}: logged in as {}",
+                v["name"].as_str().unwrap_or("(an access token)")
+            ),
+        )),
+        Ok(Err(e)) => {
+            let hint = match &e {
+                ApiError::Unauthorized(_) => " (username/password or access_token)",
+                ApiError::Connect(m) if m.contains("tls") => {
+                    " (ca_file, or insecure_skip_verify for a self-signed cluster)"
+                }
+                _ => "",
+            };
+            out.push(row(
+                &subject,
+                "rest api",
+                Status::Fail,
+                format!("{api_at}: {e}{hint}"),
+            ));
+            for check in [ENABLED, JSON, POINTED, CONNECTED] {
+                out.push(row(&subject, check, Status::Skip, "needs the REST API"));
+            }
+            return out;
+        }
+        Err(_) => {
+            out.push(row(
+                &subject,
+                "rest api",
+                Status::Fail,
+                format!("{api_at}: no answer within {:?}", timeout * 3),
+            ));
+            for check in [ENABLED, JSON, POINTED, CONNECTED] {
+                out.push(row(&subject, check, Status::Skip, "needs the REST API"));
+            }
+            return out;
+        }
+    }
+    match client.get_json("/v2/audit/destinations/").await {
+        Ok(list) => out.extend(v2_checks(&subject, &client, &list, here, timeout).await),
+        Err(ApiError::Status { status: 404, .. }) => {
+            out.extend(v1_checks(&subject, &client, here, timeout).await)
+        }
+        Err(e) => {
+            out.push(row(
+                &subject,
+                "audit settings",
+                Status::Fail,
+                format!("GET /v2/audit/destinations/: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+/// Before Qumulo 7.9: the one audit syslog server.
+async fn v1_checks(
+    subject: &str,
+    client: &Arc<ApiClient>,
+    here: &Here,
+    timeout: Duration,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let config = match client.get_json("/v1/audit/syslog/config").await {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(row(
+                subject,
+                "audit settings",
+                Status::Fail,
+                format!("GET /v1/audit/syslog/config: {e}"),
+            ));
+            return out;
+        }
+    };
+    let fix = "qq audit_set_syslog_config";
+    if config["enabled"].as_bool() == Some(true) {
+        out.push(row(
+            subject,
+            ENABLED,
+            Status::Pass,
+            "audit syslog enabled (/v1/audit/syslog/config)",
+        ));
+    } else {
+        out.push(row(
+            subject,
+            ENABLED,
+            Status::Fail,
+            format!("audit syslog is disabled; fix: {fix} --enable"),
+        ));
+    }
+    let format = config["format"].as_str().unwrap_or("");
+    if format.eq_ignore_ascii_case("json") {
+        out.push(row(subject, JSON, Status::Pass, "format json"));
+    } else {
+        out.push(row(subject, JSON, Status::Fail, format!("format {format:?}: qbroker parses CSV too, but the Varonis integration uses JSON (it carries the owner of metadata changes); fix: {fix} --json")));
+    }
+    let address = config["server_address"].as_str().unwrap_or("");
+    let port = config["server_port"].as_u64().unwrap_or(0) as u16;
+    match here.matches(address, port, timeout).await {
+        Ok(d) => out.push(row(subject, POINTED, Status::Pass, d)),
+        Err(d) => out.push(row(
+            subject,
+            POINTED,
+            Status::Fail,
+            format!(
+                "{d}; fix: {fix} --server-address {} --server-port {}",
+                here.host_hint(),
+                here.port_hint()
+            ),
+        )),
+    }
+    match client.get_json("/v1/audit/syslog/status").await {
+        Ok(v) => {
+            let status = v["connection_status"].as_str().unwrap_or("?");
+            if status == "AUDIT_LOG_CONNECTED" {
+                out.push(row(subject, CONNECTED, Status::Pass, status));
+            } else {
+                let message = v["error_message"].as_str().unwrap_or("");
+                out.push(row(
+                    subject,
+                    CONNECTED,
+                    Status::Fail,
+                    format!(
+                        "{status}{}{message} (qq audit_get_syslog_status)",
+                        if message.is_empty() { "" } else { ": " }
+                    ),
+                ));
+            }
+        }
+        Err(e) => out.push(row(
+            subject,
+            CONNECTED,
+            Status::Fail,
+            format!("GET /v1/audit/syslog/status: {e}"),
+        )),
+    }
+    out
+}
+
+/// Qumulo 7.9+: audit destinations; one SYSLOG destination should be this broker.
+async fn v2_checks(
+    subject: &str,
+    client: &Arc<ApiClient>,
+    list: &Value,
+    here: &Here,
+    timeout: Duration,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    let empty = Vec::new();
+    let destinations = list["destinations"]
+        .as_array()
+        .or_else(|| list.as_array())
+        .unwrap_or(&empty);
+    // (id, name, config, why not / how it matches)
+    let mut seen = Vec::new();
+    let mut ours: Vec<(String, String, Value, String)> = Vec::new();
+    for d in destinations {
+        let config = if d["config"].is_object() {
+            &d["config"]
+        } else {
+            d
+        };
+        let kind = config["type"].as_str().unwrap_or("SYSLOG");
+        if !kind.eq_ignore_ascii_case("SYSLOG") {
+            continue;
+        }
+        let id = d["id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| d["id"].to_string());
+        let name = config["name"].as_str().unwrap_or("").to_string();
+        let address = config["server_address"].as_str().unwrap_or("");
+        let port = config["server_port"].as_u64().unwrap_or(0) as u16;
+        seen.push(format!("{name} (id {id}) -> {address}:{port}"));
+        if let Ok(how) = here.matches(address, port, timeout).await {
+            ours.push((id, name, config.clone(), how));
+        }
+    }
+    // Prefer an enabled one, should there be several.
+    ours.sort_by_key(|(_, _, c, _)| c["enabled"].as_bool() != Some(true));
+    let Some((id, name, config, how)) = ours.into_iter().next() else {
+        let found = if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join("; ")
+        };
+        let fix = format!(
+            "qq audit_create_destination --name qbroker --json --server-address {} --server-port {} --enable",
+            here.host_hint(),
+            here.port_hint()
+        );
+        out.push(row(
+            subject,
+            ENABLED,
+            Status::Skip,
+            "no destination of this broker",
+        ));
+        out.push(row(
+            subject,
+            JSON,
+            Status::Skip,
+            "no destination of this broker",
+        ));
+        out.push(row(
+            subject,
+            POINTED,
+            Status::Fail,
+            format!(
+            "no SYSLOG audit destination points at this broker ({}); found: {found}; fix: {fix}",
+            here.describe()
+        ),
+        ));
+        out.push(row(
+            subject,
+            CONNECTED,
+            Status::Skip,
+            "no destination of this broker",
+        ));
+        return out;
+    };
+    let address = config["server_address"].as_str().unwrap_or("");
+    let port = config["server_port"].as_u64().unwrap_or(0);
+    if config["enabled"].as_bool() == Some(true) {
+        out.push(row(
+            subject,
+            ENABLED,
+            Status::Pass,
+            format!("destination {name} (id {id}) enabled (/v2/audit/destinations)"),
+        ));
+    } else {
+        out.push(row(subject, ENABLED, Status::Fail, format!(
+            "destination {name} (id {id}) is disabled; fix: qq audit_modify_destination --id {id} --enable"
+        )));
+    }
+    let format = config["format"]
+        .as_str()
+        .or_else(|| config["log_format"].as_str())
+        .unwrap_or("");
+    if format.eq_ignore_ascii_case("json") {
+        out.push(row(subject, JSON, Status::Pass, "format json"));
+    } else {
+        out.push(row(subject, JSON, Status::Fail, format!(
+            "format {format:?}: the Varonis integration uses JSON; fix: qq audit_set_destination --id {id} --name {name} --json --server-address {address} --server-port {port} --enable"
+        )));
+    }
+    out.push(row(
+        subject,
+        POINTED,
+        Status::Pass,
+        format!("destination {name} (id {id}): {how}"),
+    ));
+    let path = format!("/v2/audit/destinations/{id}/status");
+    match client.get_json(&path).await {
+        Ok(v) => {
+            let nodes = v["node_statuses"].as_array().cloned().unwrap_or_default();
+            let bad: Vec<String> = nodes
+                .iter()
+                .filter(|n| {
+                    n["status"]["connection_status"].as_str() != Some("AUDIT_DESTINATION_CONNECTED")
+                })
+                .map(|n| {
+                    let status = n["status"]["connection_status"].as_str().unwrap_or("?");
+                    let message = n["status"]["error_message"].as_str().unwrap_or("");
+                    format!(
+                        "node {}: {status}{}{message}",
+                        n["node_id"],
+                        if message.is_empty() { "" } else { ": " }
+                    )
+                })
+                .collect();
+            if nodes.is_empty() {
+                out.push(row(
+                    subject,
+                    CONNECTED,
+                    Status::Fail,
+                    format!("{path}: no node status"),
+                ));
+            } else if bad.is_empty() {
+                out.push(row(
+                    subject,
+                    CONNECTED,
+                    Status::Pass,
+                    format!("all {} node(s) AUDIT_DESTINATION_CONNECTED", nodes.len()),
+                ));
+            } else {
+                out.push(row(
+                    subject,
+                    CONNECTED,
+                    Status::Fail,
+                    format!(
+                        "{} (qq audit_get_destination_status --id {id})",
+                        bad.join("; ")
+                    ),
+                ));
+            }
+        }
+        Err(e) => out.push(row(
+            subject,
+            CONNECTED,
+            Status::Fail,
+            format!("GET {path}: {e}"),
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("10.0.0.5", 514), ("10.0.0.5".into(), 514));
+        assert_eq!(
+            split_host_port("10.0.0.5:5514", 514),
+            ("10.0.0.5".into(), 5514)
+        );
+        assert_eq!(
+            split_host_port("broker.example", 514),
+            ("broker.example".into(), 514)
+        );
+        assert_eq!(
+            split_host_port("broker.example:1", 514),
+            ("broker.example".into(), 1)
+        );
+        assert_eq!(split_host_port("[::1]:7", 514), ("::1".into(), 7));
+        assert_eq!(split_host_port("[::1]", 514), ("::1".into(), 514));
+        assert_eq!(split_host_port("::1", 514), ("::1".into(), 514));
+    }
+
+    #[test]
+    fn loopback_is_local_and_test_net_is_not() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(!is_local("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_report_fails_on_any_failure() {
+        let mut r = Report {
+            checks: vec![
+                row("host", "a", Status::Pass, ""),
+                row("host", "b", Status::Skip, ""),
+            ],
+        };
+        assert!(r.ok());
+        r.checks.push(row("target t", "tls", Status::Fail, "bad"));
+        assert!(!r.ok());
+        let text = r.render();
+        assert!(text.contains("target t  tls    FAIL  bad"), "{text}");
+        assert!(
+            text.contains("3 checks: 1 passed, 1 failed, 1 skipped"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,1150 @@
+//! stdin: a source beside [`ingest`](crate::ingest). Lines on a pipe become
+//! frames of the same pipeline (parse pool, filter, batchers, spool, egress):
+//! `qbroker stdin`, which rsyslog's omprog runs in place of the reference
+//! broker's converter binary, and which a person can hand one line to.
+//!
+//! Each line is one syslog message, in any form the parser reads: what
+//! rsyslog's template made of it (`%rawmsg%`, the frame as the node sent it;
+//! or omprog's default `RSYSLOG_FileFormat`, `TIMESTAMP HOSTNAME TAG MSG`,
+//! which the reference converter read), or a line pasted from a log. Its
+//! cluster comes from its HOSTNAME (a `[[clusters]]` entry of that name, else
+//! the name with `default_target`), as for a TCP connection; `sources` cannot
+//! apply, since a pipe has no peer address.
+//!
+//! Why a source beside ingest, and not a loopback client of the listener: the
+//! acknowledgements. rsyslog keeps a message until the program confirms it, and
+//! a confirmation is worth something only once the message is in the spool, on
+//! disk. Inside the process the feed can ask each batcher whether its chunks are
+//! in and seal what is open at once ([`Batcher::seal_through`]); across a socket
+//! it could only guess. The frames still travel the real path: the admission
+//! gate, the work queue, the pool, the batcher, the spool, egress.
+//!
+//! The omprog protocol (`confirmMessages="on"`) and what each answer promises:
+//!
+//! - at start, `OK` once the spools are open; until then a `.` every
+//!   `keepalive` (omprog strips leading dots), so that a long spool recovery
+//!   does not run into omprog's `confirmTimeout`;
+//! - with `useTransactions="on"`: `BEGIN TRANSACTION` -> `OK`; each message ->
+//!   `DEFER_COMMIT` at once (received, not yet durable); `COMMIT TRANSACTION`
+//!   -> the commit barrier, then `OK`: every message of the transaction is in a
+//!   sealed batch in the spool and fsynced (unless `spool.fsync = "never"`).
+//!   While the barrier waits (an enrichment, a full spool) a `.` goes out every
+//!   `keepalive`. A barrier that fails (spool I/O) answers an error line, and
+//!   rsyslog sends the transaction again (at-least-once: a copy may follow);
+//! - without transactions, each message -> `OK` once it is in the write-ahead
+//!   file (below): it outlives a crash of qbroker, and is fsynced in the spool
+//!   by a commit within a second. rsyslog waits for each answer before it
+//!   sends the next message, so each message becomes a chunk of its own.
+//!   Prefer transactions: one barrier (seal, append, one fsync) per rsyslog
+//!   batch (`queue.dequeueBatchSize`), and batches as large as rsyslog's.
+//!
+//! A program that dies mid-transaction (a crash, SIGKILL, the OOM killer) is
+//! the case rsyslog does not cover: omprog uses rsyslog's old-style
+//! transaction interface, and rsyslog resumes the transaction at the message
+//! that failed, with the new program; the messages the dead one had answered
+//! `DEFER_COMMIT` are not sent again (rsyslog's action.c, `doTransaction`). So
+//! the feed writes every message to a write-ahead file, `<spool.dir>/stdin.wal`,
+//! before it answers (a `write(2)`, no fsync: it must outlive the process, and
+//! the commit fsyncs the spool), empties it once a commit made its messages
+//! durable, and at start feeds back whatever a dead predecessor left in it.
+//! What a crash costs is then a copy (a message both replayed and sent again),
+//! never a loss. Outside transactions the file is emptied by a commit of its
+//! own every second or 4 MiB. tests/rsyslog.rs kills qbroker mid-stream under a
+//! real rsyslog to show it.
+//!
+//! Bad lines take the path of bad frames: counted, kept in the dead-letter file,
+//! and acknowledged (sending them again would not make them good). A line over
+//! `ingest.max_frame_bytes` is counted and skipped, as on TCP.
+//!
+//! [`Batcher::seal_through`]: crate::batch::Batcher::seal_through
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::batch::Batches;
+use crate::config::Config;
+use crate::deadletter::DeadLetters;
+use crate::ingest::listener::UNIDENTIFIED;
+use crate::metrics::{unix_ms, unix_us, Metrics, NodeMetrics, RateLimit};
+use crate::model::{Chunk, ClusterShared};
+use crate::parse::{self, EventInfo, FilterReason, FrameCtx, Outcome, ParseError};
+use crate::spool::{Fsync, Spool};
+use crate::sync::gate::Gate;
+use crate::targets::Targets;
+
+static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
+static UNROUTABLE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
+
+/// Why a commit could not be confirmed (rsyslog then sends the messages again).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("qbroker is shutting down")]
+    ShuttingDown,
+    #[error("the shutdown grace period is over")]
+    GraceOver,
+    #[error("spool fsync failed: {0}")]
+    Fsync(std::io::Error),
+    #[error("cannot empty {path}: {source}")]
+    Wal {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Lines read ahead of the feed, at most.
+const READ_AHEAD: usize = 1024;
+/// A commit that waits this long says so in the log.
+const COMMIT_SLOW: Duration = Duration::from_secs(10);
+
+/// How the feed talks to its caller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Answer each line on the output (omprog `confirmMessages="on"`).
+    pub confirm: bool,
+    /// The line that opens a transaction (omprog `beginTransactionMark`).
+    pub begin_mark: String,
+    /// The line that commits one (omprog `commitTransactionMark`).
+    pub commit_mark: String,
+    /// A `.` goes out this often while an answer is pending; keep it below
+    /// omprog's `confirmTimeout` (10 s by default).
+    pub keepalive: Duration,
+    /// Once the input ends, commit, wait up to this long for the targets to
+    /// acknowledge everything spooled, and write a delivery report on the output
+    /// (`qbroker stdin --once`).
+    pub report_delivery: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            confirm: true,
+            begin_mark: "BEGIN TRANSACTION".to_string(),
+            commit_mark: "COMMIT TRANSACTION".to_string(),
+            keepalive: Duration::from_secs(2),
+            report_delivery: None,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The answers' way out, shared with the keep-alive thread.
+struct Reply {
+    out: Mutex<Box<dyn Write + Send>>,
+    confirm: bool,
+    /// An answer is due and not yet known: a `.` every keep-alive.
+    waiting: AtomicBool,
+    /// The output failed (the reader is gone): stop.
+    broken: AtomicBool,
+    /// The feed ended: the keep-alive thread stops.
+    ended: AtomicBool,
+}
+
+impl Reply {
+    fn write(&self, text: &[u8]) {
+        let mut out = lock(&self.out);
+        if out.write_all(text).and_then(|()| out.flush()).is_err()
+            && !self.broken.swap(true, Ordering::Relaxed)
+        {
+            warn!("stdin feed: cannot write to stdout (the reader is gone); stopping");
+        }
+    }
+
+    /// One protocol answer (only with `confirm`).
+    fn answer(&self, word: &str) {
+        self.waiting.store(false, Ordering::Relaxed);
+        if self.confirm {
+            let mut line = Vec::with_capacity(word.len() + 1);
+            line.extend_from_slice(word.as_bytes());
+            line.push(b'\n');
+            self.write(&line);
+        }
+    }
+
+    fn keepalive(&self) {
+        if self.confirm && self.waiting.load(Ordering::Relaxed) {
+            self.write(b".");
+        }
+    }
+}
+
+/// The keep-alive thread; stopped when dropped (a feed that never started, or
+/// one that ended).
+struct KeepAlive {
+    reply: Arc<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.reply.ended.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Lines on a pipe, waiting to be started by [`run_input`](crate::run_input).
+pub struct Feed {
+    opts: Options,
+    input: Box<dyn BufRead + Send>,
+    reply: Arc<Reply>,
+    keepalive: KeepAlive,
+    done: oneshot::Sender<()>,
+}
+
+impl Feed {
+    /// A feed that reads `input` and answers on `output`. The receiver resolves
+    /// once the input ended (or the output broke): pass it, or a future that
+    /// includes it, as `run_input`'s shutdown. Until the pipeline is up, a `.`
+    /// goes out every `keepalive` (with `confirm`).
+    pub fn new(
+        opts: Options,
+        input: Box<dyn BufRead + Send>,
+        output: Box<dyn Write + Send>,
+    ) -> std::io::Result<(Feed, oneshot::Receiver<()>)> {
+        let reply = Arc::new(Reply {
+            out: Mutex::new(output),
+            confirm: opts.confirm,
+            waiting: AtomicBool::new(true),
+            broken: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        });
+        let (done, done_rx) = oneshot::channel();
+        let r = reply.clone();
+        let every = opts.keepalive.max(Duration::from_millis(10));
+        let keepalive = std::thread::Builder::new()
+            .name("qbroker-keepalive".into())
+            .spawn(move || {
+                let tick = every.min(Duration::from_millis(100));
+                let mut last = Instant::now();
+                while !r.ended.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    if last.elapsed() >= every {
+                        r.keepalive();
+                        last = Instant::now();
+                    }
+                }
+            })?;
+        Ok((
+            Feed {
+                opts,
+                input,
+                keepalive: KeepAlive {
+                    reply: reply.clone(),
+                    thread: Some(keepalive),
+                },
+                reply,
+                done,
+            },
+            done_rx,
+        ))
+    }
+
+    /// Start reading (a reader thread, blocked on the input) and feeding (a
+    /// feeder thread, which owns the clusters' numbering and answers).
+    pub(crate) fn start(self, p: Pipeline) -> std::io::Result<Running> {
+        let Feed {
+            opts,
+            mut input,
+            reply,
+            keepalive,
+            done,
+        } = self;
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(READ_AHEAD);
+        // Not joined: at shutdown it may sit in a read that only the end of the
+        // input (or the process) ends.
+        std::thread::Builder::new()
+            .name("qbroker-stdin".into())
+            .spawn(move || read_lines(&mut input, &tx))?;
+        let (wal, replay) = if opts.report_delivery.is_none() {
+            let (wal, lines) = Wal::open(&p.config.spool.dir)?;
+            (Some(wal), lines)
+        } else {
+            (None, Vec::new())
+        };
+        let feeder = Feeder {
+            p,
+            opts,
+            reply: reply.clone(),
+            clusters: HashMap::new(),
+            in_transaction: false,
+            wal,
+        };
+        let thread = std::thread::Builder::new()
+            .name("qbroker-feed".into())
+            .spawn(move || {
+                feeder.run(replay, &rx);
+                drop(keepalive);
+                let _ = done.send(());
+            })?;
+        Ok(Running { thread })
+    }
+}
+
+fn read_lines(input: &mut Box<dyn BufRead + Send>, tx: &Sender<Vec<u8>>) {
+    loop {
+        let mut line = Vec::new();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                warn!(error = %err, "stdin feed: cannot read stdin; treating it as its end");
+                return;
+            }
+        }
+    }
+}
+
+/// What the feed needs of the running pipeline.
+pub(crate) struct Pipeline {
+    pub config: Arc<Config>,
+    pub queue: Sender<Chunk>,
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
+    pub batches: Arc<Batches>,
+    /// The running targets (their spools are synced at a commit).
+    pub targets: Arc<Targets>,
+    pub dead_letters: Arc<DeadLetters>,
+    /// For waiting on the admission gate from the feeder's plain thread.
+    pub runtime: tokio::runtime::Handle,
+    /// Turns true when the broker shuts down.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// The running feed.
+pub struct Running {
+    thread: JoinHandle<()>,
+}
+
+impl Running {
+    /// Wait until the feed stopped and handed on everything it read. Blocking.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            error!("the stdin feeder panicked");
+        }
+    }
+}
+
+/// Frames of one node read since its last chunk.
+struct Pending {
+    node: Arc<str>,
+    metrics: Arc<NodeMetrics>,
+    data: BytesMut,
+    frames: Vec<(u32, u32)>,
+}
+
+/// One cluster as the feed sees it: its numbering (what a supervisor keeps for
+/// TCP connections) and its nodes' pending frames.
+struct Cluster {
+    shared: Arc<ClusterShared>,
+    next_seq: u64,
+    next_chunk: u64,
+    nodes: HashMap<Arc<str>, Pending>,
+    /// Fed since the last commit.
+    dirty: bool,
+}
+
+/// Outside a transaction, the write-ahead file is emptied (after a commit)
+/// this often, or once it holds this much.
+const WAL_CHECKPOINT: Duration = Duration::from_secs(1);
+const WAL_CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// Messages answered but not yet committed (see the module documentation).
+struct Wal {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    bytes: u64,
+    since: Instant,
+}
+
+impl Wal {
+    /// Open `<dir>/stdin.wal`, returning what a previous process left in it.
+    fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Vec<u8>>)> {
+        use std::io::Read as _;
+        let path = dir.join("stdin.wal");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut left = Vec::new();
+        file.read_to_end(&mut left)?;
+        let lines = left
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let bytes = left.len() as u64;
+        Ok((
+            Wal {
+                file,
+                path,
+                bytes,
+                since: Instant::now(),
+            },
+            lines,
+        ))
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.file.write_all(&buf)?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Everything in it is durable in the spool: start over.
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.bytes = 0;
+        self.since = Instant::now();
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.bytes > 0
+            && (self.bytes >= WAL_CHECKPOINT_BYTES || self.since.elapsed() >= WAL_CHECKPOINT)
+    }
+}
+
+struct Feeder {
+    p: Pipeline,
+    opts: Options,
+    reply: Arc<Reply>,
+    clusters: HashMap<Arc<str>, Cluster>,
+    in_transaction: bool,
+    /// None for `--once`, which works on a throw-away spool.
+    wal: Option<Wal>,
+}
+
+impl Feeder {
+    fn stopping(&self) -> bool {
+        *self.p.stop.borrow() || self.reply.broken.load(Ordering::Relaxed)
+    }
+
+    fn run(mut self, replay: Vec<Vec<u8>>, lines: &Receiver<Vec<u8>>) {
+        if !replay.is_empty() {
+            // A predecessor died before it committed these: they go first.
+            warn!(
+                messages = replay.len(),
+                path = %self.wal.as_ref().map_or_else(String::new, |w| w.path.display().to_string()),
+                "stdin feed: messages received but not committed before the last exit; feeding them again"
+            );
+            for line in &replay {
+                self.message(line);
+            }
+            if let Err(reason) = self.checkpoint(false) {
+                error!(error = %reason, "stdin feed: cannot commit the replayed messages; they stay in the write-ahead file");
+            }
+        }
+        self.reply.answer("OK");
+        info!(
+            confirm = self.opts.confirm,
+            "stdin feed ready: reading messages"
+        );
+        let mut messages = 0u64;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            let line = match lines.try_recv() {
+                Ok(line) => line,
+                Err(TryRecvError::Empty) => {
+                    if !self.in_transaction {
+                        // Nothing more is waiting: hand on what was answered.
+                        self.flush_all();
+                        self.checkpoint_if_due();
+                    }
+                    match lines.recv_timeout(Duration::from_millis(200)) {
+                        Ok(line) => line,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            if self.line(line) {
+                messages += 1;
+            }
+        }
+        // Whatever was read goes on, and is committed so that the next start
+        // does not feed it again. After a stop, rsyslog may send part of it
+        // again (a copy, never a loss).
+        self.flush_all();
+        match self.opts.report_delivery {
+            Some(wait) => {
+                let result = self.commit(true);
+                self.report(wait, result);
+            }
+            None => {
+                if let Err(reason) = self.checkpoint(false) {
+                    warn!(error = %reason, "stdin feed: last commit failed; the next start feeds the uncommitted messages again");
+                }
+            }
+        }
+        info!(messages, "stdin feed ended");
+    }
+
+    /// Commit, then empty the write-ahead file.
+    fn checkpoint(&mut self, stop_aware: bool) -> Result<(), CommitError> {
+        self.commit(stop_aware)?;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.clear().map_err(|source| CommitError::Wal {
+                path: wal.path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Outside a transaction: keep the write-ahead file short.
+    fn checkpoint_if_due(&mut self) {
+        if self.wal.as_ref().is_some_and(Wal::due) {
+            if let Err(reason) = self.checkpoint(true) {
+                warn!(error = %reason, "stdin feed: commit failed; retrying later");
+            }
+        }
+    }
+
+    /// Handle one line; true when it was a message.
+    fn line(&mut self, mut line: Vec<u8>) -> bool {
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        if line == self.opts.begin_mark.as_bytes() {
+            self.in_transaction = true;
+            self.reply.answer("OK");
+            return false;
+        }
+        if line == self.opts.commit_mark.as_bytes() {
+            self.in_transaction = false;
+            match self.checkpoint(true) {
+                Ok(()) => self.reply.answer("OK"),
+                Err(reason) => {
+                    error!(error = %reason, "commit failed: rsyslog will send the transaction again");
+                    self.reply.answer(&format!("ERROR {reason}"));
+                }
+            }
+            return false;
+        }
+        if let Some(wal) = self.wal.as_mut() {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                if let Err(err) = wal.append(&line) {
+                    // Not kept, so not answered as received: rsyslog retries it.
+                    error!(error = %err, path = %wal.path.display(), "stdin feed: cannot write the write-ahead file");
+                    self.reply
+                        .answer(&format!("ERROR cannot keep the message: {err}"));
+                    return false;
+                }
+            }
+        }
+        self.message(&line);
+        self.reply.answer(if self.in_transaction {
+            "DEFER_COMMIT"
+        } else {
+            "OK"
+        });
+        if !self.in_transaction {
+            self.checkpoint_if_due();
+        }
+        true
+    }
+
+    fn message(&mut self, frame: &[u8]) {
+        if frame.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let cfg = self.p.config.clone();
+        if frame.len() > cfg.ingest.max_frame_bytes {
+            self.p.metrics.ingest.oversize_frames.inc();
+            if let Some(suppressed) = OVERSIZE_LOG.check() {
+                warn!(
+                    bytes = frame.len(),
+                    max_frame_bytes = cfg.ingest.max_frame_bytes,
+                    suppressed,
+                    "frame too large, skipped"
+                );
+            }
+            return;
+        }
+        let host = parse::frame_hostname(frame);
+        let (name, _, _) = route(&cfg, host);
+        if !self.clusters.contains_key(name.as_str()) {
+            if self.clusters.len() >= cfg.ingest.max_clusters {
+                self.unroutable(&name, host.unwrap_or("-"), frame, "too many clusters");
+                return;
+            }
+            let name: Arc<str> = Arc::from(name.as_str());
+            let Some(batcher) = self
+                .p
+                .batches
+                .create(name.clone(), &self.p.metrics, &self.p.gate)
+            else {
+                self.unroutable(&name, host.unwrap_or("-"), frame, "no target for the cluster");
+                return;
+            };
+            let (gate_id, metrics) = (batcher.gate_id(), batcher.metrics().clone());
+            info!(cluster = %name, "cluster seen on stdin");
+            self.clusters.insert(
+                name.clone(),
+                Cluster {
+                    shared: Arc::new(ClusterShared {
+                        name,
+                        gate_id,
+                        metrics,
+                        batcher,
+                    }),
+                    next_seq: 0,
+                    next_chunk: 0,
+                    nodes: HashMap::new(),
+                    dirty: false,
+                },
+            );
+        }
+        let cluster = self
+            .clusters
+            .get_mut(name.as_str())
+            .expect("inserted above");
+        cluster.dirty = true;
+        let node = host.unwrap_or("-");
+        if !cluster.nodes.contains_key(node) {
+            let node: Arc<str> = Arc::from(node);
+            let metrics = cluster.shared.metrics.node(&node);
+            cluster.nodes.insert(
+                node.clone(),
+                Pending {
+                    node,
+                    metrics,
+                    data: BytesMut::new(),
+                    frames: Vec::new(),
+                },
+            );
+        }
+        let pending = cluster.nodes.get_mut(node).expect("inserted above");
+        let start = pending.data.len();
+        pending.data.extend_from_slice(frame);
+        pending
+            .frames
+            .push((start as u32, pending.data.len() as u32));
+        if pending.frames.len() >= cfg.queue.chunk_max_frames
+            || pending.data.len() >= cfg.queue.chunk_max_bytes
+        {
+            let Cluster {
+                shared,
+                next_seq,
+                next_chunk,
+                ..
+            } = cluster;
+            hand_on(&self.p, shared, next_seq, next_chunk, pending);
+        }
+    }
+
+    /// A line no cluster can take: counted and kept as a dead letter (TCP
+    /// closes such a connection; a pipe has no other way to refuse one line).
+    fn unroutable(&self, cluster: &str, node: &str, frame: &[u8], why: &str) {
+        self.p.metrics.ingest.unroutable.inc();
+        if let Some(suppressed) = UNROUTABLE_LOG.check() {
+            warn!(cluster = %cluster, reason = why, suppressed, "line dropped: no target for its cluster; kept in the dead-letter file");
+        }
+        let kept = self
+            .p
+            .dead_letters
+            .frame(cluster, node, 0, &format!("unroutable: {why}"), frame)
+            .and_then(|()| self.p.dead_letters.flush());
+        if let Err(err) = kept {
+            self.p.metrics.pool.dead_letter_errors.inc();
+            error!(error = %err, "cannot write the dead-letter file");
+        }
+    }
+
+    /// Hand every node's pending frames to the pool.
+    fn flush_all(&mut self) {
+        for cluster in self.clusters.values_mut() {
+            let Cluster {
+                shared,
+                next_seq,
+                next_chunk,
+                nodes,
+                ..
+            } = cluster;
+            for pending in nodes.values_mut() {
+                hand_on(&self.p, shared, next_seq, next_chunk, pending);
+            }
+        }
+    }
+
+    /// The commit barrier: everything read so far is in a sealed batch in the
+    /// spool, and on disk unless `spool.fsync = "never"`.
+    fn commit(&mut self, stop_aware: bool) -> Result<(), CommitError> {
+        self.flush_all();
+        // At the end, during shutdown, the barrier still completes: the pool
+        // drains only after the feed ended. Bounded by the grace period (the
+        // batchers stop waiting on a full spool then).
+        let deadline = Instant::now() + self.p.config.shutdown_grace + Duration::from_secs(5);
+        self.reply.waiting.store(true, Ordering::Relaxed);
+        let mut touched: Vec<Arc<Spool>> = Vec::new();
+        let started = Instant::now();
+        let mut said = false;
+        for cluster in self.clusters.values_mut().filter(|c| c.dirty) {
+            let mut spins = 0u32;
+            while !cluster.shared.batcher.seal_through(cluster.next_chunk) {
+                if stop_aware && *self.p.stop.borrow() {
+                    return Err(CommitError::ShuttingDown);
+                }
+                if Instant::now() >= deadline && *self.p.stop.borrow() {
+                    return Err(CommitError::GraceOver);
+                }
+                if !said && started.elapsed() >= COMMIT_SLOW {
+                    said = true;
+                    warn!(cluster = %cluster.shared.name, secs = COMMIT_SLOW.as_secs(), "commit still waiting for the pipeline (an enrichment, or a full spool)");
+                }
+                spins += 1;
+                if spins < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let spool = cluster.shared.batcher.current_route().spool;
+            if !touched.iter().any(|t| Arc::ptr_eq(t, &spool)) {
+                touched.push(spool);
+            }
+            cluster.dirty = false;
+        }
+        if self.p.config.spool.fsync != Fsync::Never {
+            for spool in &touched {
+                spool.sync_appended().map_err(CommitError::Fsync)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `--once`: wait for the targets, then say what became of the batches.
+    fn report(&self, wait: Duration, committed: Result<(), CommitError>) {
+        let mut text = String::new();
+        if let Err(reason) = committed {
+            text.push_str(&format!("delivery  not spooled: {reason}\n"));
+            self.reply.write(text.as_bytes());
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        let pending = loop {
+            let pending: u64 = self
+                .p
+                .targets
+                .spool_stats()
+                .iter()
+                .map(|(_, s)| s.unacked_records)
+                .sum();
+            if pending == 0 || Instant::now() >= deadline || *self.p.stop.borrow() {
+                break pending;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for t in &self.p.config.targets {
+            let m = self.p.metrics.target(&t.name);
+            let (delivered, refused) = (m.events_delivered.get(), m.events_dead_lettered.get());
+            if delivered + refused + m.requests.get() == 0 {
+                continue;
+            }
+            text.push_str(&format!(
+                "delivery  target {} ({}): {delivered} event(s) delivered in {} batch(es)",
+                t.name,
+                t.url,
+                m.batches_delivered.get()
+            ));
+            if refused > 0 {
+                text.push_str(&format!(
+                    ", {refused} event(s) refused for good (HTTP 4xx; the response is in the log above)"
+                ));
+            }
+            text.push('\n');
+        }
+        if pending > 0 {
+            text.push_str(&format!(
+                "delivery  NOT DELIVERED: {pending} batch(es) still unacknowledged after {} s; the log above says why\n",
+                wait.as_secs()
+            ));
+        } else if text.is_empty() {
+            text.push_str("delivery  nothing to deliver (no event)\n");
+        }
+        self.reply.write(text.as_bytes());
+    }
+}
+
+/// The cluster of a message and where its events go: the `[[clusters]]` entry
+/// named after its HOSTNAME, else that name with `default_target` (as ingest
+/// does for a connection without a configured source).
+fn route(cfg: &Config, host: Option<&str>) -> (String, Option<usize>, Option<u64>) {
+    match host.map(parse::cluster_of_hostname) {
+        Some(name) => match cfg.cluster_named(name) {
+            Some(c) => (c.name.clone(), Some(c.target), c.filer_id),
+            None => (name.to_string(), cfg.default_target, None),
+        },
+        None => (UNIDENTIFIED.to_string(), cfg.default_target, None),
+    }
+}
+
+/// Hand a node's pending frames to the pool as one chunk, once the gate admits
+/// it (waiting, as a reader does, while the queue is full).
+fn hand_on(
+    p: &Pipeline,
+    shared: &Arc<ClusterShared>,
+    next_seq: &mut u64,
+    next_chunk: &mut u64,
+    pending: &mut Pending,
+) {
+    if pending.frames.is_empty() {
+        return;
+    }
+    let data = pending.data.split().freeze();
+    let frames = std::mem::take(&mut pending.frames);
+    let (n, bytes) = (frames.len(), data.len());
+    if !p.gate.try_admit(shared.gate_id, n, bytes) {
+        p.metrics.ingest.paused.inc();
+        p.runtime.block_on(p.gate.admit(shared.gate_id, n, bytes));
+    }
+    let chunk = Chunk {
+        cluster: shared.clone(),
+        node: pending.node.clone(),
+        node_metrics: pending.metrics.clone(),
+        data,
+        frames,
+        seq_base: *next_seq,
+        chunk_no: *next_chunk,
+        received_unix_us: unix_us(),
+    };
+    *next_seq += n as u64;
+    *next_chunk += 1;
+    pending.metrics.frames.add(n as u64);
+    pending.metrics.bytes.add(bytes as u64);
+    pending
+        .metrics
+        .last_frame_unix_ms
+        .set((chunk.received_unix_us / 1000) as i64);
+    shared.metrics.frames.add(n as u64);
+    shared.metrics.bytes.add(bytes as u64);
+    if p.queue.send(chunk).is_err() {
+        error!(cluster = %shared.name, frames = n, "parse pool gone: frames dropped");
+        p.gate.release(shared.gate_id, n, bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `--once`: what a line becomes, for a person.
+
+/// Split pasted text into messages: a line that starts like a syslog header (`<`,
+/// a digit, or an RFC 3164 month such as `Mar `) starts a message; any other
+/// non-empty line continues the one before (a JSON payload printed over several
+/// lines, as Qumulo's troubleshooting guide shows it).
+pub fn records(text: &str) -> Vec<String> {
+    let starts = |l: &str| {
+        let b = l.as_bytes();
+        match b.first() {
+            Some(b'<') => true,
+            Some(c) if c.is_ascii_digit() => true,
+            Some(c) if c.is_ascii_uppercase() => {
+                b.len() > 3
+                    && b[1].is_ascii_lowercase()
+                    && b[2].is_ascii_lowercase()
+                    && b[3] == b' '
+            }
+            _ => false,
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_end_matches('\r');
+        if trimmed.trim().is_empty() {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if !starts(trimmed) => {
+                last.push(' ');
+                last.push_str(trimmed.trim());
+            }
+            _ => out.push(trimmed.to_string()),
+        }
+    }
+    out
+}
+
+/// What [`explain`] concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Event,
+    Filtered,
+    Invalid,
+}
+
+/// [`explain`]'s answer: a verdict and the text for a person.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub verdict: Verdict,
+    pub text: String,
+}
+
+/// Explain what `record` becomes under `cfg`: the event (the same conversion the
+/// parse pool runs, before any enrichment), or why it is filtered or invalid.
+pub fn explain(cfg: &Config, record: &str) -> Explanation {
+    let frame = record.as_bytes();
+    let mut text = String::new();
+    let shown: String = record.chars().take(300).collect();
+    let more = if shown.len() < record.len() {
+        " …"
+    } else {
+        ""
+    };
+    text.push_str(&format!("message   {shown}{more}\n"));
+    let host = parse::frame_hostname(frame);
+    let (cluster, target, _) = route(cfg, host);
+    match (host, target) {
+        (Some(host), Some(t)) => text.push_str(&format!(
+            "node      {host}: cluster {cluster}{}, target {}\n",
+            if cfg.cluster_named(&cluster).is_some() {
+                " ([[clusters]] entry)"
+            } else {
+                ""
+            },
+            cfg.targets[t].name
+        )),
+        (Some(host), None) => text.push_str(&format!(
+            "node      {host}: cluster {cluster}, which has no [[clusters]] entry, and there is no default_target: its lines would be dropped\n"
+        )),
+        (None, _) => {}
+    }
+    let ctx = FrameCtx {
+        seq: 0,
+        received_unix_ms: unix_ms(),
+    };
+    let mut out = Vec::new();
+    let mut info = EventInfo::default();
+    let verdict = match parse::convert_with_info(frame, &ctx, &cfg.filter, &mut out, &mut info) {
+        Ok(Outcome::Event(op)) => {
+            text.push_str(&format!("result    event {}\n", op.as_str()));
+            let pretty = indent_json(&String::from_utf8_lossy(&out));
+            for (i, line) in pretty.lines().enumerate() {
+                let label = if i == 0 { "event" } else { "" };
+                text.push_str(&format!("{label:<10}{line}\n"));
+            }
+            if matches!(info.hint, parse::Hint::WriteMetadata { .. })
+                && cfg.cluster_named(&cluster).is_some_and(|c| c.api.is_some())
+                && cfg.enrich.enabled
+            {
+                text.push_str("          (a metadata change: the running broker reads the file's ACL and may send permissions_add/_remove or protection_add/_remove instead)\n");
+            }
+            Verdict::Event
+        }
+        Ok(Outcome::Filtered(reason)) => {
+            text.push_str(&format!(
+                "result    filtered ({}): {}\n",
+                reason.as_str(),
+                filter_detail(frame, reason)
+            ));
+            Verdict::Filtered
+        }
+        Err(err) => {
+            text.push_str(&format!(
+                "result    invalid ({}): {}\n",
+                err.kind(),
+                error_detail(err)
+            ));
+            text.push_str(&format!(
+                "          the broker counts it in qbroker_cluster_parse_errors_total{{kind=\"{}\"}} and keeps it in {}\n",
+                err.kind(),
+                cfg.dead_letter.dir.join("frames.jsonl").display()
+            ));
+            Verdict::Invalid
+        }
+    };
+    Explanation { verdict, text }
+}
+
+/// Indent compact JSON, keeping its key order (the order on the wire).
+fn indent_json(compact: &str) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    let mut chars = compact.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                if matches!(chars.peek(), Some('}' | ']')) {
+                    out.push(chars.next().expect("peeked"));
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn error_detail(err: ParseError) -> String {
+    match err {
+        ParseError::Empty => "the message is empty".to_string(),
+        ParseError::Header => "the header is none of RFC 5424 (<14>1 TIMESTAMP HOST qumulo - - - MSG), RFC 3164 (Mmm dd hh:mm:ss HOST qumulo: MSG) or rsyslog's file format (TIMESTAMP HOST qumulo MSG)".to_string(),
+        ParseError::Timestamp => "the timestamp is not RFC 3339 (2023-03-03T14:08:51.058Z) nor RFC 3164 (Mar  3 14:08:51)".to_string(),
+        ParseError::Payload => "the message is neither a JSON object nor Qumulo's 8-field CSV".to_string(),
+        ParseError::MissingField(name) => format!("the audit record has no {name}"),
+    }
+}
+
+/// Best effort: the operation, protocol and status a filtered message carries.
+fn audit_fields(frame: &[u8]) -> Option<(String, String, String)> {
+    let text = std::str::from_utf8(frame).ok()?;
+    if let Some(at) = text.find('{') {
+        let v: serde_json::Value = serde_json::from_str(&text[at..]).ok()?;
+        let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+        return Some((field("operation"), field("protocol"), field("status")));
+    }
+    // CSV: ip,"user",protocol,operation,status,... (the header holds no comma).
+    let mut fields = Vec::new();
+    let (mut cur, mut quoted) = (String::new(), false);
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    (fields.len() >= 8).then(|| (fields[3].clone(), fields[2].clone(), fields[4].clone()))
+}
+
+fn filter_detail(frame: &[u8], reason: FilterReason) -> String {
+    let (op, proto, status) = audit_fields(frame).unwrap_or_default();
+    match reason {
+        FilterReason::AppName => format!(
+            "APP-NAME {:?} does not start with any of [filter] app_names",
+            parse::frame_app_name(frame).unwrap_or("")
+        ),
+        FilterReason::Operation => format!(
+            "operation {op:?} is not in [filter] operations (the reference broker's set by default)"
+        ),
+        FilterReason::UnknownOperation => format!(
+            "operation {op:?} is not one Qumulo documents; add it to [filter] operations to keep it"
+        ),
+        FilterReason::Protocol => format!("protocol {proto:?} is not in [filter] protocols"),
+        FilterReason::Status => format!("status {status:?} is not in [filter] statuses"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_keeps_key_order_and_strings() {
+        let text = indent_json(r#"{"b":1,"a":{"x":"p,{q\"}","y":[]},"c":[1,2]}"#);
+        assert_eq!(
+            text,
+            "{\n  \"b\": 1,\n  \"a\": {\n    \"x\": \"p,{q\\\"}\",\n    \"y\": []\n  },\n  \"c\": [\n    1,\n    2\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn records_join_a_pretty_printed_payload() {
+        let text = "2023-03-03T14:08:51.058379Z q-varonis-1 qumulo\n{\n  \"user_id\": {\"name\": \"admin\"},\n  \"operation\": \"fs_create_file\"\n}\n\n<14>1 2026-01-01T00:00:00Z h-1 qumulo - - - x\nMar  3 14:08:51 q-1 qumulo {}\n";
+        let r = records(text);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(r[0].starts_with("2023-03-03T14:08:51.058379Z q-varonis-1 qumulo {"));
+        assert!(r[0].ends_with('}'));
+        assert!(r[1].starts_with("<14>1"));
+        assert!(r[2].starts_with("Mar  3"));
+    }
+
+    fn cfg() -> Config {
+        crate::config::RawConfig::parse(
+            "[[targets]]\nname = \"v\"\nurl = \"https://127.0.0.1:8443/e\"\n[[clusters]]\nname = \"east\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap()
+    }
+
+    #[test]
+    fn explain_says_what_a_line_becomes() {
+        let cfg = cfg();
+        let line = r#"2023-03-03T14:08:51.058379Z east-1 qumulo {"user_id":{"sid":"S-1","auth_id":"500","name":"admin"},"user_ip":"10.0.0.1","protocol":"smb2","operation":"fs_create_file","status":"ok","details":{"file_id":"1000003","path":"/my-file.txt"}}"#;
+        let e = explain(&cfg, line);
+        assert_eq!(e.verdict, Verdict::Event, "{}", e.text);
+        assert!(e.text.contains("event file.create"), "{}", e.text);
+        assert!(e.text.contains("\"path\": \"/my-file.txt\""), "{}", e.text);
+        assert!(
+            e.text
+                .contains("cluster east ([[clusters]] entry), target v"),
+            "{}",
+            e.text
+        );
+
+        let e = explain(&cfg, &line.replace("fs_create_file", "fs_read_metadata"));
+        assert_eq!(e.verdict, Verdict::Filtered);
+        assert!(
+            e.text
+                .contains("\"fs_read_metadata\" is not in [filter] operations"),
+            "{}",
+            e.text
+        );
+
+        let csv = "<14>1 2026-01-27T14:12:23.9558Z other-1 qumulo - - - 10.2.3.4,\"AD\\bob, jr\",nfs3,fs_list_directory,ok,6,\"/Demo/\",\"\"";
+        let e = explain(&cfg, csv);
+        assert_eq!(e.verdict, Verdict::Filtered);
+        assert!(e.text.contains("\"fs_list_directory\""), "{}", e.text);
+        assert!(e.text.contains("cluster other, target v"), "{}", e.text);
+
+        let e = explain(&cfg, "hello world");
+        assert_eq!(e.verdict, Verdict::Invalid);
+        assert!(e.text.contains("invalid (header)"), "{}", e.text);
+    }
+}
