@@ -201,7 +201,13 @@ pub async fn run_input(
     let metrics = Arc::new(Metrics::new());
     // Before anything is started: a bad certificate or key stops the start.
     let (input, tls_listener) = match input {
-        Input::Syslog { listener, tls } => (Input::Syslog { listener, tls: None }, tls),
+        Input::Syslog { listener, tls } => (
+            Input::Syslog {
+                listener,
+                tls: None,
+            },
+            tls,
+        ),
         stdin => (stdin, None),
     };
     let tls_input = match (&cfg.syslog_tls, tls_listener) {
@@ -470,10 +476,14 @@ impl Source {
 /// share a spool: the spool assumes one writer.
 fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
     let path = dir.join("qbroker.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts
         .open(&path)
         .map_err(io_error(format!("cannot open {}", path.display())))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {

@@ -600,7 +600,12 @@ impl Feeder {
                 .batches
                 .create(name.clone(), &self.p.metrics, &self.p.gate)
             else {
-                self.unroutable(&name, host.unwrap_or("-"), frame, "no target for the cluster");
+                self.unroutable(
+                    &name,
+                    host.unwrap_or("-"),
+                    frame,
+                    "no target for the cluster",
+                );
                 return;
             };
             let (gate_id, metrics) = (batcher.gate_id(), batcher.metrics().clone());
