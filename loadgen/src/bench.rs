@@ -559,10 +559,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         (None, Some(n)) => n,
         (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
+    // pid, time and a counter: two benches started in the same microsecond by
+    // one process (tests run in parallel) must not share a spool directory
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let work = std::env::temp_dir().join(format!(
-        "loadgen-bench-{}-{}",
+        "loadgen-bench-{}-{}-{}",
         std::process::id(),
-        now_unix_us()
+        now_unix_us(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let data_dir = work.join("data");
     std::fs::create_dir_all(&data_dir)
