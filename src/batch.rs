@@ -455,6 +455,13 @@ impl Batcher {
         true
     }
 
+    /// How long the open batch has been open; `None` with no open batch, or
+    /// while the batcher is busy.
+    fn open_age(&self) -> Option<Duration> {
+        let st = self.state.try_lock().ok()?;
+        st.open.as_ref().map(|o| o.opened.elapsed())
+    }
+
     /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
     /// target has a request slot free. Skips a batcher that is busy.
     fn seal_if_due(&self) {
@@ -814,8 +821,15 @@ impl Sealer {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    let batchers = lock(&list).clone();
-                    for b in batchers {
+                    // oldest open batch first: when fewer request slots are free
+                    // than batches are idle-due, those that waited longest take them
+                    // (a fixed order would leave the last clusters to max_age)
+                    let mut open: Vec<(Duration, Arc<Batcher>)> = lock(&list)
+                        .iter()
+                        .filter_map(|b| Some((b.open_age()?, b.clone())))
+                        .collect();
+                    open.sort_by(|a, b| b.0.cmp(&a.0));
+                    for (_, b) in open {
                         b.seal_if_due();
                     }
                 }
@@ -1146,6 +1160,65 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
+    }
+
+    /// Two clusters share a target with one request slot; both have a batch
+    /// past `idle_seal` when the sealer looks. The slot goes to the batch that
+    /// has waited longer, whatever order the batchers were added in.
+    #[test]
+    fn the_sealer_gives_a_free_slot_to_the_oldest_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(
+            Spool::open(
+                dir.path(),
+                Options {
+                    max_bytes: 1 << 30,
+                    segment_bytes: 1 << 20,
+                    fsync: Fsync::Never,
+                },
+            )
+            .unwrap(),
+        );
+        let limits = BatchConfig {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+            idle_seal: Some(Duration::from_millis(10)),
+        };
+        let m = Metrics::new();
+        let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
+        let common = Arc::new(Common::new(limits.clone()));
+        let make = |name: &str| {
+            Arc::new(Batcher::new(
+                Arc::from(name),
+                Route {
+                    target: Arc::from("t"),
+                    spool: spool.clone(),
+                    filer_id: None,
+                    lanes: 1,
+                },
+                m.cluster(name),
+                (gate.clone(), gate.register()),
+                common.clone(),
+            ))
+        };
+        let (young, old) = (make("young"), make("old"));
+        old.submit(chunk(0, &["{}"]));
+        std::thread::sleep(Duration::from_millis(30));
+        young.submit(chunk(0, &["{}"]));
+        std::thread::sleep(Duration::from_millis(15));
+        let sealer = Sealer::start("t", &limits).unwrap();
+        sealer.add(&young);
+        sealer.add(&old);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while spool.stats().appended_records == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        sealer.stop();
+        assert_eq!(spool.stats().appended_records, 1, "one slot, one batch");
+        let batches = drain(&spool);
+        assert_eq!(batches[0]["cluster"], "old");
     }
 
     #[test]

@@ -270,7 +270,11 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The broker configuration the bench runs with.
-/// `batch` sets `[batch]` fields over the broker's defaults.
+/// `batch` sets `[batch]` fields over the broker's defaults. Every simulated
+/// node connects from 127.0.0.1, so the per-source connection limit (128 by
+/// default, sized for a relay) is raised to twice the `nodes` the senders run:
+/// a node that reconnects may hold two for a moment.
+#[allow(clippy::too_many_arguments)]
 pub fn broker_config(
     listen: std::net::SocketAddr,
     workers: usize,
@@ -279,6 +283,7 @@ pub fn broker_config(
     sink_url: &str,
     ca_file: &Path,
     batch: &BatchOverrides,
+    nodes: usize,
 ) -> String {
     let mut batch_table = String::new();
     if let Some(n) = batch.max_events {
@@ -290,8 +295,10 @@ pub fn broker_config(
     if !batch_table.is_empty() {
         batch_table.insert_str(0, "\n[batch]\n");
     }
+    let per_source = (2 * nodes).max(128);
     format!(
         "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}\n\
+         [ingest]\nmax_connections_per_source = {per_source}\n\n\
          [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
         toml_str(&listen.to_string()),
         toml_str(&metrics.to_string()),
@@ -634,6 +641,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
         &opts.batch,
+        usize::from(plan.clusters) * usize::from(plan.nodes),
     );
     let mut config = config;
     if let Some(api) = &api {
@@ -984,8 +992,10 @@ mod tests {
             "https://127.0.0.1:8443/events",
             Path::new("/tmp/ca.pem"),
             &BatchOverrides::default(),
+            6,
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(128));
         assert_eq!(v["listen"].as_str(), Some("127.0.0.1:5514"));
         assert_eq!(v["workers"].as_integer(), Some(2));
         assert_eq!(v["data_dir"].as_str(), Some("/tmp/a \"b\"/data"));
@@ -1006,8 +1016,10 @@ mod tests {
                 max_events: Some(500),
                 max_age_ms: Some(25),
             },
+            200,
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(400));
         assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
         assert_eq!(v["batch"]["max_age_ms"].as_integer(), Some(25));
         assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));

@@ -342,6 +342,9 @@ async fn write_chunk(
     stats: &SendStats,
 ) -> anyhow::Result<()> {
     let give_up = Instant::now() + cfg.connect_timeout + cfg.write_timeout;
+    // a broker that refuses connections (a limit reached) must not be hammered:
+    // 10 ms before the first reconnect, doubling up to 1 s
+    let mut pause = Duration::from_millis(10);
     loop {
         chunk.patch_time(&syslog_ts(now_unix_us()));
         let err = match tokio::time::timeout(cfg.write_timeout, stream.write_all(&chunk.buf)).await
@@ -355,6 +358,8 @@ async fn write_chunk(
         }
         tracing::warn!(target = %cfg.target, error = %err, "write failed, reconnecting");
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(pause.min(give_up.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
         *stream = connect(&cfg.target, cfg.connect_timeout).await?;
     }
 }
