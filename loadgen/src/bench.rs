@@ -472,6 +472,8 @@ impl Broker {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // as deploy/qbroker.service runs it
+            .env("MIMALLOC_ALLOW_THP", "0")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
