@@ -164,11 +164,35 @@ impl Plan {
     }
 }
 
-/// `[batch]` settings of the broker under test; None: its default.
+/// `[batch]` and `[spool]` settings of the broker under test; None: its default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct BatchOverrides {
+pub struct BrokerOverrides {
     pub max_events: Option<usize>,
     pub max_age_ms: Option<u64>,
+    /// `[spool] fsync`
+    pub spool_fsync: Option<SpoolFsync>,
+    /// the spool in memory (a directory under /dev/shm) instead of on disk:
+    /// what the spool's own work costs without the disk
+    pub spool_in_memory: bool,
+}
+
+/// The broker's `[spool] fsync` policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolFsync {
+    Always,
+    Interval,
+    Never,
+}
+
+impl SpoolFsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolFsync::Always => "always",
+            SpoolFsync::Interval => "interval",
+            SpoolFsync::Never => "never",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -188,7 +212,7 @@ pub struct BenchOptions {
     /// run the broker under `taskset -c LIST` (e.g. `0-7`)
     pub broker_cpus: Option<String>,
     /// the broker's `[batch]` limits, where not its defaults
-    pub batch: BatchOverrides,
+    pub batch: BrokerOverrides,
     pub format: Format,
     pub framing: Framing,
     pub seed: u64,
@@ -211,7 +235,7 @@ impl Default for BenchOptions {
             clusters: None,
             nodes: None,
             broker_cpus: None,
-            batch: BatchOverrides::default(),
+            batch: BrokerOverrides::default(),
             format: Format::Json,
             framing: Framing::Lf,
             seed: 1,
@@ -282,8 +306,9 @@ pub fn broker_config(
     data_dir: &Path,
     sink_url: &str,
     ca_file: &Path,
-    batch: &BatchOverrides,
+    batch: &BrokerOverrides,
     nodes: usize,
+    spool_dir: Option<&Path>,
 ) -> String {
     let mut batch_table = String::new();
     if let Some(n) = batch.max_events {
@@ -295,9 +320,19 @@ pub fn broker_config(
     if !batch_table.is_empty() {
         batch_table.insert_str(0, "\n[batch]\n");
     }
+    let mut spool_table = String::new();
+    if let Some(f) = batch.spool_fsync {
+        spool_table.push_str(&format!("fsync = {}\n", toml_str(f.as_str())));
+    }
+    if let Some(dir) = spool_dir {
+        spool_table.push_str(&format!("dir = {}\n", toml_str(&dir.to_string_lossy())));
+    }
+    if !spool_table.is_empty() {
+        spool_table.insert_str(0, "\n[spool]\n");
+    }
     let per_source = (2 * nodes).max(128);
     format!(
-        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}\n\
+        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}{spool_table}\n\
          [ingest]\nmax_connections_per_source = {per_source}\n\n\
          [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
         toml_str(&listen.to_string()),
@@ -578,6 +613,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let data_dir = work.join("data");
+    let shm_spool = if opts.batch.spool_in_memory {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            bail!("--spool-in-memory: no /dev/shm on this machine");
+        }
+        Some(shm.join(work.file_name().expect("a named work directory")))
+    } else {
+        None
+    };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
 
@@ -644,6 +688,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &ca_file,
         &opts.batch,
         usize::from(plan.clusters) * usize::from(plan.nodes),
+        shm_spool.as_deref(),
     );
     let mut config = config;
     if let Some(api) = &api {
@@ -829,7 +874,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         broker_workers: workers,
         broker_cpus,
         broker_pinned: opts.broker_cpus.is_some(),
-        broker_batch: opts.batch,
+        broker_overrides: opts.batch,
         broker_exit,
     };
     let mut report = Report::assemble(
@@ -883,6 +928,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             token_renewals: m("qbroker_enrich_token_renewals_total"),
             api_delay_ms: plan.api_delay.as_millis() as u64,
         });
+    }
+    if let Some(dir) = &shm_spool {
+        // memory, not disk: never left behind
+        let _ = std::fs::remove_dir_all(dir);
     }
     if report.ok && !opts.keep_dir {
         let _ = std::fs::remove_dir_all(&work);
@@ -993,8 +1042,9 @@ mod tests {
             Path::new("/tmp/a \"b\"/data"),
             "https://127.0.0.1:8443/events",
             Path::new("/tmp/ca.pem"),
-            &BatchOverrides::default(),
+            &BrokerOverrides::default(),
             6,
+            None,
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(128));
@@ -1014,12 +1064,18 @@ mod tests {
             Path::new("/tmp/data"),
             "https://127.0.0.1:8443/events",
             Path::new("/tmp/ca.pem"),
-            &BatchOverrides {
+            &BrokerOverrides {
                 max_events: Some(500),
                 max_age_ms: Some(25),
+                spool_fsync: Some(SpoolFsync::Always),
+                spool_in_memory: true,
             },
             200,
+            Some(Path::new("/dev/shm/x")),
         );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["spool"]["fsync"].as_str(), Some("always"));
+        assert_eq!(v["spool"]["dir"].as_str(), Some("/dev/shm/x"));
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(400));
         assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));

@@ -230,6 +230,13 @@ struct BenchArgs {
     /// the broker's [batch] max_age_ms (default: its own, 200)
     #[arg(long)]
     batch_max_age_ms: Option<u64>,
+    /// the broker's [spool] fsync policy (default: its own, interval)
+    #[arg(long, value_enum)]
+    spool_fsync: Option<loadgen::bench::SpoolFsync>,
+    /// put the broker's spool under /dev/shm (memory) instead of the work
+    /// directory: compared with a run on disk, what the disk costs
+    #[arg(long)]
+    spool_in_memory: bool,
     #[arg(long, value_enum, default_value_t = Format::Json)]
     format: Format,
     #[arg(long, value_enum, default_value_t = Framing::Lf)]
@@ -534,9 +541,11 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         clusters: a.clusters,
         nodes: a.nodes,
         broker_cpus: a.broker_cpus,
-        batch: loadgen::bench::BatchOverrides {
+        batch: loadgen::bench::BrokerOverrides {
             max_events: a.batch_max_events,
             max_age_ms: a.batch_max_age_ms,
+            spool_fsync: a.spool_fsync,
+            spool_in_memory: a.spool_in_memory,
         },
         format: a.format,
         framing: a.framing,

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::bench::BatchOverrides;
+use crate::bench::BrokerOverrides;
 use crate::gen::{Format, Framing};
 use crate::send::SendSummary;
 use crate::sink::Responses;
@@ -45,7 +45,7 @@ pub struct Setup {
     /// started under `taskset -c` (`--broker-cpus`)
     pub broker_pinned: bool,
     /// `[batch]` limits set for the run (null: the broker's default)
-    pub broker_batch: BatchOverrides,
+    pub broker_overrides: BrokerOverrides,
     /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
     pub broker_exit: String,
 }
@@ -279,8 +279,8 @@ impl Report {
             self.broker_cpu_us_per_delivered_event,
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
         );
-        let b = &s.broker_batch;
-        let batch = match (b.max_events, b.max_age_ms) {
+        let b = &s.broker_overrides;
+        let mut batch = match (b.max_events, b.max_age_ms) {
             (None, None) => String::new(),
             (e, a) => format!(
                 "; batch max_events {}, max_age_ms {}",
@@ -288,6 +288,12 @@ impl Report {
                 a.map_or("default".into(), |n| n.to_string())
             ),
         };
+        if let Some(f) = b.spool_fsync {
+            batch.push_str(&format!("; spool fsync {}", f.as_str()));
+        }
+        if b.spool_in_memory {
+            batch.push_str("; spool in memory (/dev/shm)");
+        }
         let _ = writeln!(
             o,
             "              {} workers on CPUs {}{}{batch}; {}",
@@ -394,7 +400,7 @@ mod tests {
             broker_workers: 8,
             broker_cpus: "0-7".into(),
             broker_pinned: true,
-            broker_batch: BatchOverrides::default(),
+            broker_overrides: BrokerOverrides::default(),
             broker_exit: "exit status: 0 after SIGTERM".into(),
         }
     }
