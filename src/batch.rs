@@ -366,7 +366,11 @@ impl Batcher {
                     st.order.directory(key)
                 };
                 if let Some(link) = self.enrich.get() {
-                    if ev.info.file_id_span.0 < ev.info.file_id_span.1 {
+                    if link.overdue(ev.received_us, crate::metrics::unix_us()) {
+                        // it waited behind its file's lookups past the time
+                        // allowed: no lookup of its own, its generic event now
+                        link.metrics.fallbacks[Fallback::Timeout.index()].inc();
+                    } else if ev.info.file_id_span.0 < ev.info.file_id_span.1 {
                         match st
                             .order
                             .start(ev, directory, owner_changed, |job| link.dispatch(job))

@@ -459,7 +459,9 @@ pub struct RawEnrich {
     /// Timeout of one REST request, connect included, in milliseconds. Default 5000.
     pub request_timeout_ms: u64,
     /// Timeout of the whole enrichment of one event (login, ACL, attributes), in
-    /// milliseconds; past it the generic event is emitted. Default 15000.
+    /// milliseconds, counted from when the event was read, so that a file
+    /// changed faster than its lookups come back holds none of its events
+    /// longer; past it the generic event is emitted. Default 15000.
     pub timeout_ms: u64,
     /// A login token is renewed when it is this old, in seconds (Qumulo's expire
     /// after 10 hours). Default 32400 (9 hours).

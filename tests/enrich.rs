@@ -353,6 +353,51 @@ fn later_events_of_a_file_wait_for_its_enrichment_others_do_not() {
     broker.stop();
 }
 
+/// A file changed faster than its lookups come back: `timeout_ms` bounds how
+/// long any of its events is held, counted from when it was read, not from
+/// when its own lookup started (each change would otherwise wait for every
+/// earlier one: here 5 lookups of 1 s each, in a row).
+#[test]
+fn a_file_changed_faster_than_the_api_answers_holds_no_event_past_the_timeout() {
+    let api = QumuloApi::start();
+    let extra = "[enrich]\nrequest_timeout_ms = 1000\ntimeout_ms = 1000\nin_flight = 1\n";
+    let (sink, _dir, broker) = setup(&api, extra);
+    let mut node = Node::connect(&broker);
+    let f = "5105";
+    api.set_acl(f, acl_body(false, &[("ALLOWED", "1104", RW, &[])]));
+    api.set_type(f, false);
+    // two requests per lookup (attributes, ACL), 500 ms each
+    api.set_mode(ApiMode::Delay(Duration::from_millis(500)));
+    let sent = std::time::Instant::now();
+    for _ in 0..5 {
+        node.send(&metadata_frame(HOST, f, "/hot.txt", "1", "1"));
+    }
+    node.send(&json_frame(HOST, "fs_write_data", "/hot.txt", f));
+    let all = wait_count(&sink, 6);
+    let took = sent.elapsed();
+    assert_eq!(
+        ops(&all),
+        [
+            "file.permissions_change",
+            "file.permissions_change",
+            "file.permissions_change",
+            "file.permissions_change",
+            "file.permissions_change",
+            "file.write"
+        ]
+    );
+    assert!(
+        took < Duration::from_millis(3500),
+        "the file's events were held {took:?}; the timeout is 1 s"
+    );
+    let timeouts = broker
+        .metric("qbroker_enrich_fallbacks_total{reason=\"timeout\"}")
+        .unwrap();
+    assert!(timeouts >= 3.0, "timeout fallbacks {timeouts}");
+    check_batches(&sink);
+    broker.stop();
+}
+
 #[test]
 fn api_down_slow_or_saturated_yields_permissions_change_never_a_loss() {
     let api = QumuloApi::start();

@@ -7,7 +7,7 @@
 //! async task per cluster reads the file's ACL (`GET /v2/files/{id}/info/acl`,
 //! and `/v1/files/{id}/info/attributes` when the type is unknown), with at most
 //! `enrich.in_flight` requests at once (a job still waiting for a slot
-//! `enrich.timeout_ms` after it was handed over is not looked up), diffs it against the last ACL seen for
+//! `enrich.timeout_ms` after its event was read is not looked up), diffs it against the last ACL seen for
 //! that file (an LRU of `enrich.acl_cache_entries`), and renders the events:
 //!
 //! - `*.owner_change` when `before.owner` differs from `after.owner` (with `owner`);
@@ -207,9 +207,11 @@ pub struct Job {
     pub directory: Option<bool>,
     pub owner_changed: bool,
     pub event: Arc<Held>,
-    /// When it was handed over: `enrich.timeout_ms` counts from here, so that a
-    /// job that waited too long for a free request slot is not looked up at all.
-    pub queued: Instant,
+    /// When its event was read: `enrich.timeout_ms` counts from here, so that
+    /// a job whose event waited too long (behind its file's earlier lookups, or
+    /// for a free request slot) is not looked up at all, and no event is held
+    /// for longer than the timeout.
+    pub read_at: Instant,
 }
 
 /// The result of a [`Job`], for the batcher.
@@ -232,9 +234,17 @@ pub struct Link {
     pub metrics: Arc<EnrichMetrics>,
     pub queue_max_events: usize,
     pub queue_max_bytes: usize,
+    /// How long after it was read an event may be held, for its own lookup or
+    /// behind its file's (`enrich.timeout_ms`); then its generic event goes out.
+    pub hold_max: std::time::Duration,
 }
 
 impl Link {
+    /// Whether an event read at `received_us` (Unix µs) was held too long at `now_us`.
+    pub fn overdue(&self, received_us: u64, now_us: u64) -> bool {
+        now_us.saturating_sub(received_us) > self.hold_max.as_micros() as u64
+    }
+
     /// Hand a job over without waiting; false when the queue is full or closed.
     pub fn dispatch(&self, job: Job) -> bool {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -273,7 +283,7 @@ struct ClusterCtx {
 impl ClusterCtx {
     async fn resolve(&self, job: &Job) -> Completion {
         let ev = &job.event;
-        let left = self.timeout.saturating_sub(job.queued.elapsed());
+        let left = self.timeout.saturating_sub(job.read_at.elapsed());
         let fetched = if left.is_zero() {
             Err(client::ApiError::Timeout(self.timeout))
         } else {
@@ -467,6 +477,7 @@ impl Enricher {
             metrics: self.metrics.clone(),
             queue_max_events: e.queue_max_events,
             queue_max_bytes: e.queue_max_bytes,
+            hold_max: e.timeout,
         });
         let ctx = Arc::new(ClusterCtx {
             cluster: name,
