@@ -1047,7 +1047,10 @@ mod tests {
             None,
         );
         let v: toml::Value = toml::from_str(&c).unwrap();
-        assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(128));
+        assert_eq!(
+            v["ingest"]["max_connections_per_source"].as_integer(),
+            Some(128)
+        );
         assert_eq!(v["listen"].as_str(), Some("127.0.0.1:5514"));
         assert_eq!(v["workers"].as_integer(), Some(2));
         assert_eq!(v["data_dir"].as_str(), Some("/tmp/a \"b\"/data"));
@@ -1077,7 +1080,10 @@ mod tests {
         assert_eq!(v["spool"]["fsync"].as_str(), Some("always"));
         assert_eq!(v["spool"]["dir"].as_str(), Some("/dev/shm/x"));
         let v: toml::Value = toml::from_str(&c).unwrap();
-        assert_eq!(v["ingest"]["max_connections_per_source"].as_integer(), Some(400));
+        assert_eq!(
+            v["ingest"]["max_connections_per_source"].as_integer(),
+            Some(400)
+        );
         assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
         assert_eq!(v["batch"]["max_age_ms"].as_integer(), Some(25));
         assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));
