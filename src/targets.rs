@@ -604,6 +604,7 @@ impl Targets {
             let drained = tokio::runtime::Handle::current().block_on(egress.finish(deadline));
             drop(spool);
             if drained {
+                self.metrics.remove_target(&name);
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => info!(target = %name, "deleted target drained and removed"),
                     Err(err) => {

@@ -284,6 +284,10 @@ fn register_update_and_delete_a_target_while_events_flow() {
     wait_for(Duration::from_secs(20), || {
         (!broker.data_dir.join("spool/@east").exists()).then_some(())
     });
+    // ... and its series are gone from /metrics.
+    wait_for(Duration::from_secs(20), || {
+        (!broker.metrics_text().contains("target=\"@east\"")).then_some(())
+    });
     // Every event once, across the three targets.
     let mut all: Vec<u64> = [&first, &second, &default]
         .iter()

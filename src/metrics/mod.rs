@@ -355,6 +355,14 @@ impl Metrics {
         targets.entry(name.to_string()).or_default().clone()
     }
 
+    /// Forget a target that was removed (a deleted registration, drained):
+    /// its series leave the page. A target of that name later starts again
+    /// from zero, which Prometheus reads as a counter reset.
+    pub fn remove_target(&self, name: &str) {
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets.remove(name);
+    }
+
     /// Record the latency of `count` events received at `received_us` and
     /// acknowledged at `acked_us`.
     pub fn record_latency(&self, received: &[(u64, u32)], acked_us: u64) {
