@@ -832,7 +832,7 @@ impl Sealer {
                         .iter()
                         .filter_map(|b| Some((b.open_age()?, b.clone())))
                         .collect();
-                    open.sort_by(|a, b| b.0.cmp(&a.0));
+                    open.sort_by_key(|b| std::cmp::Reverse(b.0));
                     for (_, b) in open {
                         b.seal_if_due();
                     }
