@@ -603,6 +603,12 @@ pub struct RawStore {
     /// sharing it, in seconds. Changes made through this broker's API apply at once.
     /// Default 10.
     pub poll_secs: u64,
+    /// Requests in flight of each registered target, 1 to 256 (`in_flight` of a
+    /// `[[targets]]` entry). Default 4; raise it for a distant Varonis.
+    pub target_in_flight: usize,
+    /// Gzip the batches of registered targets (`gzip` of a `[[targets]]` entry).
+    /// Default false.
+    pub target_gzip: bool,
 }
 
 impl Default for RawStore {
@@ -611,6 +617,8 @@ impl Default for RawStore {
             url: None,
             url_file: None,
             poll_secs: 10,
+            target_in_flight: REGISTRY_IN_FLIGHT,
+            target_gzip: false,
         }
     }
 }
@@ -1352,9 +1360,14 @@ fn validate_store(
             "must start with sqlite://, mysql:// or mariadb://",
         ));
     }
+    if s.target_in_flight == 0 || s.target_in_flight > 256 {
+        return Err(invalid("store.target_in_flight", "must be 1 to 256"));
+    }
     Ok(Some(StoreConfig {
         url,
         poll: Duration::from_secs(positive_u64("store.poll_secs", s.poll_secs)?),
+        target_in_flight: s.target_in_flight,
+        target_gzip: s.target_gzip,
     }))
 }
 
@@ -1455,8 +1468,9 @@ pub fn api_url(url: &str) -> Result<(String, u16), String> {
 
 /// The configuration of a target registered through the API: `url` (https
 /// only, no credentials in it) and the defaults of a `[[targets]]` entry, with
-/// [`REGISTRY_IN_FLIGHT`] requests in flight. The error says what is wrong with
-/// the URL without quoting it.
+/// [`REGISTRY_IN_FLIGHT`] requests in flight (the running target set then applies
+/// `[store] target_in_flight` and `target_gzip`). The error says what is wrong
+/// with the URL without quoting it.
 pub fn registered_target(name: &str, url: &str) -> Result<TargetConfig, String> {
     let raw = RawTarget {
         // Registered names (`@<cluster>`) are outside the `[[targets]]` alphabet.
@@ -1768,8 +1782,12 @@ impl Config {
         } else {
             0
         };
-        let egress = REGISTRY_SPOOL_CACHE_BYTES as u64
-            + REGISTRY_IN_FLIGHT as u64 * 2 * self.batch.max_bytes as u64;
+        let in_flight = self
+            .store
+            .as_ref()
+            .map_or(REGISTRY_IN_FLIGHT, |s| s.target_in_flight);
+        let egress =
+            REGISTRY_SPOOL_CACHE_BYTES as u64 + in_flight as u64 * 2 * self.batch.max_bytes as u64;
         api.max_targets as u64 * (egress + enrich)
     }
 
@@ -1888,6 +1906,9 @@ pub struct StoreConfig {
     /// `sqlite://…` or `mysql://…`; may carry a password.
     pub url: Secret,
     pub poll: Duration,
+    /// `in_flight` and `gzip` of every registered target.
+    pub target_in_flight: usize,
+    pub target_gzip: bool,
 }
 
 /// `[syslog_tls]`, validated.

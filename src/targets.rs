@@ -113,6 +113,9 @@ pub struct TargetView {
     /// The last delivery attempt failed.
     pub failing: bool,
     pub last_success_unix_ms: i64,
+    /// Requests in flight at most, and whether batches are gzipped.
+    pub in_flight: usize,
+    pub gzip: bool,
 }
 
 /// A registration that cannot run (bad PEM, bad URL).
@@ -464,7 +467,11 @@ impl Targets {
         let target_changed = old.is_none_or(|o| !o.same_target(reg));
         let running = lock(&self.state).live.contains_key(&name);
         if target_changed || !running {
-            let endpoint = endpoint_of(reg)?;
+            let mut endpoint = endpoint_of(reg)?;
+            if let Some(store) = &self.cfg.store {
+                endpoint.cfg.in_flight = store.target_in_flight;
+                endpoint.cfg.gzip = store.target_gzip;
+            }
             let mut st = lock(&self.state);
             match st.live.get_mut(&name) {
                 Some(live) => {
@@ -651,6 +658,8 @@ impl Targets {
                     origin: live.origin,
                     draining: live.draining,
                     url: live.egress.endpoint().cfg.url_for_logs().to_string(),
+                    in_flight: live.egress.endpoint().cfg.in_flight,
+                    gzip: live.egress.endpoint().cfg.gzip,
                     spool: live.spool.stats(),
                     failing: m.failing.get() != 0,
                     last_success_unix_ms: m.last_success_unix_ms.get(),

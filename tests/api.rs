@@ -713,6 +713,35 @@ fn registrations_and_the_certificate_survive_a_restart() {
     broker.stop();
 }
 
+/// Registered targets take their requests in flight and gzip from `[store]`.
+#[test]
+fn registered_targets_take_in_flight_and_gzip_from_the_store_settings() {
+    let default = Sink::start();
+    let registered = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = api_config("") + "target_in_flight = 2\ntarget_gzip = true\n";
+    let broker = Broker::start(&config_text(&default, dir.path(), &store));
+    let api = Api::new(&broker);
+    let r = api.admin(
+        "POST",
+        "/v1/targets",
+        Some(&json!({"cluster_name": "gz", "url": registered.url(),
+                     "ca_certificate": std::fs::read_to_string(&registered.ca_file).unwrap()})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["target"]["in_flight"], 2, "{}", r.body);
+    assert_eq!(r.body["target"]["gzip"], true, "{}", r.body);
+    send_frames(broker.syslog, "gz-1", 1, 0..20);
+    wait_for(Duration::from_secs(20), || {
+        (indexes(&registered) == (0..20).collect()).then_some(())
+    });
+    assert!(registered.accepted().iter().all(|r| r.gzip));
+    assert!(default.accepted().is_empty());
+    let got = api.admin("GET", "/v1/targets/gz", None);
+    assert_eq!(got.body["target"]["in_flight"], 2, "{}", got.body);
+    broker.stop();
+}
+
 /// A deletion that would leave a connected cluster with nowhere to go is refused.
 #[test]
 fn deleting_the_only_target_of_a_connected_cluster_is_refused() {

@@ -27,6 +27,8 @@ fn store_config(url: &str) -> StoreConfig {
     StoreConfig {
         url: Secret::new(url),
         poll: Duration::from_secs(1),
+        target_in_flight: 4,
+        target_gzip: false,
     }
 }
 

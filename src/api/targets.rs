@@ -86,6 +86,9 @@ struct RunningOut {
     failing: bool,
     spool_batches: u64,
     spool_bytes: u64,
+    /// `[store] target_in_flight` and `target_gzip` (0 and false while not running).
+    in_flight: usize,
+    gzip: bool,
 }
 
 #[derive(Serialize)]
@@ -164,6 +167,8 @@ fn out<'a>(ctx: &Ctx, r: &'a Registration) -> TargetOut<'a> {
             failing: view.as_ref().is_some_and(|v| v.failing),
             spool_batches: view.as_ref().map_or(0, |v| v.spool.unacked_records),
             spool_bytes: view.as_ref().map_or(0, |v| v.spool.bytes),
+            in_flight: view.as_ref().map_or(0, |v| v.in_flight),
+            gzip: view.as_ref().is_some_and(|v| v.gzip),
             name,
         },
     }
