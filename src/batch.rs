@@ -366,11 +366,13 @@ impl Batcher {
                     st.order.directory(key)
                 };
                 if let Some(link) = self.enrich.get() {
-                    if link.overdue(ev.received_us, crate::metrics::unix_us()) {
+                    if ev.info.file_id_span.0 >= ev.info.file_id_span.1 {
+                        // no file id: nothing to look up
+                    } else if link.overdue(ev.received_us) {
                         // it waited behind its file's lookups past the time
                         // allowed: no lookup of its own, its generic event now
                         link.metrics.fallbacks[Fallback::Timeout.index()].inc();
-                    } else if ev.info.file_id_span.0 < ev.info.file_id_span.1 {
+                    } else {
                         match st
                             .order
                             .start(ev, directory, owner_changed, |job| link.dispatch(job))

@@ -199,6 +199,11 @@ pub fn generic(ev: &Held, directory: Option<bool>) -> (Operation, Vec<u8>) {
     }
 }
 
+/// How long ago an event read at `received_us` (Unix µs) was read.
+fn held_for(received_us: u64) -> Duration {
+    Duration::from_micros(crate::metrics::unix_us().saturating_sub(received_us))
+}
+
 /// A metadata change to look up.
 pub struct Job {
     pub key: u64,
@@ -206,12 +211,11 @@ pub struct Job {
     /// `Some` when the type is known (trailing `/` or the type cache).
     pub directory: Option<bool>,
     pub owner_changed: bool,
+    /// `enrich.timeout_ms` counts from when this was read (`received_us`), so
+    /// that a job whose event waited too long (behind its file's earlier
+    /// lookups, or for a free request slot) is not looked up at all, and no
+    /// event is held for longer than the timeout.
     pub event: Arc<Held>,
-    /// When its event was read: `enrich.timeout_ms` counts from here, so that
-    /// a job whose event waited too long (behind its file's earlier lookups, or
-    /// for a free request slot) is not looked up at all, and no event is held
-    /// for longer than the timeout.
-    pub read_at: Instant,
 }
 
 /// The result of a [`Job`], for the batcher.
@@ -236,13 +240,13 @@ pub struct Link {
     pub queue_max_bytes: usize,
     /// How long after it was read an event may be held, for its own lookup or
     /// behind its file's (`enrich.timeout_ms`); then its generic event goes out.
-    pub hold_max: std::time::Duration,
+    pub hold_max: Duration,
 }
 
 impl Link {
-    /// Whether an event read at `received_us` (Unix µs) was held too long at `now_us`.
-    pub fn overdue(&self, received_us: u64, now_us: u64) -> bool {
-        now_us.saturating_sub(received_us) > self.hold_max.as_micros() as u64
+    /// Whether an event read at `received_us` (Unix µs) was held too long.
+    pub fn overdue(&self, received_us: u64) -> bool {
+        held_for(received_us) > self.hold_max
     }
 
     /// Hand a job over without waiting; false when the queue is full or closed.
@@ -283,7 +287,7 @@ struct ClusterCtx {
 impl ClusterCtx {
     async fn resolve(&self, job: &Job) -> Completion {
         let ev = &job.event;
-        let left = self.timeout.saturating_sub(job.read_at.elapsed());
+        let left = self.timeout.saturating_sub(held_for(ev.received_us));
         let fetched = if left.is_zero() {
             Err(client::ApiError::Timeout(self.timeout))
         } else {

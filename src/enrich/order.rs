@@ -150,7 +150,6 @@ impl Order {
             directory,
             owner_changed,
             event: head.clone(),
-            read_at: read_instant(head.received_us),
         };
         if !dispatch(job) {
             let ev = Arc::try_unwrap(head).unwrap_or_else(|a| (*a).clone());
@@ -200,14 +199,6 @@ impl Order {
             chain.head.bytes.len() + chain.waiting.iter().map(|h| h.bytes.len()).sum::<usize>();
         self.account(-(n as isize), -(bytes as isize));
     }
-}
-
-/// The instant at which an event read at `received_us` (Unix µs) was read.
-fn read_instant(received_us: u64) -> std::time::Instant {
-    let now = std::time::Instant::now();
-    let ago = crate::metrics::unix_us().saturating_sub(received_us);
-    now.checked_sub(std::time::Duration::from_micros(ago))
-        .unwrap_or(now)
 }
 
 #[cfg(test)]
