@@ -1000,23 +1000,23 @@ mod tests {
         batcher_with(dir, max_events, max_bytes, None)
     }
 
+    /// A spool in `dir` that never fsyncs.
+    fn test_spool(dir: &std::path::Path) -> Arc<Spool> {
+        let options = Options {
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+            fsync: Fsync::Never,
+        };
+        Arc::new(Spool::open(dir, options).unwrap())
+    }
+
     fn batcher_with(
         dir: &std::path::Path,
         max_events: usize,
         max_bytes: usize,
         idle_seal: Option<Duration>,
     ) -> (Batcher, Arc<Spool>) {
-        let spool = Arc::new(
-            Spool::open(
-                dir,
-                Options {
-                    max_bytes: 1 << 30,
-                    segment_bytes: 1 << 20,
-                    fsync: Fsync::Never,
-                },
-            )
-            .unwrap(),
-        );
+        let spool = test_spool(dir);
         let limits = BatchConfig {
             max_events,
             max_bytes,
@@ -1117,17 +1117,7 @@ mod tests {
     fn a_new_route_seals_the_open_batch_to_the_old_one_and_takes_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let (b, first) = batcher(&dir.path().join("a"), 1000, 1 << 20);
-        let second = Arc::new(
-            Spool::open(
-                &dir.path().join("b"),
-                Options {
-                    max_bytes: 1 << 30,
-                    segment_bytes: 1 << 20,
-                    fsync: Fsync::Never,
-                },
-            )
-            .unwrap(),
-        );
+        let second = test_spool(&dir.path().join("b"));
         b.submit(chunk(0, &["{\"n\":1}", "{\"n\":2}"]));
         b.set_route(Route {
             target: Arc::from("b"),
@@ -1174,17 +1164,7 @@ mod tests {
     #[test]
     fn the_sealer_gives_a_free_slot_to_the_oldest_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(
-            Spool::open(
-                dir.path(),
-                Options {
-                    max_bytes: 1 << 30,
-                    segment_bytes: 1 << 20,
-                    fsync: Fsync::Never,
-                },
-            )
-            .unwrap(),
-        );
+        let spool = test_spool(dir.path());
         let limits = BatchConfig {
             max_events: 1000,
             max_bytes: 1 << 20,
