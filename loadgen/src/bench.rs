@@ -211,8 +211,8 @@ pub struct BenchOptions {
     pub nodes: Option<u16>,
     /// run the broker under `taskset -c LIST` (e.g. `0-7`)
     pub broker_cpus: Option<String>,
-    /// the broker's `[batch]` limits, where not its defaults
-    pub batch: BrokerOverrides,
+    /// the broker's `[batch]` and `[spool]` settings, where not its defaults
+    pub overrides: BrokerOverrides,
     pub format: Format,
     pub framing: Framing,
     pub seed: u64,
@@ -235,7 +235,7 @@ impl Default for BenchOptions {
             clusters: None,
             nodes: None,
             broker_cpus: None,
-            batch: BrokerOverrides::default(),
+            overrides: BrokerOverrides::default(),
             format: Format::Json,
             framing: Framing::Lf,
             seed: 1,
@@ -294,7 +294,8 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The broker configuration the bench runs with.
-/// `batch` sets `[batch]` fields over the broker's defaults. Every simulated
+/// `overrides` sets `[batch]` and `[spool]` fields over the broker's defaults
+/// (`spool_dir`: where the spool goes instead of `data_dir`). Every simulated
 /// node connects from 127.0.0.1, so the per-source connection limit (128 by
 /// default, sized for a relay) is raised to twice the `nodes` the senders run:
 /// a node that reconnects may hold two for a moment.
@@ -306,22 +307,22 @@ pub fn broker_config(
     data_dir: &Path,
     sink_url: &str,
     ca_file: &Path,
-    batch: &BrokerOverrides,
+    overrides: &BrokerOverrides,
     nodes: usize,
     spool_dir: Option<&Path>,
 ) -> String {
     let mut batch_table = String::new();
-    if let Some(n) = batch.max_events {
+    if let Some(n) = overrides.max_events {
         batch_table.push_str(&format!("max_events = {n}\n"));
     }
-    if let Some(ms) = batch.max_age_ms {
+    if let Some(ms) = overrides.max_age_ms {
         batch_table.push_str(&format!("max_age_ms = {ms}\n"));
     }
     if !batch_table.is_empty() {
         batch_table.insert_str(0, "\n[batch]\n");
     }
     let mut spool_table = String::new();
-    if let Some(f) = batch.spool_fsync {
+    if let Some(f) = overrides.spool_fsync {
         spool_table.push_str(&format!("fsync = {}\n", toml_str(f.as_str())));
     }
     if let Some(dir) = spool_dir {
@@ -613,7 +614,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let data_dir = work.join("data");
-    let shm_spool = if opts.batch.spool_in_memory {
+    let shm_spool = if opts.overrides.spool_in_memory {
         let shm = Path::new("/dev/shm");
         if !shm.is_dir() {
             bail!("--spool-in-memory: no /dev/shm on this machine");
@@ -686,7 +687,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &data_dir,
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
-        &opts.batch,
+        &opts.overrides,
         usize::from(plan.clusters) * usize::from(plan.nodes),
         shm_spool.as_deref(),
     );
@@ -874,7 +875,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         broker_workers: workers,
         broker_cpus,
         broker_pinned: opts.broker_cpus.is_some(),
-        broker_overrides: opts.batch,
+        broker_overrides: opts.overrides,
         broker_exit,
     };
     let mut report = Report::assemble(
@@ -1079,7 +1080,6 @@ mod tests {
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["spool"]["fsync"].as_str(), Some("always"));
         assert_eq!(v["spool"]["dir"].as_str(), Some("/dev/shm/x"));
-        let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(
             v["ingest"]["max_connections_per_source"].as_integer(),
             Some(400)

@@ -541,7 +541,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         clusters: a.clusters,
         nodes: a.nodes,
         broker_cpus: a.broker_cpus,
-        batch: loadgen::bench::BrokerOverrides {
+        overrides: loadgen::bench::BrokerOverrides {
             max_events: a.batch_max_events,
             max_age_ms: a.batch_max_age_ms,
             spool_fsync: a.spool_fsync,

@@ -44,7 +44,7 @@ pub struct Setup {
     pub broker_cpus: String,
     /// started under `taskset -c` (`--broker-cpus`)
     pub broker_pinned: bool,
-    /// `[batch]` limits set for the run (null: the broker's default)
+    /// `[batch]` and `[spool]` settings of the run (null: the broker's default)
     pub broker_overrides: BrokerOverrides,
     /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
     pub broker_exit: String,
@@ -280,7 +280,7 @@ impl Report {
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
         );
         let b = &s.broker_overrides;
-        let mut batch = match (b.max_events, b.max_age_ms) {
+        let mut settings = match (b.max_events, b.max_age_ms) {
             (None, None) => String::new(),
             (e, a) => format!(
                 "; batch max_events {}, max_age_ms {}",
@@ -289,14 +289,14 @@ impl Report {
             ),
         };
         if let Some(f) = b.spool_fsync {
-            batch.push_str(&format!("; spool fsync {}", f.as_str()));
+            settings.push_str(&format!("; spool fsync {}", f.as_str()));
         }
         if b.spool_in_memory {
-            batch.push_str("; spool in memory (/dev/shm)");
+            settings.push_str("; spool in memory (/dev/shm)");
         }
         let _ = writeln!(
             o,
-            "              {} workers on CPUs {}{}{batch}; {}",
+            "              {} workers on CPUs {}{}{settings}; {}",
             s.broker_workers,
             s.broker_cpus,
             if s.broker_pinned { " (taskset)" } else { "" },
