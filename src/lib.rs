@@ -370,6 +370,9 @@ pub async fn run_input(
         grace_secs = cfg.shutdown_grace.as_secs(),
         "shutting down: no more reading; draining"
     );
+    // What is in memory goes to disk even past a spool's cap: a target that is
+    // away must not turn a restart into a loss of the work queue.
+    targets.lift_caps();
     // Should a spool stay unavailable past the deadline, stop waiting on it.
     let watchdog = {
         let batches = batches.clone();
@@ -401,7 +404,7 @@ pub async fn run_input(
     if drained.is_err() {
         error!("draining the pipeline panicked");
     }
-    let delivered_everything = targets.finish(deadline).await;
+    let finished = targets.finish(deadline).await;
     watchdog.abort();
     if let Err(err) = dead_letters.flush() {
         warn!(error = %err, "cannot flush the dead-letter file");
@@ -424,7 +427,25 @@ pub async fn run_input(
     if let Some(store) = &store {
         store.close().await;
     }
-    info!(delivered_everything, "qbroker stopped");
+    // The last line tells the truth: what was delivered, what waits in the
+    // spools for the next start, and what was lost (only a spool that could not
+    // be written until the grace period ended loses anything).
+    let lost_events: u64 = metrics.clusters().iter().map(|c| c.events_lost.get()).sum();
+    if lost_events > 0 {
+        error!(
+            delivered_everything = false,
+            spooled_batches = finished.batches_left,
+            lost_events,
+            "qbroker stopped; events were lost (see the errors above)"
+        );
+    } else {
+        info!(
+            delivered_everything = finished.delivered,
+            spooled_batches = finished.batches_left,
+            lost_events,
+            "qbroker stopped"
+        );
+    }
     Ok(())
 }
 

@@ -741,7 +741,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     }
 
     type SpoolPick = fn(&spool::Stats) -> u64;
-    let per_spool: [(&str, &str, &str, SpoolPick); 9] = [
+    let per_spool: [(&str, &str, &str, SpoolPick); 10] = [
         (
             "qbroker_spool_bytes",
             "gauge",
@@ -774,6 +774,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "counter",
             "Corrupt records set aside at start.",
             |s| s.corrupt_records,
+        ),
+        (
+            "qbroker_spool_missing_batches",
+            "gauge",
+            "Batch ids found missing from the spool at start (spooled, then gone from disk: see missing.log in the spool directory).",
+            |s| s.missing_records,
         ),
         (
             "qbroker_spool_full_waits_total",
