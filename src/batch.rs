@@ -461,6 +461,14 @@ impl Batcher {
         true
     }
 
+    /// Nothing waits here: no chunk kept aside, no open batch, no event held
+    /// for an enrichment. (With no reader left and nothing at the gate, the
+    /// cluster can be forgotten.)
+    pub fn is_idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.pending.is_empty() && st.open.is_none() && st.order.idle()
+    }
+
     /// How long the open batch has been open; `None` with no open batch, or
     /// while the batcher is busy.
     fn open_age(&self) -> Option<Duration> {
@@ -884,6 +892,11 @@ pub trait Router: Send + Sync {
     ) -> Option<Arc<Batcher>>;
     /// Stop the age sealers (shutdown).
     fn stop_sealers(&self);
+    /// Forget `batcher`, the one attached for `cluster` (an idle cluster that
+    /// ingest forgets): its route and its sealer go.
+    fn detach(&self, cluster: &str, batcher: &Arc<Batcher>);
+    /// Whether `cluster` is configured or registered (never refused for room).
+    fn is_known(&self, cluster: &str) -> bool;
 }
 
 /// A router that sends every cluster to one route, with no age sealer (benches
@@ -900,6 +913,12 @@ impl Router for OneRoute {
     }
 
     fn stop_sealers(&self) {}
+
+    fn detach(&self, _cluster: &str, _batcher: &Arc<Batcher>) {}
+
+    fn is_known(&self, _cluster: &str) -> bool {
+        false
+    }
 }
 
 /// Every batcher, and the router that gives each its target.
@@ -945,6 +964,25 @@ impl Batches {
         let b = self.router.attach(&cluster, &mut make)?;
         lock(&self.all).push(b.clone());
         Some(b)
+    }
+
+    /// Forget an idle cluster's batcher (see [`Batcher::is_idle`]) and give its
+    /// gate slot back; a batcher that is no longer idle is kept and false
+    /// returned.
+    pub fn forget(&self, b: &Arc<Batcher>) -> bool {
+        let mut all = lock(&self.all);
+        if !b.is_idle() || !b.gate.unregister(b.gate_id) {
+            return false;
+        }
+        all.retain(|x| !Arc::ptr_eq(x, b));
+        drop(all);
+        self.router.detach(b.cluster(), b);
+        true
+    }
+
+    /// Whether `cluster` is configured or registered.
+    pub fn is_known(&self, cluster: &str) -> bool {
+        self.router.is_known(cluster)
     }
 
     /// Enrich the metadata changes of the clusters `enricher` has a link for

@@ -119,9 +119,17 @@ pub struct RawIngest {
     /// How long a new connection may take to send its first complete frame, which
     /// tells its cluster. Default 60.
     pub first_frame_timeout_secs: u64,
-    /// Clusters (supervisors) at most; connections of further clusters are closed
-    /// and counted. Default 1000.
+    /// Clusters known only by their HOSTNAME (not in `[[clusters]]`, not
+    /// registered) held at once; a connection of a further one is closed and
+    /// counted unless an idle one can be forgotten to make room. Configured and
+    /// registered clusters never count and are never refused. Default 1000.
     pub max_clusters: usize,
+    /// A cluster known only by its HOSTNAME with no connection, nothing in the
+    /// queue and nothing in an open batch for this long is forgotten: its
+    /// supervisor, batcher and metric series go (its spooled batches stay and
+    /// are delivered). If it connects again it starts afresh (`seq` from 0).
+    /// Default 600.
+    pub forget_idle_cluster_secs: u64,
     /// Connections held at once from one source address (IPv6: one /64); further
     /// ones are closed at once and counted. A Qumulo node holds one; a relay one
     /// per node it forwards. Default 128.
@@ -156,6 +164,7 @@ impl Default for RawIngest {
             read_buffer_bytes: 64 * 1024,
             first_frame_timeout_secs: 60,
             max_clusters: 1000,
+            forget_idle_cluster_secs: 600,
             max_connections_per_source: 128,
             frame_timeout_secs: 30,
             max_oversize_frame_bytes: 1024 * 1024,
@@ -869,6 +878,10 @@ impl RawConfig {
                 ingest.first_frame_timeout_secs,
             )?),
             max_clusters: ingest.max_clusters,
+            forget_idle_cluster: Duration::from_secs(positive_u64(
+                "ingest.forget_idle_cluster_secs",
+                ingest.forget_idle_cluster_secs,
+            )?),
         };
 
         let syslog_tls = validate_syslog_tls(&self.syslog_tls)?;
@@ -1936,6 +1949,7 @@ pub struct IngestConfig {
     pub read_buffer_bytes: usize,
     pub first_frame_timeout: Duration,
     pub max_clusters: usize,
+    pub forget_idle_cluster: Duration,
 }
 
 #[derive(Debug, Clone)]

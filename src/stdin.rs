@@ -590,7 +590,9 @@ impl Feeder {
         let host = parse::frame_hostname(frame);
         let (name, _, _) = route(&cfg, host);
         if !self.clusters.contains_key(name.as_str()) {
-            if self.clusters.len() >= cfg.ingest.max_clusters {
+            if self.clusters.len() >= cfg.ingest.max_clusters
+                && !self.p.batches.is_known(name.as_str())
+            {
                 self.unroutable(&name, host.unwrap_or("-"), frame, "too many clusters");
                 return;
             }

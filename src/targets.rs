@@ -845,6 +845,26 @@ impl Router for Targets {
             live.sealer.stop();
         }
     }
+
+    fn detach(&self, cluster: &str, batcher: &Arc<Batcher>) {
+        let mut st = lock(&self.state);
+        let Some(a) = st.clusters.get(cluster) else {
+            return;
+        };
+        if !Arc::ptr_eq(&a.batcher, batcher) {
+            return;
+        }
+        let target = a.target.clone();
+        st.clusters.remove(cluster);
+        if let Some(live) = st.live.get(&target) {
+            live.sealer.remove(batcher);
+        }
+    }
+
+    fn is_known(&self, cluster: &str) -> bool {
+        self.cfg.cluster_named(cluster).is_some()
+            || lock(&self.state).registry.contains_key(cluster)
+    }
 }
 
 #[cfg(test)]

@@ -155,6 +155,8 @@ pub struct Handoff {
     pub buf: BytesMut,
     pub deps: ReaderDeps,
     pub guard: ConnGuard,
+    /// Holds the cluster in the table while the connection lasts.
+    pub lease: crate::cluster::Lease,
 }
 
 /// Why a reader ended.
@@ -208,6 +210,7 @@ pub async fn run(h: Handoff, cluster: Arc<ClusterShared>, sequence: Arc<Sequence
         buf,
         deps,
         guard,
+        lease: _lease,
     } = h;
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,

@@ -355,6 +355,13 @@ impl Metrics {
         targets.entry(name.to_string()).or_default().clone()
     }
 
+    /// Forget a cluster that was forgotten by ingest (idle, known only by its
+    /// HOSTNAME): its series leave the page.
+    pub fn remove_cluster(&self, name: &str) {
+        let mut clusters = self.clusters.write().unwrap_or_else(|e| e.into_inner());
+        clusters.remove(name);
+    }
+
     /// Forget a target that was removed (a deleted registration, drained):
     /// its series leave the page. A target of that name later starts again
     /// from zero, which Prometheus reads as a counter reset.
