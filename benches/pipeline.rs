@@ -166,6 +166,7 @@ fn batch(c: &mut Criterion) {
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(200),
             idle_seal: None,
+            idle_seal_min_events: 1,
         },
         Arc::new(qbroker::batch::OneRoute(qbroker::batch::Route {
             target: Arc::from("bench"),

@@ -281,6 +281,12 @@ pub struct RawBatch {
     /// batches fill up while the target is busy and leave at once while it is
     /// not, which keeps latency low below full load. 0 disables. Default 20.
     pub idle_seal_ms: u64,
+    /// Events a batch must hold to be sealed early (`idle_seal_ms`); a batch
+    /// with fewer waits for `max_events`, `max_bytes` or `max_age_ms`. Bounds
+    /// the request rate at light load: each cluster then sends at most one
+    /// request per `max_age_ms` (5 per second with the defaults), where with 1
+    /// it sent one per event. At most `max_events`. Default 100.
+    pub idle_seal_min_events: usize,
 }
 
 impl Default for RawBatch {
@@ -290,6 +296,7 @@ impl Default for RawBatch {
             max_bytes: 1024 * 1024,
             max_age_ms: 200,
             idle_seal_ms: 20,
+            idle_seal_min_events: 100,
         }
     }
 }
@@ -929,7 +936,14 @@ impl RawConfig {
         if b.max_bytes < 4096 || b.max_bytes > 64 * 1024 * 1024 {
             return Err(invalid("batch.max_bytes", "must be 4096 to 67108864"));
         }
+        if b.idle_seal_min_events > b.max_events {
+            return Err(invalid(
+                "batch.idle_seal_min_events",
+                "must be at most batch.max_events",
+            ));
+        }
         let batch = BatchConfig {
+            idle_seal_min_events: b.idle_seal_min_events.max(1) as u32,
             max_events: b.max_events,
             max_bytes: b.max_bytes,
             max_age: Duration::from_millis(positive_u64("batch.max_age_ms", b.max_age_ms)?),
@@ -1965,8 +1979,10 @@ pub struct BatchConfig {
     pub max_events: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
-    /// Seal at this age when the target has a free request slot.
+    /// Seal at this age when the target has a free request slot...
     pub idle_seal: Option<Duration>,
+    /// ...and the batch holds at least this many events.
+    pub idle_seal_min_events: u32,
 }
 
 #[derive(Debug, Clone)]

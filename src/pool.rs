@@ -322,6 +322,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
                 idle_seal: None,
+                idle_seal_min_events: 1,
             },
             Arc::new(crate::batch::OneRoute(crate::batch::Route {
                 target: Arc::from("t"),
