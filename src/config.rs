@@ -285,9 +285,13 @@ pub struct RawBatch {
     /// with fewer waits for `max_events`, `max_bytes` or `max_age_ms`. Bounds
     /// the request rate at light load: each cluster then sends at most one
     /// request per `max_age_ms` (5 per second with the defaults), where with 1
-    /// it sent one per event. At most `max_events`. Default 100.
-    pub idle_seal_min_events: usize,
+    /// it sent one per event. At most `max_events`. Default 100 (or
+    /// `max_events` when that is smaller).
+    pub idle_seal_min_events: Option<usize>,
 }
+
+/// `batch.idle_seal_min_events` when not set (or `max_events` if smaller).
+pub const DEFAULT_IDLE_SEAL_MIN_EVENTS: usize = 100;
 
 impl Default for RawBatch {
     fn default() -> Self {
@@ -296,7 +300,7 @@ impl Default for RawBatch {
             max_bytes: 1024 * 1024,
             max_age_ms: 200,
             idle_seal_ms: 20,
-            idle_seal_min_events: 100,
+            idle_seal_min_events: None,
         }
     }
 }
@@ -936,14 +940,18 @@ impl RawConfig {
         if b.max_bytes < 4096 || b.max_bytes > 64 * 1024 * 1024 {
             return Err(invalid("batch.max_bytes", "must be 4096 to 67108864"));
         }
-        if b.idle_seal_min_events > b.max_events {
-            return Err(invalid(
-                "batch.idle_seal_min_events",
-                "must be at most batch.max_events",
-            ));
-        }
+        let idle_seal_min_events = match b.idle_seal_min_events {
+            None => DEFAULT_IDLE_SEAL_MIN_EVENTS.min(b.max_events),
+            Some(n) if n == 0 || n > b.max_events => {
+                return Err(invalid(
+                    "batch.idle_seal_min_events",
+                    "must be 1 to batch.max_events",
+                ))
+            }
+            Some(n) => n,
+        };
         let batch = BatchConfig {
-            idle_seal_min_events: b.idle_seal_min_events.max(1) as u32,
+            idle_seal_min_events: idle_seal_min_events.min(u32::MAX as usize) as u32,
             max_events: b.max_events,
             max_bytes: b.max_bytes,
             max_age: Duration::from_millis(positive_u64("batch.max_age_ms", b.max_age_ms)?),

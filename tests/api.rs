@@ -963,3 +963,42 @@ fn registered_rest_credentials_enrich_a_connected_cluster() {
     assert!(qumulo.logins() >= 1);
     broker.stop();
 }
+
+/// Registrations sent all at once never pass `api.max_targets`, and none is
+/// refused for a reason other than the limit (no 503 from the id allocator).
+#[test]
+fn concurrent_registrations_stop_at_max_targets() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(
+        &sink,
+        dir.path(),
+        &api_config("max_targets = 4"),
+    ));
+    let (addr, data_dir) = (broker.api.unwrap(), broker.data_dir.clone());
+    let ca = std::fs::read_to_string(&sink.ca_file).unwrap();
+    let url = sink.url();
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let (data_dir, ca, url) = (data_dir.clone(), ca.clone(), url.clone());
+            std::thread::spawn(move || {
+                let api = Api::at(addr, &data_dir);
+                api.admin(
+                    "POST",
+                    "/v1/targets",
+                    Some(
+                        &json!({"cluster_name": format!("c{i}"), "url": url, "ca_certificate": ca}),
+                    ),
+                )
+                .status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [[201; 4].as_slice(), &[409; 8]].concat());
+    let api = Api::new(&broker);
+    let listed = api.admin("GET", "/v1/targets", None);
+    assert_eq!(listed.body.as_array().unwrap().len(), 4);
+    broker.stop();
+}
