@@ -347,10 +347,12 @@ fn stdin_once(
     timeout_secs: u64,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Read as _;
-    let mut text = String::new();
+    let mut raw = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut raw)
         .context("cannot read stdin")?;
+    // As on the TCP path: invalid UTF-8 sequences become U+FFFD, the rest stands.
+    let text = String::from_utf8_lossy(&raw);
     let records = qbroker::stdin::records(&text);
     if records.is_empty() {
         anyhow::bail!(

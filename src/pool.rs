@@ -23,7 +23,7 @@ use crate::batch::ChunkOut;
 use crate::deadletter::DeadLetters;
 use crate::metrics::{Metrics, RateLimit, Tally};
 use crate::model::Chunk;
-use crate::parse::{self, EventInfo, FrameCtx, Hint, Outcome, ParseError};
+use crate::parse::{self, ConnNode, EventInfo, FrameCtx, Hint, Outcome, ParseError};
 
 /// The conversion of one frame: [`parse::convert_with_info`], or a stand-in in tests.
 type Convert = fn(
@@ -206,9 +206,14 @@ fn convert_frame(
     wrote_dead_letter: &mut bool,
 ) {
     let frame = chunk.frame(i);
+    let conn = ConnNode {
+        node: &chunk.node,
+        cluster: &chunk.cluster.name,
+    };
     let fctx = FrameCtx {
         seq: chunk.seq_base + i as u64,
         received_unix_ms: (chunk.received_unix_us / 1000) as i64,
+        conn: Some(&conn),
     };
     let mark = out.events.len();
     if !out.ends.is_empty() {

@@ -943,6 +943,7 @@ pub fn explain(cfg: &Config, record: &str) -> Explanation {
     let ctx = FrameCtx {
         seq: 0,
         received_unix_ms: unix_ms(),
+        conn: None,
     };
     let mut out = Vec::new();
     let mut info = EventInfo::default();
