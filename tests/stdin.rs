@@ -318,7 +318,7 @@ fn once_explains_a_line_and_delivers_it() {
 
     let (code, out) = once(
         &config,
-        &json_frame("q-1", "fs_read_metadata", "/", "2"),
+        json_frame("q-1", "fs_read_metadata", "/", "2"),
         &[],
     );
     assert_eq!(code, 3, "{out}");
