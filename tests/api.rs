@@ -1002,3 +1002,53 @@ fn concurrent_registrations_stop_at_max_targets() {
     assert_eq!(listed.body.as_array().unwrap().len(), 4);
     broker.stop();
 }
+
+/// The OpenAPI document and the router agree, asked of the running server:
+/// every documented path and method is served (neither 404 nor 405), and
+/// every other method on those paths is 405 with an `Allow` header that lists
+/// exactly the documented ones.
+#[test]
+fn the_router_serves_exactly_what_openapi_documents() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(&sink, dir.path(), &api_config("")));
+    let api = Api::new(&broker);
+    let doc = api.call("GET", "/openapi.json", &[], None).body;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 9, "{paths:?}");
+    let all = ["GET", "POST", "PATCH", "DELETE", "PUT"];
+    for (path, ops) in paths {
+        let concrete = path.replace("{cluster_name}", "nosuch");
+        let mut documented: Vec<String> = ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.to_uppercase())
+            .filter(|k| all.contains(&k.as_str()))
+            .collect();
+        documented.sort();
+        for method in all {
+            let body = (method == "POST" || method == "PATCH").then(|| json!({}));
+            let r = api.admin(method, &concrete, body.as_ref());
+            if documented.iter().any(|m| m == method) {
+                assert!(
+                    r.status != 404 || r.body["detail"] != "Not Found",
+                    "{method} {path}: not routed ({})",
+                    r.body
+                );
+                assert_ne!(r.status, 405, "{method} {path}: {}", r.body);
+            } else {
+                assert_eq!(
+                    r.status, 405,
+                    "{method} {path} is served but not documented"
+                );
+                let allow = r.headers[http::header::ALLOW].to_str().unwrap();
+                let mut allowed: Vec<String> = allow.split(", ").map(str::to_string).collect();
+                allowed.sort();
+                assert_eq!(allowed, documented, "Allow of {path}");
+            }
+        }
+    }
+    assert_eq!(api.admin("GET", "/v1/nothing-here", None).status, 404);
+    broker.stop();
+}
