@@ -1052,3 +1052,42 @@ fn the_router_serves_exactly_what_openapi_documents() {
     assert_eq!(api.admin("GET", "/v1/nothing-here", None).status, 404);
     broker.stop();
 }
+
+/// A deleted registration whose spool still held batches when the broker
+/// stopped: at the next start they are delivered to the cluster's default
+/// target, and the spool directory is removed.
+#[test]
+fn a_deleted_targets_spool_is_delivered_after_a_restart() {
+    let default = Sink::start();
+    let mut gone = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&default, dir.path(), &api_config(""))
+        .replace("grace_secs = 5", "grace_secs = 1");
+    let broker = Broker::start(&text);
+    let api = Api::new(&broker);
+    let r = api.admin(
+        "POST",
+        "/v1/targets",
+        Some(&json!({"cluster_name": "west", "url": gone.url(),
+                     "ca_certificate": std::fs::read_to_string(&gone.ca_file).unwrap()})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    gone.go_away();
+    send_frames(broker.syslog, "west-1", 1, 0..50);
+    wait_for(Duration::from_secs(20), || {
+        (broker.metric("qbroker_spool_unacked_batches{target=\"@west\"}")? >= 1.0).then_some(())
+    });
+    let r = api.admin("DELETE", "/v1/targets/west", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    broker.stop();
+    let spool = dir.path().join("spool/@west");
+    assert!(spool.is_dir(), "the undelivered batches stay on disk");
+
+    let broker = Broker::start(&text);
+    wait_for(Duration::from_secs(30), || {
+        (indexes(&default) == (0..50).collect()).then_some(())
+    });
+    wait_for(Duration::from_secs(20), || (!spool.exists()).then_some(()));
+    assert!(gone.accepted().is_empty());
+    broker.stop();
+}
