@@ -574,3 +574,49 @@ fn a_deleted_and_an_emptied_segment_are_reported_as_missing_batches() {
         "lost {lost} events, {missing} batches missing"
     );
 }
+
+/// While the broker does not read (the spool is full, the queue too), a node's
+/// frame and idle clocks stand still: a pause longer than both deadlines closes
+/// no connection, and everything is delivered once the target is back.
+#[test]
+fn a_long_pause_in_reading_times_out_no_connection() {
+    let mut sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[queue]\nsize = 2000\nmax_bytes = 1048576\n[spool]\nmax_bytes = 262144\nsegment_bytes = 65536\n[ingest]\nidle_timeout_secs = 2\nframe_timeout_secs = 1\n",
+        config_text(&sink, dir.path(), "").replace("max_events = 50", "max_events = 50\nmax_bytes = 65536")
+    );
+    sink.go_away();
+    let broker = Broker::start(&text);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let sender = paced_sender(
+        broker.syslog,
+        "chi-1",
+        1,
+        2000,
+        stop.clone(),
+        written.clone(),
+    );
+    wait_for(Duration::from_secs(30), || {
+        (broker.metric("qbroker_reading_paused_total")? >= 1.0).then_some(())
+    });
+    // Paused for three times the idle deadline and six times the frame one.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(broker.metric("qbroker_queue_waiting_readers").unwrap() >= 1.0);
+    sink.come_back();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let n = written.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(60), || {
+        (delivered(&sink).len() as u64 >= n).then_some(())
+    });
+    assert_eq!(
+        delivered(&sink),
+        (0..n).map(|i| (1, i)).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(broker.metric("qbroker_frame_timeouts_total"), Some(0.0));
+    assert_eq!(broker.metric("qbroker_idle_timeouts_total"), Some(0.0));
+    broker.stop();
+}
