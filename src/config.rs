@@ -343,6 +343,11 @@ pub struct RawDeadLetter {
     pub dir: Option<PathBuf>,
     /// Size at which the bad-frame file is rotated (one old file kept), in bytes. Default 104857600.
     pub max_file_bytes: u64,
+    /// Bytes of refused batches kept under `batches/`, at most. Past it a
+    /// target that refuses another batch is paused (the batch stays in its
+    /// spool and is retried) rather than anything dropped; `qbroker replay`
+    /// or removing files makes room. Default 1073741824.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for RawDeadLetter {
@@ -350,6 +355,7 @@ impl Default for RawDeadLetter {
         RawDeadLetter {
             dir: None,
             max_file_bytes: 100 * 1024 * 1024,
+            max_batch_bytes: 1 << 30,
         }
     }
 }
@@ -996,6 +1002,7 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("dead-letter")),
             max_file_bytes: self.dead_letter.max_file_bytes.max(4096),
+            max_batch_bytes: self.dead_letter.max_batch_bytes,
         };
 
         let mut targets = Vec::with_capacity(self.targets.len());
@@ -2005,6 +2012,7 @@ pub struct SpoolConfig {
 pub struct DeadLetterConfig {
     pub dir: PathBuf,
     pub max_file_bytes: u64,
+    pub max_batch_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -29,7 +29,8 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
-//! [`model`] (types that cross stages), [`sync`] (the hand-written
+//! [`model`] (types that cross stages), [`replay`] (refused batches back
+//! from the dead-letter directory into their spool), [`sync`] (the hand-written
 //! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
 //! doctor`: checks of the clusters, the targets and the host).
 //!
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod pool;
+pub mod replay;
 pub mod spool;
 pub mod stdin;
 pub mod store;
@@ -495,7 +497,7 @@ impl Source {
 
 /// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
 /// share a spool: the spool assumes one writer.
-fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+pub(crate) fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
     let path = dir.join("qbroker.lock");
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).truncate(false).write(true);

@@ -378,6 +378,7 @@ mod tests {
                 DeadLetters::open(&DeadLetterConfig {
                     dir: dir.path().join("dl"),
                     max_file_bytes: 1 << 20,
+                    max_batch_bytes: 1 << 20,
                 })
                 .unwrap(),
             ),

@@ -544,9 +544,15 @@ fn a_deleted_and_an_emptied_segment_are_reported_as_missing_batches() {
         (broker.metric("qbroker_cluster_frames_total{cluster=\"kappa\"}")? == n as f64)
             .then_some(())
     });
+    // A fresh spool misses nothing.
+    assert_eq!(
+        broker.metric("qbroker_spool_missing_batches{target=\"sink\"}"),
+        Some(0.0)
+    );
     assert!(broker.signal_and_wait("TERM").success());
 
     let spool = dir.path().join("spool/sink");
+    assert!(!spool.join("missing.log").exists());
     let segments = segments_of(&spool);
     assert!(segments.len() >= 6, "{segments:?}");
     // Emptied: the first segment; deleted: the fourth.

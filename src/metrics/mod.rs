@@ -290,6 +290,10 @@ pub struct TargetMetrics {
     pub throttled: Counter,
     pub batches_dead_lettered: Counter,
     pub events_dead_lettered: Counter,
+    /// Batches (or parts) refused as too large (413) and sent in two halves.
+    pub batches_split: Counter,
+    /// Refused batches the dead-letter directory could not take (kept in the spool).
+    pub dead_letter_failures: Counter,
     pub in_flight: Gauge,
     pub last_success_unix_ms: Gauge,
     /// 1 while the last attempt failed, 0 once one succeeds.
@@ -654,7 +658,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     type Pick = fn(&TargetMetrics) -> i64;
-    let per_target: [(&str, &str, &str, Pick); 14] = [
+    let per_target: [(&str, &str, &str, Pick); 16] = [
         (
             "qbroker_target_requests_total",
             "counter",
@@ -720,6 +724,18 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "counter",
             "Events in dead-lettered batches.",
             |t| t.events_dead_lettered.get() as i64,
+        ),
+        (
+            "qbroker_target_batches_split_total",
+            "counter",
+            "Batches refused as too large (413) and sent again in two halves.",
+            |t| t.batches_split.get() as i64,
+        ),
+        (
+            "qbroker_target_dead_letter_failures_total",
+            "counter",
+            "Refused batches the dead-letter directory could not take (at its cap, or a write error): they stay in the spool and the target is paused.",
+            |t| t.dead_letter_failures.get() as i64,
         ),
         (
             "qbroker_target_in_flight",

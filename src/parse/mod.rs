@@ -27,6 +27,7 @@ mod record;
 mod scan;
 mod syslog;
 mod time;
+pub(crate) use time::parse_rfc3339;
 pub(crate) use time::write_rfc3339_ms;
 
 pub use filter::{Filter, UnsupportedOperation, REFERENCE_OPERATIONS};

@@ -353,7 +353,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         watermark,
         last_id: None,
         gaps: Gaps {
-            expect: watermark,
+            // Ids start at 1: a fresh spool (watermark 0) misses nothing.
+            expect: watermark.max(1),
             out: Vec::new(),
         },
         corrupt: 0,

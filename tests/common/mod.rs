@@ -102,6 +102,8 @@ pub enum Mode {
     /// Answer this status with the request's Authorization header in the body,
     /// as a careless target might.
     FailEcho(u16),
+    /// 413 for a batch of more than this many events (a proxy's body limit).
+    TooLarge(usize),
 }
 
 /// One request the sink received.
@@ -334,6 +336,10 @@ async fn handle(
         Mode::Delay(d) => {
             tokio::time::sleep(d).await;
             (200, None)
+        }
+        Mode::TooLarge(max) => {
+            let n = body["events"].as_array().map_or(0, Vec::len);
+            (if n > max { 413 } else { 200 }, None)
         }
         Mode::FailEcho(status) => {
             answer = Bytes::from(format!(
