@@ -21,9 +21,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Events by identity (node, index).
+type Events = BTreeSet<(u32, u64)>;
+
 /// Accepted events, each batch id counted once; an event in two different
 /// batches fails the test.
-fn delivered(sink: &Sink) -> BTreeSet<(u32, u64)> {
+fn delivered(sink: &Sink) -> Events {
     let mut batches = BTreeSet::new();
     let mut ids = BTreeSet::new();
     for r in sink.accepted() {
@@ -40,7 +43,7 @@ fn delivered(sink: &Sink) -> BTreeSet<(u32, u64)> {
 }
 
 /// What the sink holds once deliveries stopped growing for 3 s (at most 60 s).
-fn settled(sink: &Sink, expected: &BTreeSet<(u32, u64)>) -> BTreeSet<(u32, u64)> {
+fn settled(sink: &Sink, expected: &Events) -> Events {
     let mut last = (usize::MAX, Instant::now());
     wait_for(Duration::from_secs(60), || {
         let got = delivered(sink);
@@ -84,7 +87,7 @@ fn wait_spooled(broker: &BrokerProcess, cluster: &str, n: u64) {
 
 /// Spool `n` events with the target away, kill -9, power cut, restart with the
 /// target back; returns what was delivered.
-fn spool_power_cut(fsync: &str, n: u64) -> BTreeSet<(u32, u64)> {
+fn spool_power_cut(fsync: &str, n: u64) -> Events {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
     let journal = tmp.path().join("sync.journal");
@@ -260,7 +263,7 @@ fn message(node: u32, i: u64) -> String {
 /// transaction (so they are in `stdin.wal` and, the seal held back, nowhere
 /// else on disk), kill -9 right after the last `OK`, power cut, restart with
 /// the target back; returns (answered, delivered).
-fn wal_power_cut(fsync: &str) -> (BTreeSet<(u32, u64)>, BTreeSet<(u32, u64)>) {
+fn wal_power_cut(fsync: &str) -> (Events, Events) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
     let journal = tmp.path().join("sync.journal");
@@ -303,7 +306,12 @@ fn wal_power_cut(fsync: &str) -> (BTreeSet<(u32, u64)>, BTreeSet<(u32, u64)>) {
 fn messages_answered_ok_outlive_a_power_cut_with_fsync_always() {
     let (answered, got) = wal_power_cut("always");
     let lost: Vec<_> = answered.difference(&got).collect();
-    assert!(lost.is_empty(), "answered OK and lost: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered OK and lost: {lost:?}",
+        lost.len(),
+        answered.len()
+    );
 }
 
 #[test]
@@ -368,7 +376,13 @@ fn a_commit_ok_outlives_a_power_cut_right_after_it() {
     let next = Stdin::spawn(&config, &[]);
     let got = settled(&sink, &committed);
     next.finish();
-    let lost: Vec<_> = committed.difference(&got).take(5).collect();
-    assert!(lost.is_empty(), "committed and lost: {lost:?}");
+    let lost: Vec<_> = committed.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} committed and lost, from {:?}",
+        lost.len(),
+        committed.len(),
+        lost.first()
+    );
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
 }
