@@ -42,20 +42,15 @@ fn delivered(sink: &Sink) -> Events {
     ids
 }
 
-/// What the sink holds once deliveries stopped growing for 3 s (at most 60 s).
-fn settled(sink: &Sink, expected: &Events) -> Events {
-    let mut last = (usize::MAX, Instant::now());
+/// What the sink holds once the restarted broker's spool has nothing left
+/// unacknowledged (`metrics` reads its /metrics page), at most 60 s.
+fn drained(sink: &Sink, metrics: std::net::SocketAddr) -> Events {
     wait_for(Duration::from_secs(60), || {
-        let got = delivered(sink);
-        if expected.is_subset(&got) {
-            Some(got)
-        } else if got.len() != last.0 {
-            last = (got.len(), Instant::now());
-            None
-        } else {
-            (last.1.elapsed() > Duration::from_secs(3)).then_some(got)
-        }
-    })
+        let page = http_get(metrics, "/metrics");
+        (metric_value(&page, "qbroker_spool_unacked_batches{target=\"sink\"}")? == 0.0)
+            .then_some(())
+    });
+    delivered(sink)
 }
 
 /// A canonical temporary directory (the shim names files by their real path).
@@ -118,9 +113,9 @@ fn spool_power_cut(fsync: &str, n: u64) -> Events {
     eprintln!("fsync = {fsync}: power cut shortened {cuts:#?}");
 
     sink.come_back();
-    let _again = BrokerProcess::spawn(&config);
-    let all: BTreeSet<_> = (0..n).map(|i| (1, i)).collect();
-    let got = settled(&sink, &all);
+    let again = BrokerProcess::spawn(&config);
+    let got = drained(&sink, again.metrics);
+    let all: Events = (0..n).map(|i| (1, i)).collect();
     assert!(got.is_subset(&all), "delivered events never sent");
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
     got
@@ -191,6 +186,7 @@ struct Stdin {
     child: Child,
     input: Option<ChildStdin>,
     output: BufReader<ChildStdout>,
+    metrics: std::net::SocketAddr,
 }
 
 impl Stdin {
@@ -198,19 +194,42 @@ impl Stdin {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qbroker"))
             .args(["stdin", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("qbroker stdin starts");
         let input = child.stdin.take();
         let output = BufReader::new(child.stdout.take().unwrap());
+        // The log goes on to the test's stderr; the metrics address is read from it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if line.contains("serving /metrics") {
+                    let addr = line.split("listen=").nth(1).and_then(|a| {
+                        a.split_whitespace()
+                            .next()?
+                            .parse::<std::net::SocketAddr>()
+                            .ok()
+                    });
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let metrics = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("qbroker stdin serves /metrics")
+            .expect("a metrics address in the log");
         let mut feed = Stdin {
             child,
             input,
             output,
+            metrics,
         };
         assert_eq!(feed.answer(), "OK", "ready");
         feed
@@ -296,7 +315,7 @@ fn wal_power_cut(fsync: &str) -> (Events, Events) {
 
     sink.come_back();
     let next = Stdin::spawn(&config, &[]);
-    let got = settled(&sink, &answered);
+    let got = drained(&sink, next.metrics);
     next.finish();
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
     (answered, got)
@@ -374,7 +393,7 @@ fn a_commit_ok_outlives_a_power_cut_right_after_it() {
 
     sink.come_back();
     let next = Stdin::spawn(&config, &[]);
-    let got = settled(&sink, &committed);
+    let got = drained(&sink, next.metrics);
     next.finish();
     let lost: Vec<_> = committed.difference(&got).collect();
     assert!(
