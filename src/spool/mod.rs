@@ -309,10 +309,10 @@ impl Spool {
         let deletable_at = log.deletable_at();
         let counters = Counters::default();
         counters.corrupt.store(rec.corrupt, Ordering::Relaxed);
-        let missing: u64 = rec.gaps.iter().map(|g| g.1 - g.0).sum();
+        let missing: u64 = rec.missing.iter().map(|g| g.1 - g.0).sum();
         counters.missing.store(missing, Ordering::Relaxed);
         if missing > 0 {
-            record_missing(dir, &rec.gaps, missing);
+            record_missing(dir, &rec.missing, missing);
         }
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),

@@ -300,10 +300,11 @@ pub(crate) struct Recovered {
     pub(crate) next_id: u64,
     /// The watermark as persisted (0 when missing or unreadable).
     pub(crate) watermark: u64,
-    /// Id ranges at or above the watermark with no record: batches that were
-    /// spooled and are gone. Acknowledged so the watermark can pass them, and
-    /// reported.
+    /// Id ranges at or above the watermark with no record (id 0 of a fresh
+    /// spool among them): acknowledged so the watermark can pass them.
     pub(crate) gaps: Vec<(u64, u64)>,
+    /// `gaps` without id 0 (never a batch): what was lost, for the report.
+    pub(crate) missing: Vec<(u64, u64)>,
     /// Where the first record to replay is (the active segment's start when none).
     pub(crate) start: Pos,
     pub(crate) corrupt: u64,
@@ -353,8 +354,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         watermark,
         last_id: None,
         gaps: Gaps {
-            // Ids start at 1: a fresh spool (watermark 0) misses nothing.
-            expect: watermark.max(1),
+            expect: watermark,
             out: Vec::new(),
         },
         corrupt: 0,
@@ -401,12 +401,19 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
     if next_id > gaps.expect {
         gaps.out.push((gaps.expect, next_id));
     }
-    if !gaps.out.is_empty() {
-        let missing: u64 = gaps.out.iter().map(|g| g.1 - g.0).sum();
+    // Ids start at 1: id 0 (a fresh spool's watermark) was never a batch.
+    let missing_ranges: Vec<(u64, u64)> = gaps
+        .out
+        .iter()
+        .map(|&(lo, hi)| (lo.max(1), hi))
+        .filter(|&(lo, hi)| hi > lo)
+        .collect();
+    if !missing_ranges.is_empty() {
+        let missing: u64 = missing_ranges.iter().map(|g| g.1 - g.0).sum();
         warn!(
             dir = %dir.display(),
             missing,
-            ids = %format_ranges(&gaps.out),
+            ids = %format_ranges(&missing_ranges),
             corrupt = scan.corrupt,
             "batches missing from the spool: their ids are not on disk (a segment deleted or truncated, records lost in a crash, or set aside as corrupt); they cannot be sent"
         );
@@ -437,6 +444,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         next_id,
         watermark,
         gaps: gaps.out,
+        missing: missing_ranges,
         start: start.unwrap_or(Pos {
             seg: next_id,
             off: 0,
