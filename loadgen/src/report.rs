@@ -309,11 +309,16 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  broker      CPU {:.2} s = {:.2} us per event sent, {:.2} us per event delivered; peak RSS {:.1} MiB",
+            "  broker      CPU {:.2} s = {:.2} us per event sent, {:.2} us per event delivered; peak RSS {:.1} MiB{}",
             self.broker_cpu_s,
             self.broker_cpu_us_per_event,
             self.broker_cpu_us_per_delivered_event,
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
+            if s.broker_restarts > 0 {
+                " (both processes, added up)"
+            } else {
+                ""
+            },
         );
         let b = &s.broker_overrides;
         let mut settings = match (b.max_events, b.max_age_ms) {
@@ -329,6 +334,18 @@ impl Report {
         }
         if b.spool_in_memory {
             settings.push_str("; spool in memory (/dev/shm)");
+        }
+        for (name, v) in [
+            ("batch max_bytes", b.batch_max_bytes),
+            ("spool max_bytes", b.spool_max_bytes),
+            ("spool segment_bytes", b.spool_segment_bytes),
+            ("queue size", b.queue_size),
+            ("queue max_bytes", b.queue_max_bytes),
+            ("shutdown grace_secs", b.shutdown_grace_secs),
+        ] {
+            if let Some(v) = v {
+                settings.push_str(&format!("; {name} {}", num(v)));
+            }
         }
         let _ = writeln!(
             o,
