@@ -382,12 +382,17 @@ impl Wal {
     /// Open `<dir>/stdin.wal`, returning what a previous process left in it.
     fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Vec<u8>>)> {
         use std::io::Read as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let path = dir.join("stdin.wal");
+        // Owner-only, as every file the broker writes: audit records name users and paths.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(&path)?;
+        // One written by an older version keeps its mode: tighten it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut left = Vec::new();
         file.read_to_end(&mut left)?;
         let lines = left
