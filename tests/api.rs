@@ -1086,6 +1086,31 @@ fn the_router_serves_exactly_what_openapi_documents() {
         }
     }
     assert_eq!(api.admin("GET", "/v1/nothing-here", None).status, 404);
+    // Every answer is counted by route pattern, method and status; refused
+    // credentials separately.
+    let wrong = api.call(
+        "GET",
+        "/v1/targets",
+        &[("authorization", "Bearer not-the-token")],
+        None,
+    );
+    assert_eq!(wrong.status, 401);
+    let text = api.admin("GET", "/metrics", None).body;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(
+            "qbroker_api_requests_total{route=\"/healthz\",method=\"GET\",code=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"other\",method=\"GET\",code=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        metric_value(text, "qbroker_api_auth_failures_total").unwrap() >= 1.0,
+        "{text}"
+    );
     broker.stop();
 }
 

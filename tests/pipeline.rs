@@ -216,7 +216,7 @@ fn the_target_away_then_back_loses_nothing() {
     send_all(broker.syslog, &frames);
     // Let egress fail and back off a few times.
     wait_for(Duration::from_secs(10), || {
-        (broker.metric("qbroker_target_failures_connect_total{target=\"sink\"}")? >= 3.0)
+        (broker.metric("qbroker_target_failures_total{target=\"sink\",kind=\"connect\"}")? >= 3.0)
             .then_some(())
     });
     assert_eq!(
@@ -580,7 +580,7 @@ fn client_certificates_authenticate_the_broker() {
         )],
     );
     wait_for(Duration::from_secs(10), || {
-        (broker.metric("qbroker_target_failures_connect_total{target=\"sink\"}")? >= 2.0)
+        (broker.metric("qbroker_target_failures_total{target=\"sink\",kind=\"connect\"}")? >= 2.0)
             .then_some(())
     });
     assert_eq!(sink.request_count(), 0);
@@ -635,7 +635,7 @@ fn a_request_that_times_out_is_sent_again_with_the_same_batch_id() {
     assert_eq!(sink.accepted()[0].idempotency_key, keys[0]);
     assert!(
         broker
-            .metric("qbroker_target_failures_timeout_total{target=\"sink\"}")
+            .metric("qbroker_target_failures_total{target=\"sink\",kind=\"timeout\"}")
             .unwrap()
             >= 1.0
     );

@@ -487,7 +487,35 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// [`route_to`], counted by route pattern, method and status.
 async fn route(ctx: &Ctx, req: Request) -> Answer {
+    let pattern = {
+        let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
+        route_pattern(&path)
+    };
+    let method = req.method.clone();
+    let answer = route_to(ctx, req).await;
+    ctx.metrics
+        .api
+        .request(pattern, method.as_str(), answer.status().as_u16());
+    answer
+}
+
+/// The [`ROUTES`] pattern a path matches, or `other`.
+fn route_pattern(path: &[&str]) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|(pattern, _)| {
+            let p: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+            p.len() == path.len()
+                && p.iter()
+                    .zip(path)
+                    .all(|(a, b)| a.starts_with('{') || a == b)
+        })
+        .map_or("other", |(pattern, _)| pattern)
+}
+
+async fn route_to(ctx: &Ctx, req: Request) -> Answer {
     let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
     let m = req.method.clone();
     match (path.as_slice(), m.as_str()) {

@@ -304,12 +304,20 @@ pub struct TargetMetrics {
 pub struct Metrics {
     pub ingest: IngestMetrics,
     pub pool: PoolMetrics,
+    pub api: ApiMetrics,
     pub enrich: Arc<EnrichMetrics>,
     clusters: RwLock<BTreeMap<Arc<str>, Arc<ClusterMetrics>>>,
     targets: RwLock<BTreeMap<String, Arc<TargetMetrics>>>,
     /// End-to-end latency, receipt of a frame to acknowledgement of its batch, in
-    /// microseconds.
+    /// microseconds: exact quantiles for people (`latency_quantiles`)...
     latency: Mutex<Histogram<u64>>,
+    /// ...and the Prometheus histogram: events per bucket of
+    /// [`LATENCY_BUCKETS_SECONDS`] (not cumulative; the last is +Inf), and the
+    /// sum in microseconds.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    latency_sum_us: AtomicU64,
+    /// When the process started, for `process_start_time_seconds`.
+    started_unix_s: f64,
 }
 
 impl Default for Metrics {
@@ -323,6 +331,7 @@ impl Metrics {
         Metrics {
             ingest: IngestMetrics::default(),
             pool: PoolMetrics::default(),
+            api: ApiMetrics::default(),
             enrich: Arc::default(),
             clusters: RwLock::new(BTreeMap::new()),
             targets: RwLock::new(BTreeMap::new()),
@@ -330,6 +339,9 @@ impl Metrics {
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             ),
+            latency_buckets: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+            started_unix_s: unix_ms() as f64 / 1000.0,
         }
     }
 
@@ -381,6 +393,14 @@ impl Metrics {
         for &(at, count) in received {
             let us = acked_us.saturating_sub(at).clamp(1, h.high());
             let _ = h.record_n(us, u64::from(count));
+            let secs = us as f64 / 1e6;
+            let bucket = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&le| secs <= le)
+                .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+            self.latency_buckets[bucket].fetch_add(u64::from(count), Ordering::Relaxed);
+            self.latency_sum_us
+                .fetch_add(us * u64::from(count), Ordering::Relaxed);
         }
     }
 
@@ -394,6 +414,40 @@ impl Metrics {
         (q, h.len())
     }
 }
+
+/// The HTTPS API's requests. Labels are bounded: the route is one of the
+/// API's path patterns (or `other`), the method one of five (or `other`), the
+/// status one the API answers.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
+    /// Answers 401: a missing, wrong or rate-limited credential.
+    pub auth_failures: Counter,
+}
+
+impl ApiMetrics {
+    /// Count one answered request.
+    pub fn request(&self, route: &'static str, method: &str, status: u16) {
+        let method = match method {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            "PUT" => "PUT",
+            _ => "other",
+        };
+        let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *r.entry((route, method, status)).or_default() += 1;
+        if status == 401 {
+            self.auth_failures.inc();
+        }
+    }
+}
+
+/// Upper bounds of the end-to-end latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// What the renderer reads beside the counters.
 pub struct Gauges<'a> {
@@ -658,7 +712,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     type Pick = fn(&TargetMetrics) -> i64;
-    let per_target: [(&str, &str, &str, Pick); 16] = [
+    let per_target: [(&str, &str, &str, Pick); 13] = [
         (
             "qbroker_target_requests_total",
             "counter",
@@ -688,24 +742,6 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "counter",
             "Attempts that will be retried.",
             |t| t.retries.get() as i64,
-        ),
-        (
-            "qbroker_target_failures_connect_total",
-            "counter",
-            "Attempts that failed to connect or in TLS.",
-            |t| t.failures_connect.get() as i64,
-        ),
-        (
-            "qbroker_target_failures_timeout_total",
-            "counter",
-            "Attempts that timed out.",
-            |t| t.failures_timeout.get() as i64,
-        ),
-        (
-            "qbroker_target_failures_status_total",
-            "counter",
-            "Attempts answered with a non-2xx status.",
-            |t| t.failures_status.get() as i64,
         ),
         (
             "qbroker_target_throttled_total",
@@ -760,6 +796,26 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         header(&mut out, name, kind, help);
         for (target, t) in &targets {
             let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", esc(target), pick(t));
+        }
+    }
+    header(
+        &mut out,
+        "qbroker_target_failures_total",
+        "counter",
+        "Failed attempts, by kind: connect (TCP, TLS or the connection), timeout (no answer within timeout_secs), status (a non-2xx answer).",
+    );
+    for (target, t) in &targets {
+        for (kind, c) in [
+            ("connect", &t.failures_connect),
+            ("timeout", &t.failures_timeout),
+            ("status", &t.failures_status),
+        ] {
+            let _ = writeln!(
+                out,
+                "qbroker_target_failures_total{{target=\"{}\",kind=\"{kind}\"}} {}",
+                esc(target),
+                c.get()
+            );
         }
     }
 
@@ -832,22 +888,142 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
 
     render_enrich(&mut out, &m.enrich);
 
-    let (quantiles, count) = m.latency_quantiles(&[0.5, 0.9, 0.99, 0.999, 1.0]);
     header(
         &mut out,
         "qbroker_event_latency_seconds",
-        "summary",
-        "Receipt of a frame to acknowledgement of its batch, since start.",
+        "histogram",
+        "Receipt of a frame to acknowledgement of its batch (per event).",
     );
-    for (q, us) in quantiles {
+    let mut cumulative = 0u64;
+    for (i, le) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+        cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "qbroker_event_latency_seconds{{quantile=\"{q}\"}} {:.6}",
-            us as f64 / 1e6
+            "qbroker_event_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
         );
     }
-    let _ = writeln!(out, "qbroker_event_latency_seconds_count {count}");
+    cumulative += m.latency_buckets[LATENCY_BUCKETS_SECONDS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "qbroker_event_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "qbroker_event_latency_seconds_sum {:.6}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "qbroker_event_latency_seconds_count {cumulative}");
+
+    header(
+        &mut out,
+        "qbroker_api_requests_total",
+        "counter",
+        "Requests the HTTPS API answered, by route pattern, method and status.",
+    );
+    for ((route, method, status), n) in m
+        .api
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "qbroker_api_requests_total{{route=\"{}\",method=\"{method}\",code=\"{status}\"}} {n}",
+            esc(route)
+        );
+    }
+    header(
+        &mut out,
+        "qbroker_api_auth_failures_total",
+        "counter",
+        "API requests refused for their credentials (401).",
+    );
+    let _ = writeln!(
+        out,
+        "qbroker_api_auth_failures_total {}",
+        m.api.auth_failures.get()
+    );
+
+    render_process(&mut out, m.started_unix_s);
+    header(
+        &mut out,
+        "qbroker_build_info",
+        "gauge",
+        "The running build: its version (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "qbroker_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     out
+}
+
+/// The standard `process_*` metrics (Prometheus client conventions), from
+/// /proc/self on Linux; none elsewhere.
+fn render_process(out: &mut String, started_unix_s: f64) {
+    let tck = 100.0; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        header(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {:.2}",
+            (ticks(11) + ticks(12)) / tck
+        );
+        header(
+            out,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_virtual_memory_bytes {}", ticks(20) as u64);
+    }
+    // VmRSS in kB: no page size to assume.
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(kib) = rss_kib {
+        header(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", kib * 1024);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        header(out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    if let Some(max) = crate::open_files_limit() {
+        header(out, "process_max_fds", "gauge", "The open-file limit.");
+        let _ = writeln!(out, "process_max_fds {max}");
+    }
+    header(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {started_unix_s:.3}");
 }
 
 fn render_enrich(out: &mut String, e: &EnrichMetrics) {
@@ -1017,15 +1193,30 @@ mod tests {
         assert!(text.contains("kind=\"header\"} 2"));
         assert!(text.contains("qbroker_target_batches_delivered_total{target=\"v\"} 1"));
         assert!(text.contains("qbroker_event_latency_seconds_count 20"));
-        assert!(
-            text.contains("qbroker_event_latency_seconds{quantile=\"1\"} 1.000"),
-            "{text}"
-        );
+        // A histogram: 10 events at 0.5 s, 10 at 1 s.
+        for line in [
+            "qbroker_event_latency_seconds_bucket{le=\"0.25\"} 0",
+            "qbroker_event_latency_seconds_bucket{le=\"0.5\"} 10",
+            "qbroker_event_latency_seconds_bucket{le=\"1\"} 20",
+            "qbroker_event_latency_seconds_bucket{le=\"+Inf\"} 20",
+            "qbroker_event_latency_seconds_sum 15.000000",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "qbroker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("\nprocess_resident_memory_bytes "));
+        assert!(text.contains("\nprocess_cpu_seconds_total "));
         assert!(text.contains("qbroker_queue_capacity_bytes 4"));
         // Every sample line belongs to a declared metric family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            let family = name.trim_end_matches("_count");
+            let family = name
+                .trim_end_matches("_count")
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum");
             assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
         }
     }
