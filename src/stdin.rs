@@ -686,7 +686,7 @@ impl Feeder {
     /// A line no cluster can take: counted and kept as a dead letter (TCP
     /// closes such a connection; a pipe has no other way to refuse one line).
     fn unroutable(&self, cluster: &str, node: &str, frame: &[u8], why: &str) {
-        self.p.metrics.ingest.unroutable.inc();
+        self.p.metrics.ingest.unroutable(cluster);
         if let Some(suppressed) = UNROUTABLE_LOG.check() {
             warn!(cluster = %cluster, reason = why, suppressed, "line dropped: no target for its cluster; kept in the dead-letter file");
         }

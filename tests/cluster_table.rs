@@ -76,6 +76,10 @@ fn idle_clusters_make_room_and_a_configured_one_is_never_refused() {
         "a ninth busy cluster is refused"
     );
     assert_eq!(frames(&broker, "extra"), None);
+    assert_eq!(
+        broker.metric("qbroker_cluster_unroutable_total{cluster=\"extra\"}"),
+        Some(1.0)
+    );
     let _fixed = send_one(broker.syslog, "fixed-1", 0);
     wait_for(Duration::from_secs(10), || {
         (frames(&broker, "fixed")? == 1.0).then_some(())

@@ -404,14 +404,14 @@ fn route(
     match created {
         Ok((addr, lease)) => Some((name, addr, node, lease)),
         Err(Refused::NoTarget) => {
-            deps.metrics.ingest.unroutable.inc();
+            deps.metrics.ingest.unroutable(&name);
             if let Some(suppressed) = REFUSED_LOG.check() {
                 warn!(peer = %peer, cluster = %name, suppressed, "connection closed: cluster not registered, not configured, and no default_target");
             }
             None
         }
         Err(Refused::TooManyClusters) => {
-            deps.metrics.ingest.unroutable.inc();
+            deps.metrics.ingest.unroutable(&name);
             if let Some(suppressed) = REFUSED_LOG.check() {
                 warn!(peer = %peer, cluster = %name, max_clusters = cfg.ingest.max_clusters, suppressed, "connection closed: too many clusters");
             }

@@ -70,9 +70,34 @@ impl Gauge {
     }
 }
 
+/// Cluster names with their own unroutable series; the names come from the
+/// network, so the label set is bounded.
+pub const UNROUTABLE_CLUSTERS: usize = 64;
+
+impl IngestMetrics {
+    /// A connection (or a stdin line) of `cluster` refused: its cluster has no
+    /// target, or the cluster table is full.
+    pub fn unroutable(&self, cluster: &str) {
+        self.unroutable.inc();
+        let mut m = self
+            .unroutable_clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = if m.contains_key(cluster) || m.len() < UNROUTABLE_CLUSTERS {
+            cluster
+        } else {
+            "~other"
+        };
+        *m.entry(key.to_string()).or_default() += 1;
+    }
+}
+
 /// The listener and connection readers.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
+    /// Unroutable connections (or stdin lines) per cluster name, the first
+    /// [`UNROUTABLE_CLUSTERS`] names, the rest under `~other`.
+    unroutable_clusters: Mutex<BTreeMap<String, u64>>,
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
     pub refused_allowlist: Counter,
@@ -477,6 +502,24 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     for (name, kind, help, value) in simple {
         header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        &mut out,
+        "qbroker_cluster_unroutable_total",
+        "counter",
+        "Connections (or stdin lines) refused, by the cluster they named: no target, or the cluster table full. The first 64 names have their own series, the rest count under cluster=\"~other\".",
+    );
+    for (cluster, n) in i
+        .unroutable_clusters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "qbroker_cluster_unroutable_total{{cluster=\"{}\"}} {n}",
+            esc(cluster)
+        );
     }
     let hostile: [(&str, &str, u64); 7] = [
         ("qbroker_connections_refused_source_limit_total", "Connections closed at once: ingest.max_connections_per_source reached.", i.refused_source_limit.get()),
