@@ -43,13 +43,23 @@ fn idle_clusters_make_room_and_a_configured_one_is_never_refused() {
     );
     let broker = Broker::start(&text);
 
-    // 20 short-lived clusters, one after the other: more than max_clusters, but
-    // each one is idle by the time the next arrives.
+    // 20 short-lived clusters, one after the other: more than max_clusters.
+    // A new one takes the place of one that is idle (no connection, nothing
+    // queued, no open batch); while the last ones still hold an open batch
+    // (up to max_age_ms) it is refused, and the node connects again, as a
+    // Qumulo node does.
     for i in 0..20u64 {
         let host = format!("short{i}-1");
-        drop(send_one(broker.syslog, &host, i));
-        wait_for(Duration::from_secs(10), || {
-            (frames(&broker, &format!("short{i}"))? == 1.0).then_some(())
+        wait_for(Duration::from_secs(20), || {
+            drop(send_one(broker.syslog, &host, i));
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline {
+                if frames(&broker, &format!("short{i}")) == Some(1.0) {
+                    return Some(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
         });
     }
     // A real new cluster is still taken.
