@@ -806,6 +806,9 @@ impl Broker {
 }
 
 /// Runs one scenario end to end and returns the report.
+/// How often a progress line is written when stderr is not a terminal.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
+
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let plan = opts
         .scenario
@@ -1017,12 +1020,12 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         let secs = send_start.elapsed().as_secs_f64().max(1e-3);
         let phase = if sending {
             format!(
-                "sent {} ({}/s)",
+                "sent {} frames ({}/s)",
                 num(sent),
                 num((sent as f64 / secs) as u64)
             )
         } else {
-            format!("draining; sent {}", num(sent))
+            format!("draining; sent {} frames", num(sent))
         };
         let outage = if sink.faults.in_outage() {
             ", sink answering 503"
@@ -1030,10 +1033,23 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             ""
         };
         format!(
-            "{phase}, delivered {} of {}{outage}",
+            "{phase}, delivered {} of {} events{outage}",
             num(verifier.delivered()),
             num(stats.expected.load(Ordering::Relaxed)),
         )
+    };
+    // Not a terminal (a CI log, a pipe): a plain line every few seconds
+    // instead of the bar, which would draw nothing.
+    let log_lines = opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = Instant::now();
+    let mut log_line = |message: String| {
+        if log_lines && last_line.elapsed() >= PROGRESS_LINE_EVERY {
+            last_line = Instant::now();
+            eprintln!(
+                "loadgen: {:>5.1} s  {message}",
+                send_start.elapsed().as_secs_f64()
+            );
+        }
     };
     let send_limit = plan.duration + Duration::from_secs(90);
     let mut senders = senders;
@@ -1043,6 +1059,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 pb.set_position(send_start.elapsed().as_millis() as u64);
                 pb.set_message(progress(true));
+                log_line(progress(true));
                 if send_start.elapsed() > send_limit {
                     let _ = stop_tx.send(true);
                 }
@@ -1111,6 +1128,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             break;
         }
         pb.set_message(progress(false));
+        log_line(progress(false));
         pb.tick();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
