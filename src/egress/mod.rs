@@ -16,7 +16,10 @@
 //! Every request carries `Idempotency-Key: <batch_id>`; a batch sent again (after
 //! a timeout, a retry or a restart) keeps its id, so the target can drop the copy.
 
+pub mod amqp;
 pub mod client;
+pub mod encode;
+pub mod pin;
 pub mod retry;
 
 use std::sync::Arc;
@@ -66,6 +69,18 @@ pub enum Authorization {
 /// already in flight included, uses the endpoint current when it starts.
 pub struct Endpoint {
     pub cfg: TargetConfig,
+    transport: Transport,
+}
+
+/// What carries a batch to the target: the lane (spool order, retries,
+/// acknowledgement) is the same for both.
+enum Transport {
+    Https(Https),
+    Amqp(amqp::Publisher),
+}
+
+/// An HTTPS target: POST per batch.
+struct Https {
     connector: Connector,
     /// The whole `Authorization` header value.
     authorization: Option<Secret>,
@@ -74,8 +89,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A configured target: CA and client certificate from its files, its token.
+    /// A configured target: CA and client certificate from its files, its token
+    /// (HTTPS) or its login (AMQP).
     pub fn from_config(cfg: TargetConfig) -> Result<Endpoint, TlsSetupError> {
+        if cfg.amqp.is_some() {
+            let tls = if cfg.tls {
+                Some(client::tls_config(&cfg)?)
+            } else {
+                None
+            };
+            return Ok(Endpoint::amqp(cfg, tls));
+        }
         let connector = Connector::new(&cfg)?;
         let auth = match &cfg.token {
             Some(t) => Authorization::Bearer(t.clone()),
@@ -90,8 +114,32 @@ impl Endpoint {
         tls: &client::TlsMaterial<'_>,
         auth: Authorization,
     ) -> Result<Endpoint, TlsSetupError> {
+        if cfg.amqp.is_some() {
+            let tls = if cfg.tls {
+                Some(client::tls_config_from_pem(&cfg.name, tls)?)
+            } else {
+                None
+            };
+            return Ok(Endpoint::amqp(cfg, tls));
+        }
         let connector = Connector::with_material(&cfg, tls)?;
         Ok(Endpoint::assemble(cfg, connector, auth))
+    }
+
+    fn amqp(cfg: TargetConfig, tls: Option<rustls::ClientConfig>) -> Endpoint {
+        let publisher = amqp::Publisher::new(&cfg, tls);
+        Endpoint {
+            cfg,
+            transport: Transport::Amqp(publisher),
+        }
+    }
+
+    /// An AMQP target's last error and when (Unix ms); RabbitMQ blocks it.
+    pub fn amqp_state(&self) -> Option<(Option<(String, i64)>, bool)> {
+        match &self.transport {
+            Transport::Amqp(p) => Some((p.last_error(), p.blocked())),
+            Transport::Https(_) => None,
+        }
     }
 
     fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
@@ -112,9 +160,11 @@ impl Endpoint {
         };
         Endpoint {
             cfg,
-            connector,
-            authorization,
-            secrets,
+            transport: Transport::Https(Https {
+                connector,
+                authorization,
+                secrets,
+            }),
         }
     }
 }
@@ -232,7 +282,10 @@ impl Target {
 
     async fn deliver(&self, conn: &mut Lane, record: Record) {
         let mut changes = self.endpoint.subscribe();
-        let gzipped_body = changes.borrow_and_update().cfg.gzip;
+        let gzipped_body = {
+            let ep = changes.borrow_and_update();
+            ep.cfg.gzip && ep.cfg.amqp.is_none()
+        };
         let body = if gzipped_body {
             let raw = record.body.clone();
             match tokio::task::spawn_blocking(move || gzip(&raw)).await {
@@ -269,6 +322,7 @@ impl Target {
             };
             match outcome {
                 Outcome::Accepted => {
+                    self.metrics.blocked.set(0);
                     self.metrics.batches_delivered.inc();
                     self.metrics.events_delivered.add(u64::from(record.events));
                     self.metrics.bytes_sent.add(body.len() as u64);
@@ -282,6 +336,9 @@ impl Target {
                     break;
                 }
                 Outcome::Retry { reason, after } => {
+                    if let Transport::Amqp(p) = &ep.transport {
+                        self.metrics.blocked.set(i64::from(p.blocked()));
+                    }
                     attempt += 1;
                     self.metrics.retries.inc();
                     self.metrics.failing.set(1);
@@ -322,12 +379,16 @@ impl Target {
         body: &Bytes,
         gzipped: bool,
     ) -> Outcome {
+        let https = match &ep.transport {
+            Transport::Https(h) => h,
+            Transport::Amqp(publisher) => return self.publish(publisher, record).await,
+        };
         if conn
             .as_ref()
             .is_none_or(|(c, opened_for)| c.is_closed() || !Arc::ptr_eq(opened_for, ep))
         {
             *conn = None;
-            match ep.connector.connect().await {
+            match https.connector.connect().await {
                 Ok(c) => *conn = Some((c, ep.clone())),
                 Err(err) => {
                     *conn = None;
@@ -357,7 +418,7 @@ impl Target {
         if gzipped {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
-        if let Some(auth) = &ep.authorization {
+        if let Some(auth) = &https.authorization {
             request = request.header(header::AUTHORIZATION, auth.expose());
         }
         let request = match request.body(Full::new(body.clone())) {
@@ -394,7 +455,7 @@ impl Target {
         {
             // The answer is logged and may be kept in the dead-letter directory: a
             // target that echoes the request must not get the token written there.
-            Ok(collected) => ep.secrets.iter().fold(
+            Ok(collected) => https.secrets.iter().fold(
                 String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
                 |text, secret| redact(text, Some(secret)),
             ),
@@ -421,6 +482,28 @@ impl Target {
         Outcome::Retry {
             reason: format!("status {code}: {}", snippet(&text)),
             after,
+        }
+    }
+
+    /// One attempt over AMQP: publish and wait for the confirms.
+    async fn publish(&self, publisher: &amqp::Publisher, record: &Record) -> Outcome {
+        match publisher.publish(record).await {
+            Ok(()) => Outcome::Accepted,
+            Err(err) if err.is_permanent() => Outcome::Rejected {
+                status: 0,
+                response: err.to_string(),
+            },
+            Err(err) => {
+                if err.is_connect() {
+                    self.metrics.failures_connect.inc();
+                } else {
+                    self.metrics.failures_status.inc();
+                }
+                Outcome::Retry {
+                    reason: err.to_string(),
+                    after: None,
+                }
+            }
         }
     }
 

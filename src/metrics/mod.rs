@@ -294,6 +294,8 @@ pub struct TargetMetrics {
     pub last_success_unix_ms: Gauge,
     /// 1 while the last attempt failed, 0 once one succeeds.
     pub failing: Gauge,
+    /// 1 while RabbitMQ blocks publishing to an AMQP target (memory or disk alarm).
+    pub blocked: Gauge,
 }
 
 /// Every metric of one broker.
@@ -647,7 +649,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     type Pick = fn(&TargetMetrics) -> i64;
-    let per_target: [(&str, &str, &str, Pick); 14] = [
+    let per_target: [(&str, &str, &str, Pick); 15] = [
         (
             "qbroker_target_requests_total",
             "counter",
@@ -725,6 +727,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "gauge",
             "1 while the last attempt failed.",
             |t| t.failing.get(),
+        ),
+        (
+            "qbroker_target_blocked",
+            "gauge",
+            "1 while RabbitMQ blocks publishing (memory or disk alarm).",
+            |t| t.blocked.get(),
         ),
         (
             "qbroker_target_last_success_timestamp_seconds",
