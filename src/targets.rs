@@ -175,6 +175,16 @@ fn cluster_of(name: &str) -> Option<String> {
 /// The endpoint of a registration.
 pub fn endpoint_of(reg: &Registration) -> Result<Endpoint, Invalid> {
     let name = registered_name(&reg.cluster_name);
+    if reg.url.starts_with("amqp") {
+        // An AMQP target: its RabbitMQ login, exchange and CA.
+        let cfg = crate::egress::amqp::registered(&name, reg).map_err(Invalid)?;
+        let tls = TlsMaterial {
+            ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
+            client: None,
+        };
+        return Endpoint::with_pem(cfg, &tls, Authorization::None)
+            .map_err(|e| Invalid(e.to_string()));
+    }
     let cfg = crate::config::registered_target(&name, &reg.url)
         .map_err(|e| Invalid(format!("url: {e}")))?;
     let auth = match (&reg.token, &reg.basic_username, &reg.basic_password) {

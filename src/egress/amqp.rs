@@ -60,6 +60,23 @@ use crate::config::{AmqpTarget, TargetConfig};
 use crate::metrics::unix_ms;
 use crate::spool::Record;
 
+/// The configuration of a registered AMQP target (`/v1/rmq/objects`, or
+/// `/v1/targets` with an `amqps://` URL): its URL, exchange, and RabbitMQ
+/// username and password. The error names the field.
+pub fn registered(name: &str, reg: &crate::store::Registration) -> Result<TargetConfig, String> {
+    let password = reg.basic_password.clone().unwrap_or_else(|| crate::config::Secret::new(""));
+    crate::config::registered_amqp_target(
+        name,
+        &reg.url,
+        crate::config::RegisteredAmqp {
+            exchange: reg.rmq_exchange.as_deref().unwrap_or_default(),
+            username: reg.basic_username.as_deref().unwrap_or_default(),
+            password: &password,
+        },
+    )
+    .map_err(|e| format!("url: {e}"))
+}
+
 /// Why a batch was not delivered. Every variant but [`AmqpError::Damaged`] is
 /// retried.
 #[derive(Debug, thiserror::Error)]
