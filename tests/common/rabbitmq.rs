@@ -492,8 +492,8 @@ async fn consume(url: &str, queue: &str, got: &Arc<Mutex<Vec<Got>>>) -> lapin::R
             content_type: s(p.content_type()),
             kind: s(p.kind()),
             app_id: s(p.app_id()),
-            delivery_mode: p.delivery_mode().unwrap_or(0),
-            timestamp: p.timestamp().unwrap_or(0),
+            delivery_mode: (*p.delivery_mode()).unwrap_or(0),
+            timestamp: (*p.timestamp()).unwrap_or(0),
             headers,
             body: d.data.clone(),
         });

@@ -1,0 +1,351 @@
+//! AMQP egress against a real RabbitMQ (Debian's rabbitmq-server, started by
+//! the tests on loopback: tests/common/rabbitmq.rs): a real qbroker publishes
+//! over amqps:// with publisher confirms; a consumer on a queue bound to the
+//! exchange checks that every event arrives. Faults: missing exchange, wrong
+//! password, unroutable messages, RabbitMQ killed and restarted, a memory
+//! alarm; registration through /v1/rmq/objects; Protobuf bodies decoded by
+//! protoc; a pinned self-signed certificate.
+
+mod common;
+#[path = "common/rabbitmq.rs"]
+mod rabbitmq;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use common::{file_id, framed, identity, json_frame, wait_for, Broker, BrokerProcess};
+use rabbitmq::{Consumer, Got, RabbitMq, ServerTls, PASSWORD, USER, VHOST};
+use serde_json::Value;
+
+/// One RabbitMQ for the tests that do not stop it or raise its alarms; each
+/// uses its own exchange, queue and cluster names. Stopped when the last
+/// test using it is done.
+fn shared() -> Arc<RabbitMq> {
+    static SHARED: Mutex<Weak<RabbitMq>> = Mutex::new(Weak::new());
+    let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = g.upgrade() {
+        return r;
+    }
+    let r = Arc::new(RabbitMq::start());
+    *g = Arc::downgrade(&r);
+    r
+}
+
+/// Tests with a RabbitMQ of their own run one at a time (2-core CI machines).
+fn private() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn send_frames(addr: SocketAddr, host: &str, node: u32, range: std::ops::Range<u64>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    for i in range {
+        let frame = json_frame(host, "fs_create_file", &format!("/f{i}"), &file_id(node, i));
+        s.write_all(&framed(&frame, false)).unwrap();
+    }
+    s.flush().unwrap();
+}
+
+/// A broker configuration whose target `rmq` is the RabbitMQ's exchange.
+fn config(rmq: &RabbitMq, dir: &Path, exchange: &str, password: &str, extra: &str) -> String {
+    let pw = dir.join("rabbit.password");
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+workers = 2
+io_threads = 2
+data_dir = "{data}"
+default_target = "rmq"
+[batch]
+max_events = 50
+max_age_ms = 50
+[shutdown]
+grace_secs = 5
+[[targets]]
+name = "rmq"
+url = "amqps://127.0.0.1:{port}/{VHOST}"
+ca_file = "{ca}"
+exchange = "{exchange}"
+username = "{USER}"
+password_file = "{pw}"
+in_flight = 2
+timeout_secs = 10
+connect_timeout_secs = 10
+retry_initial_ms = 50
+retry_max_ms = 1000
+{extra}
+"#,
+        data = dir.join("data").display(),
+        port = rmq.amqps_port,
+        ca = rmq.ca_file.display(),
+        pw = pw.display(),
+    )
+}
+
+/// Every event of the messages, by identity, each message id once.
+fn events_of(got: &[Got]) -> BTreeMap<(u32, u64), Value> {
+    let mut seen = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for g in got {
+        if !seen.insert(g.message_id.clone()) {
+            continue;
+        }
+        let body: Value = serde_json::from_slice(&g.body).expect("a JSON body");
+        for e in body["events"].as_array().unwrap() {
+            out.insert(identity(e), e.clone());
+        }
+    }
+    out
+}
+
+fn all_arrived(got: &[Got], node: u32, n: u64) -> bool {
+    let events = events_of(got);
+    (0..n).all(|i| events.contains_key(&(node, i)))
+}
+
+#[test]
+fn every_event_arrives_over_amqps_in_both_message_modes() {
+    let rmq = shared();
+    rmq.declare_exchange("modes");
+    let per_batch = Consumer::start(&rmq, "modes", "modes-batch", "mbatch");
+    let per_event = Consumer::start(&rmq, "modes", "modes-event", "mevent.mevent-1");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("rabbit.password");
+    let extra = format!(
+        r#"
+[[targets]]
+name = "per-event"
+url = "amqps://127.0.0.1:{port}/{VHOST}"
+ca_file = "{ca}"
+exchange = "modes"
+username = "{USER}"
+password_file = "{pw}"
+message = "event"
+routing_key = "{{cluster}}.{{node}}"
+[[clusters]]
+name = "mbatch"
+filer_id = 11
+[[clusters]]
+name = "mevent"
+target = "per-event"
+filer_id = 12
+"#,
+        port = rmq.amqps_port,
+        ca = rmq.ca_file.display(),
+        pw = pw.display(),
+    );
+    let broker = Broker::start(&config(&rmq, dir.path(), "modes", PASSWORD, &extra));
+    send_frames(broker.syslog, "mbatch-1", 1, 0..300);
+    send_frames(broker.syslog, "mevent-1", 1, 0..120);
+    let batches = per_batch.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 300));
+    let events = per_event.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 120));
+    assert_eq!(events_of(&batches).len(), 300);
+    assert_eq!(events_of(&events).len(), 120);
+    for g in &batches {
+        assert_eq!(g.delivery_mode, 2, "persistent");
+        assert_eq!(g.content_type, "application/json");
+        assert_eq!(g.kind, "qbroker.varonis.v1");
+        assert_eq!(g.app_id, "qbroker");
+        assert!(g.timestamp > 1_700_000_000);
+        assert_eq!(g.routing_key, "mbatch");
+        let body: Value = serde_json::from_slice(&g.body).unwrap();
+        assert_eq!(g.message_id, body["batch_id"].as_str().unwrap());
+        assert_eq!(g.headers["cluster"], "mbatch");
+        assert_eq!(g.headers["filer_id"], "11");
+        assert_eq!(
+            g.headers["events"],
+            body["events"].as_array().unwrap().len().to_string()
+        );
+        assert_eq!(body["filer_id"], 11);
+    }
+    for g in &events {
+        let body: Value = serde_json::from_slice(&g.body).unwrap();
+        let batch_id = body["batch_id"].as_str().unwrap();
+        let index = g
+            .message_id
+            .strip_prefix(&format!("{batch_id}-"))
+            .expect("message id: <batch id>-<index>");
+        assert!(index.parse::<u32>().is_ok(), "{}", g.message_id);
+        assert_eq!(body["events"].as_array().unwrap().len(), 1);
+        assert_eq!(g.headers["events"], "1");
+        assert_eq!(g.headers["filer_id"], "12");
+        assert_eq!(g.routing_key, "mevent.mevent-1");
+    }
+    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(0.0));
+    broker.stop();
+}
+
+#[test]
+fn a_missing_exchange_is_named_and_delivery_follows_its_creation() {
+    let rmq = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qbroker.toml");
+    std::fs::write(&file, config(&rmq, dir.path(), "late", PASSWORD, "")).unwrap();
+    let broker = BrokerProcess::spawn(&file);
+    send_frames(broker.syslog, "late-1", 1, 0..100);
+    wait_for(Duration::from_secs(30), || {
+        broker
+            .log()
+            .iter()
+            .any(|l| {
+                l.contains("target=rmq")
+                    && l.contains("exchange \"late\" does not exist in vhost \"varonis\"")
+                    && l.contains("create it")
+            })
+            .then_some(())
+    });
+    assert_eq!(broker.metric("qbroker_target_events_dead_lettered_total{target=\"rmq\"}"), Some(0.0));
+    rmq.declare_exchange("late");
+    let consumer = Consumer::start(&rmq, "late", "late-q", "late");
+    consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
+    assert!(!broker.log().iter().any(|l| l.contains(PASSWORD)));
+}
+
+#[test]
+fn a_wrong_password_is_named_kept_in_the_spool_and_delivered_once_fixed() {
+    let rmq = shared();
+    rmq.declare_exchange("pw");
+    let consumer = Consumer::start(&rmq, "pw", "pw-q", "pw");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qbroker.toml");
+    let wrong = "Wr0ng-S3cret-pw";
+    std::fs::write(&file, config(&rmq, dir.path(), "pw", wrong, "")).unwrap();
+    let mut broker = BrokerProcess::spawn(&file);
+    send_frames(broker.syslog, "pw-1", 1, 0..80);
+    wait_for(Duration::from_secs(30), || {
+        broker
+            .log()
+            .iter()
+            .any(|l| l.contains("target=rmq") && l.contains("refused the login of user \"varonis\""))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(consumer.got().is_empty());
+    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(1.0));
+    assert!(broker.signal_and_wait("TERM").success());
+    assert!(!broker.log().iter().any(|l| l.contains(wrong)), "the password is never logged");
+    // The batches waited in the spool: the right password delivers them.
+    std::fs::write(&file, config(&rmq, dir.path(), "pw", PASSWORD, "")).unwrap();
+    let _broker = BrokerProcess::spawn(&file);
+    consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 80));
+}
+
+#[test]
+fn unroutable_batches_stay_until_a_queue_is_bound() {
+    let rmq = shared();
+    rmq.declare_exchange("nobody");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config(&rmq, dir.path(), "nobody", PASSWORD, ""));
+    send_frames(broker.syslog, "unbound-1", 1, 0..100);
+    // Returned messages: the batch is retried, not acknowledged.
+    wait_for(Duration::from_secs(30), || {
+        (broker.metric("qbroker_target_retries_total{target=\"rmq\"}")? >= 3.0).then_some(())
+    });
+    assert_eq!(broker.metric("qbroker_target_batches_delivered_total{target=\"rmq\"}"), Some(0.0));
+    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(1.0));
+    let consumer = Consumer::start(&rmq, "nobody", "nobody-q", "unbound");
+    consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
+    wait_for(Duration::from_secs(10), || {
+        (broker.metric("qbroker_target_failing{target=\"rmq\"}")? == 0.0).then_some(())
+    });
+    broker.stop();
+}
+
+#[test]
+fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing() {
+    let _one = private();
+    let mut rmq = RabbitMq::start();
+    rmq.declare_exchange("restart");
+    let consumer = Consumer::start(&rmq, "restart", "restart-q", "restart");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config(&rmq, dir.path(), "restart", PASSWORD, ""));
+    let syslog = broker.syslog;
+    let sender = std::thread::spawn(move || {
+        for chunk in 0..20u64 {
+            send_frames(syslog, "restart-1", 1, chunk * 100..(chunk + 1) * 100);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    consumer.wait(Duration::from_secs(60), |g| !g.is_empty());
+    rmq.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    rmq.launch();
+    sender.join().unwrap();
+    let got = consumer.wait(Duration::from_secs(120), |g| all_arrived(g, 1, 2000));
+    assert_eq!(events_of(&got).len(), 2000);
+    // Copies, if any, carry the id of the message they copy.
+    let mut ids = BTreeMap::new();
+    for g in &got {
+        ids.entry(g.message_id.clone())
+            .or_insert_with(|| g.body.clone());
+        assert_eq!(ids[&g.message_id], g.body, "a copy has the same body");
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
+    let _one = private();
+    let rmq = RabbitMq::start();
+    rmq.declare_exchange("alarm");
+    let consumer = Consumer::start(&rmq, "alarm", "alarm-q", "alarm");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config(&rmq, dir.path(), "alarm", PASSWORD, ""));
+    send_frames(broker.syslog, "alarm-1", 1, 0..100);
+    consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
+    rmq.ctl(&["set_vm_memory_high_watermark", "0"]);
+    send_frames(broker.syslog, "alarm-1", 1, 100..400);
+    wait_for(Duration::from_secs(30), || {
+        (broker.metric("qbroker_target_blocked{target=\"rmq\"}")? == 1.0).then_some(())
+    });
+    let during = events_of(&consumer.got()).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        events_of(&consumer.got()).len() < 400,
+        "publishing paused while blocked ({during} events at the alarm)"
+    );
+    rmq.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    consumer.wait(Duration::from_secs(90), |g| all_arrived(g, 1, 400));
+    wait_for(Duration::from_secs(30), || {
+        (broker.metric("qbroker_target_blocked{target=\"rmq\"}")? == 0.0).then_some(())
+    });
+    broker.stop();
+}
+
+#[test]
+fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
+    let _one = private();
+    let rmq = RabbitMq::start_with(ServerTls::self_signed_ca_true());
+    rmq.declare_exchange("pinned");
+    let consumer = Consumer::start(&rmq, "pinned", "pinned-q", "pinned");
+    let dir = tempfile::tempdir().unwrap();
+    // The "CA" is the server's own CA:TRUE self-signed certificate.
+    let broker = Broker::start(&config(&rmq, dir.path(), "pinned", PASSWORD, ""));
+    send_frames(broker.syslog, "pinned-1", 1, 0..60);
+    consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 60));
+    broker.stop();
+
+    // Another self-signed certificate as the CA: refused, in words.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, ServerTls::self_signed_ca_true().cert_pem).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let text = config(&rmq, dir2.path(), "pinned", PASSWORD, "")
+        .replace(&rmq.ca_file.display().to_string(), &other.display().to_string());
+    let file = dir2.path().join("qbroker.toml");
+    std::fs::write(&file, text).unwrap();
+    let broker = BrokerProcess::spawn(&file);
+    send_frames(broker.syslog, "pinned-1", 1, 60..70);
+    wait_for(Duration::from_secs(30), || {
+        broker
+            .log()
+            .iter()
+            .any(|l| l.contains("tls handshake") && l.contains("certificate"))
+            .then_some(())
+    });
+}
