@@ -349,3 +349,279 @@ fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
             .then_some(())
     });
 }
+
+/// A Protobuf text-format message as protoc prints it: every field a list
+/// (repeated fields have several entries), scalars as their text.
+#[derive(Debug, Clone)]
+enum Text {
+    Scalar(String),
+    Message(BTreeMap<String, Vec<Text>>),
+}
+
+fn parse_text(input: &str) -> BTreeMap<String, Vec<Text>> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                i += 1;
+                match b[i] {
+                    b'n' => out.push(b'\n'),
+                    b't' => out.push(b'\t'),
+                    b'r' => out.push(b'\r'),
+                    d if d.is_ascii_digit() => {
+                        let oct = std::str::from_utf8(&b[i..i + 3]).unwrap();
+                        out.push(u8::from_str_radix(oct, 8).unwrap());
+                        i += 2;
+                    }
+                    other => out.push(other),
+                }
+            } else {
+                out.push(b[i]);
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+    fn parse(lines: &mut std::iter::Peekable<std::str::Lines<'_>>) -> BTreeMap<String, Vec<Text>> {
+        let mut out: BTreeMap<String, Vec<Text>> = BTreeMap::new();
+        while let Some(line) = lines.next() {
+            let line = line.trim();
+            if line == "}" {
+                break;
+            }
+            if let Some(name) = line.strip_suffix(" {") {
+                let inner = parse(lines);
+                out.entry(name.to_string()).or_default().push(Text::Message(inner));
+            } else if let Some((name, value)) = line.split_once(": ") {
+                let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                    Some(s) => unescape(s),
+                    None => value.to_string(),
+                };
+                out.entry(name.to_string()).or_default().push(Text::Scalar(value));
+            } else {
+                assert!(line.is_empty(), "unexpected protoc output: {line}");
+            }
+        }
+        out
+    }
+    parse(&mut input.lines().peekable())
+}
+
+/// `json` (the JSON form of a field) and what protoc decoded for it agree.
+fn same(path: &str, json: &Value, pb: Option<&Vec<Text>>) {
+    let scalar = |pb: Option<&Vec<Text>>| -> Option<String> {
+        let v = pb?;
+        assert_eq!(v.len(), 1, "{path}: one value");
+        match &v[0] {
+            Text::Scalar(s) => Some(s.clone()),
+            Text::Message(_) => panic!("{path}: a message where JSON has a scalar"),
+        }
+    };
+    match json {
+        Value::Null => assert!(pb.is_none(), "{path}: null in JSON, {pb:?} in Protobuf"),
+        // proto3 leaves a non-optional field at its default out.
+        Value::Bool(false) => assert!(matches!(scalar(pb).as_deref(), None | Some("false")), "{path}"),
+        Value::Number(n) if n.as_u64() == Some(0) => {
+            assert!(matches!(scalar(pb).as_deref(), None | Some("0")), "{path}")
+        }
+        Value::Bool(b) => assert_eq!(scalar(pb), Some(b.to_string()), "{path}"),
+        Value::Number(n) => assert_eq!(scalar(pb), Some(n.to_string()), "{path}"),
+        Value::String(s) => assert_eq!(scalar(pb).as_deref(), Some(s.as_str()), "{path}"),
+        Value::Array(items) => {
+            let got = pb.cloned().unwrap_or_default();
+            assert_eq!(got.len(), items.len(), "{path}: entries");
+            for (i, (j, p)) in items.iter().zip(got.iter()).enumerate() {
+                same(&format!("{path}[{i}]"), j, Some(&vec![p.clone()]));
+            }
+        }
+        Value::Object(map) => {
+            let v = pb.unwrap_or_else(|| panic!("{path}: missing in Protobuf"));
+            assert_eq!(v.len(), 1, "{path}");
+            let Text::Message(fields) = &v[0] else {
+                panic!("{path}: a scalar where JSON has an object");
+            };
+            for (k, j) in map {
+                same(&format!("{path}.{k}"), j, fields.get(k));
+            }
+            for k in fields.keys() {
+                assert!(map.contains_key(k), "{path}.{k}: in Protobuf, not in JSON");
+            }
+        }
+    }
+}
+
+#[test]
+fn protobuf_bodies_decode_with_protoc_to_every_field_of_the_json() {
+    let protoc = std::process::Command::new("protoc").arg("--version").output();
+    assert!(
+        protoc.is_ok_and(|o| o.status.success()),
+        "protoc is missing: install Debian's protobuf-compiler (scripts/test does)"
+    );
+    let rmq = shared();
+    rmq.declare_exchange("pbx");
+    let json_side = Consumer::start(&rmq, "pbx", "pbx-json", "pbj");
+    let proto_side = Consumer::start(&rmq, "pbx", "pbx-proto", "pbp");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("rabbit.password");
+    let extra = format!(
+        r#"
+[[targets]]
+name = "proto"
+url = "amqps://127.0.0.1:{port}/{VHOST}"
+ca_file = "{ca}"
+exchange = "pbx"
+username = "{USER}"
+password_file = "{pw}"
+encoding = "protobuf"
+[[clusters]]
+name = "pbj"
+filer_id = 21
+[[clusters]]
+name = "pbp"
+target = "proto"
+filer_id = 21
+"#,
+        port = rmq.amqps_port,
+        ca = rmq.ca_file.display(),
+        pw = pw.display(),
+    );
+    let broker = Broker::start(&config(&rmq, dir.path(), "pbx", PASSWORD, &extra));
+    // Creates, renames (new_path) and owner changes (owner), CSV and JSON.
+    for host in ["pbj-1", "pbp-1"] {
+        let mut s = TcpStream::connect(broker.syslog).unwrap();
+        for i in 0..90u64 {
+            let id = file_id(1, i);
+            let frame = match i % 3 {
+                0 => json_frame(host, "fs_create_file", &format!("/f{i}"), &id),
+                1 => common::csv_frame_to(host, "fs_rename", &format!("/f{i}"), &format!("/g{i}"), &id),
+                _ => common::metadata_frame(host, &id, &format!("/f{i}"), "500", "501"),
+            };
+            s.write_all(&framed(&frame, false)).unwrap();
+        }
+        s.flush().unwrap();
+    }
+    let json_got = json_side.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 90));
+    let want = events_of(&json_got);
+    let proto_got = proto_side.wait(Duration::from_secs(60), |g| {
+        g.iter().map(|m| m.headers["events"].parse::<usize>().unwrap()).sum::<usize>() >= 90
+    });
+    let mut seen = BTreeSet::new();
+    for m in &proto_got {
+        assert_eq!(m.content_type, "application/x-protobuf");
+        let path = dir.path().join("body.bin");
+        std::fs::write(&path, &m.body).unwrap();
+        let out = std::process::Command::new("protoc")
+            .args(["--proto_path=proto", "--decode=qbroker.varonis.v1.Batch", "proto/qbroker.proto"])
+            .stdin(std::fs::File::open(&path).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let batch = parse_text(&String::from_utf8(out.stdout).unwrap());
+        let envelope: Value = serde_json::json!({
+            "schema": "qbroker.varonis.v1", "batch_id": m.message_id, "cluster": "pbp", "filer_id": 21,
+        });
+        for (k, v) in envelope.as_object().unwrap() {
+            same(k, v, batch.get(k));
+        }
+        for e in batch.get("events").unwrap() {
+            let Text::Message(fields) = e else { panic!() };
+            let Some(Text::Scalar(fid)) = fields.get("file_id").map(|v| &v[0]) else {
+                panic!("file_id")
+            };
+            let key = identity(&serde_json::json!({ "file_id": fid }));
+            seen.insert(key);
+            // The JSON form of the same event, from the other cluster.
+            let mut json = want[&key].clone();
+            json["node"] = Value::String("pbp-1".to_string());
+            same("event", &json, Some(&vec![e.clone()]));
+        }
+    }
+    assert_eq!(seen.len(), 90, "every event, decoded");
+    broker.stop();
+}
+
+#[test]
+fn an_rmq_object_registration_publishes_to_its_rabbitmq() {
+    use base64::Engine as _;
+    let rmq = shared();
+    rmq.declare_exchange("registered");
+    let consumer = Consumer::start(&rmq, "registered", "registered-q", "reg");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "admin-T0ken-for-rmq";
+    // No default target: the cluster's only target is the registered one.
+    let text = config(&rmq, dir.path(), "registered", PASSWORD, "")
+        .replace("default_target = \"rmq\"\n", "")
+        + &format!(
+            "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{admin}\"\n[store]\npoll_secs = 1\n"
+        );
+    let broker = Broker::start(&text);
+    let certificate = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(&rmq.ca_file).unwrap());
+    let obj = serde_json::json!({"obj": {
+        "cluster_name": "reg", "certificate": certificate, "filer_id": 31,
+        "server": "127.0.0.1", "port": rmq.amqps_port, "vhost": VHOST,
+        "exchange": "registered", "username": USER, "password": PASSWORD}});
+    let (status, body) = api_call(&broker, admin, "POST", "/v1/rmq/objects/", &obj);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["password"], "********");
+    send_frames(broker.syslog, "reg-1", 1, 0..150);
+    let got = consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 150));
+    for g in &got {
+        assert_eq!(g.headers["filer_id"], "31");
+        assert_eq!(g.headers["cluster"], "reg");
+    }
+    let (status, targets) = api_call(&broker, admin, "GET", "/v1/targets", &Value::Null);
+    assert_eq!(status, 200);
+    assert!(targets[0]["url"].as_str().unwrap().starts_with("amqps://127.0.0.1:"), "{targets}");
+    assert!(!targets.to_string().contains(PASSWORD));
+    broker.stop();
+}
+
+/// One HTTPS request to the broker's API (its self-signed certificate trusted).
+fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    use http_body_util::{BodyExt, Full};
+    let pem_path = broker.data_dir.join("api/cert.pem");
+    let pem = wait_for(Duration::from_secs(20), || std::fs::read(&pem_path).ok());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = broker.api.expect("the API is enabled");
+    rabbitmq::runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {admin}"))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+            .await
+            .expect("the API answers in time")
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    })
+}
