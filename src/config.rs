@@ -1407,7 +1407,8 @@ fn validate_amqp_with(
         .routing_key
         .clone()
         .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_string());
-    check_routing_key(&routing_key, message).map_err(|reason| invalid(field("routing_key"), reason))?;
+    check_routing_key(&routing_key, message)
+        .map_err(|reason| invalid(field("routing_key"), reason))?;
     let heartbeat_secs = t.heartbeat_secs.unwrap_or(30);
     let heartbeat_secs = u16::try_from(heartbeat_secs)
         .map_err(|_| invalid(field("heartbeat_secs"), "must be 0 to 65535"))?;
@@ -1483,9 +1484,7 @@ fn check_short_string(s: &str) -> Result<(), String> {
 pub fn check_routing_key(template: &str, message: MessageMode) -> Result<(), String> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..]
-            .find('}')
-            .ok_or("has a '{' without its '}'")?;
+        let close = rest[open..].find('}').ok_or("has a '{' without its '}'")?;
         match &rest[open..open + close + 1] {
             "{cluster}" | "{filer_id}" => {}
             "{node}" if message == MessageMode::Event => {}
@@ -1815,14 +1814,22 @@ pub fn registered_amqp_target(
     let mut raw = registered_raw(base);
     raw.exchange = Some(login.exchange.to_string());
     raw.username = Some(login.username.to_string());
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v).map_err(|e| format!("{k}: {e}"))?;
         match k {
             "encoding" => raw.encoding = Some(v),
             "message" => raw.message = Some(v),
             "routing_key" => raw.routing_key = Some(v),
-            other => return Err(format!("the URL's query has {other:?}: only encoding, message and routing_key")),
+            other => {
+                return Err(format!(
+                    "the URL's query has {other:?}: only encoding, message and routing_key"
+                ))
+            }
         }
     }
     if login.username.is_empty() || login.password.expose().is_empty() {
@@ -1869,7 +1876,6 @@ fn registered_raw(url: &str) -> RawTarget {
         max_unconfirmed: None,
     }
 }
-
 
 fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, ConfigError> {
     let field = |name: &str| format!("clusters[{i}].{name}");

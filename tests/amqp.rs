@@ -177,7 +177,10 @@ filer_id = 12
         assert_eq!(g.headers["filer_id"], "12");
         assert_eq!(g.routing_key, "mevent.mevent-1");
     }
-    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(0.0));
+    assert_eq!(
+        broker.metric("qbroker_target_failing{target=\"rmq\"}"),
+        Some(0.0)
+    );
     broker.stop();
 }
 
@@ -200,7 +203,10 @@ fn a_missing_exchange_is_named_and_delivery_follows_its_creation() {
             })
             .then_some(())
     });
-    assert_eq!(broker.metric("qbroker_target_events_dead_lettered_total{target=\"rmq\"}"), Some(0.0));
+    assert_eq!(
+        broker.metric("qbroker_target_events_dead_lettered_total{target=\"rmq\"}"),
+        Some(0.0)
+    );
     rmq.declare_exchange("late");
     let consumer = Consumer::start(&rmq, "late", "late-q", "late");
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
@@ -222,14 +228,22 @@ fn a_wrong_password_is_named_kept_in_the_spool_and_delivered_once_fixed() {
         broker
             .log()
             .iter()
-            .any(|l| l.contains("target=rmq") && l.contains("refused the login of user \"varonis\""))
+            .any(|l| {
+                l.contains("target=rmq") && l.contains("refused the login of user \"varonis\"")
+            })
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(consumer.got().is_empty());
-    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(1.0));
+    assert_eq!(
+        broker.metric("qbroker_target_failing{target=\"rmq\"}"),
+        Some(1.0)
+    );
     assert!(broker.signal_and_wait("TERM").success());
-    assert!(!broker.log().iter().any(|l| l.contains(wrong)), "the password is never logged");
+    assert!(
+        !broker.log().iter().any(|l| l.contains(wrong)),
+        "the password is never logged"
+    );
     // The batches waited in the spool: the right password delivers them.
     std::fs::write(&file, config(&rmq, dir.path(), "pw", PASSWORD, "")).unwrap();
     let _broker = BrokerProcess::spawn(&file);
@@ -247,8 +261,14 @@ fn unroutable_batches_stay_until_a_queue_is_bound() {
     wait_for(Duration::from_secs(30), || {
         (broker.metric("qbroker_target_retries_total{target=\"rmq\"}")? >= 3.0).then_some(())
     });
-    assert_eq!(broker.metric("qbroker_target_batches_delivered_total{target=\"rmq\"}"), Some(0.0));
-    assert_eq!(broker.metric("qbroker_target_failing{target=\"rmq\"}"), Some(1.0));
+    assert_eq!(
+        broker.metric("qbroker_target_batches_delivered_total{target=\"rmq\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        broker.metric("qbroker_target_failing{target=\"rmq\"}"),
+        Some(1.0)
+    );
     let consumer = Consumer::start(&rmq, "nobody", "nobody-q", "unbound");
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
     wait_for(Duration::from_secs(10), || {
@@ -335,8 +355,10 @@ fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
     let other = dir.path().join("other.pem");
     std::fs::write(&other, ServerTls::self_signed_ca_true().cert_pem).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
-    let text = config(&rmq, dir2.path(), "pinned", PASSWORD, "")
-        .replace(&rmq.ca_file.display().to_string(), &other.display().to_string());
+    let text = config(&rmq, dir2.path(), "pinned", PASSWORD, "").replace(
+        &rmq.ca_file.display().to_string(),
+        &other.display().to_string(),
+    );
     let file = dir2.path().join("qbroker.toml");
     std::fs::write(&file, text).unwrap();
     let broker = BrokerProcess::spawn(&file);
@@ -393,13 +415,17 @@ fn parse_text(input: &str) -> BTreeMap<String, Vec<Text>> {
             }
             if let Some(name) = line.strip_suffix(" {") {
                 let inner = parse(lines);
-                out.entry(name.to_string()).or_default().push(Text::Message(inner));
+                out.entry(name.to_string())
+                    .or_default()
+                    .push(Text::Message(inner));
             } else if let Some((name, value)) = line.split_once(": ") {
                 let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
                     Some(s) => unescape(s),
                     None => value.to_string(),
                 };
-                out.entry(name.to_string()).or_default().push(Text::Scalar(value));
+                out.entry(name.to_string())
+                    .or_default()
+                    .push(Text::Scalar(value));
             } else {
                 assert!(line.is_empty(), "unexpected protoc output: {line}");
             }
@@ -422,7 +448,10 @@ fn same(path: &str, json: &Value, pb: Option<&Vec<Text>>) {
     match json {
         Value::Null => assert!(pb.is_none(), "{path}: null in JSON, {pb:?} in Protobuf"),
         // proto3 leaves a non-optional field at its default out.
-        Value::Bool(false) => assert!(matches!(scalar(pb).as_deref(), None | Some("false")), "{path}"),
+        Value::Bool(false) => assert!(
+            matches!(scalar(pb).as_deref(), None | Some("false")),
+            "{path}"
+        ),
         Value::Number(n) if n.as_u64() == Some(0) => {
             assert!(matches!(scalar(pb).as_deref(), None | Some("0")), "{path}")
         }
@@ -454,7 +483,9 @@ fn same(path: &str, json: &Value, pb: Option<&Vec<Text>>) {
 
 #[test]
 fn protobuf_bodies_decode_with_protoc_to_every_field_of_the_json() {
-    let protoc = std::process::Command::new("protoc").arg("--version").output();
+    let protoc = std::process::Command::new("protoc")
+        .arg("--version")
+        .output();
     assert!(
         protoc.is_ok_and(|o| o.status.success()),
         "protoc is missing: install Debian's protobuf-compiler (scripts/test does)"
@@ -495,7 +526,13 @@ filer_id = 21
             let id = file_id(1, i);
             let frame = match i % 3 {
                 0 => json_frame(host, "fs_create_file", &format!("/f{i}"), &id),
-                1 => common::csv_frame_to(host, "fs_rename", &format!("/f{i}"), &format!("/g{i}"), &id),
+                1 => common::csv_frame_to(
+                    host,
+                    "fs_rename",
+                    &format!("/f{i}"),
+                    &format!("/g{i}"),
+                    &id,
+                ),
                 _ => common::metadata_frame(host, &id, &format!("/f{i}"), "500", "501"),
             };
             s.write_all(&framed(&frame, false)).unwrap();
@@ -505,7 +542,10 @@ filer_id = 21
     let json_got = json_side.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 90));
     let want = events_of(&json_got);
     let proto_got = proto_side.wait(Duration::from_secs(60), |g| {
-        g.iter().map(|m| m.headers["events"].parse::<usize>().unwrap()).sum::<usize>() >= 90
+        g.iter()
+            .map(|m| m.headers["events"].parse::<usize>().unwrap())
+            .sum::<usize>()
+            >= 90
     });
     let mut seen = BTreeSet::new();
     for m in &proto_got {
@@ -513,11 +553,19 @@ filer_id = 21
         let path = dir.path().join("body.bin");
         std::fs::write(&path, &m.body).unwrap();
         let out = std::process::Command::new("protoc")
-            .args(["--proto_path=proto", "--decode=qbroker.varonis.v1.Batch", "proto/qbroker.proto"])
+            .args([
+                "--proto_path=proto",
+                "--decode=qbroker.varonis.v1.Batch",
+                "proto/qbroker.proto",
+            ])
             .stdin(std::fs::File::open(&path).unwrap())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let batch = parse_text(&String::from_utf8(out.stdout).unwrap());
         let envelope: Value = serde_json::json!({
             "schema": "qbroker.varonis.v1", "batch_id": m.message_id, "cluster": "pbp", "filer_id": 21,
@@ -557,8 +605,8 @@ fn an_rmq_object_registration_publishes_to_its_rabbitmq() {
             "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{admin}\"\n[store]\npoll_secs = 1\n"
         );
     let broker = Broker::start(&text);
-    let certificate = base64::engine::general_purpose::STANDARD
-        .encode(std::fs::read(&rmq.ca_file).unwrap());
+    let certificate =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&rmq.ca_file).unwrap());
     let obj = serde_json::json!({"obj": {
         "cluster_name": "reg", "certificate": certificate, "filer_id": 31,
         "server": "127.0.0.1", "port": rmq.amqps_port, "vhost": VHOST,
@@ -574,7 +622,13 @@ fn an_rmq_object_registration_publishes_to_its_rabbitmq() {
     }
     let (status, targets) = api_call(&broker, admin, "GET", "/v1/targets", &Value::Null);
     assert_eq!(status, 200);
-    assert!(targets[0]["url"].as_str().unwrap().starts_with("amqps://127.0.0.1:"), "{targets}");
+    assert!(
+        targets[0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("amqps://127.0.0.1:"),
+        "{targets}"
+    );
     assert!(!targets.to_string().contains(PASSWORD));
     broker.stop();
 }
@@ -599,7 +653,10 @@ fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value
     rabbitmq::runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .connect(
+                rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+                tcp,
+            )
             .await
             .unwrap();
         let (mut send, conn) =
@@ -607,7 +664,11 @@ fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -622,6 +683,77 @@ fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value
             .unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     })
+}
+
+/// The same pinning for an HTTPS target: a server whose certificate is its
+/// own CA:TRUE self-signed one, given as the target's ca_file.
+#[test]
+fn https_targets_accept_the_pinned_self_signed_certificate_too() {
+    use rustls::pki_types::pem::PemObject;
+    let tls = ServerTls::self_signed_ca_true();
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(tls.cert_pem.as_bytes()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("pinned.pem");
+    std::fs::write(&pinned, &tls.cert_pem).unwrap();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, ServerTls::self_signed_ca_true().cert_pem).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                break;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(stream);
+                }
+            });
+        }
+    });
+    let connect = |ca: &Path| {
+        let text = format!(
+            "[[targets]]\nname = \"v\"\nurl = \"https://127.0.0.1:{port}/events\"\nca_file = \"{}\"\n",
+            ca.display()
+        );
+        let cfg = qbroker::config::RawConfig::parse(&text)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let connector = qbroker::egress::Connector::new(&cfg.targets[0]).unwrap();
+        rt.block_on(connector.connect()).map(|_| ())
+    };
+    connect(&pinned).expect("the pinned certificate is accepted");
+    let err = connect(&other)
+        .expect_err("another certificate is refused")
+        .to_string();
+    // Without the pin, webpki refuses a CA certificate used by a server.
+    assert!(
+        err.starts_with("tls handshake: the server presents a CA certificate as its own"),
+        "{err}"
+    );
 }

@@ -220,17 +220,18 @@ fn fill(
         // The reference broker's way: publish to the object's exchange. The
         // vhost is the path ("/" as %2F), the encoding and message mode the
         // query, as `api.rmq_encoding` and `api.rmq_message` say now.
-        reg.url = format!(
-            "amqps://{host}:{port}/{}?{}",
-            enc(vhost),
-            ctx.api.rmq_query
-        );
+        reg.url = format!("amqps://{host}:{port}/{}?{}", enc(vhost), ctx.api.rmq_query);
         reg.token = None;
         reg.basic_username = Some(username.to_string());
         if let Some(password) = password {
             reg.basic_password = Some(Secret::new(password));
         }
-        if username.is_empty() || reg.basic_password.as_ref().is_none_or(|p| p.expose().is_empty()) {
+        if username.is_empty()
+            || reg
+                .basic_password
+                .as_ref()
+                .is_none_or(|p| p.expose().is_empty())
+        {
             return Err(error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "username and password: RabbitMQ needs both",

@@ -64,7 +64,10 @@ use crate::spool::Record;
 /// `/v1/targets` with an `amqps://` URL): its URL, exchange, and RabbitMQ
 /// username and password. The error names the field.
 pub fn registered(name: &str, reg: &crate::store::Registration) -> Result<TargetConfig, String> {
-    let password = reg.basic_password.clone().unwrap_or_else(|| crate::config::Secret::new(""));
+    let password = reg
+        .basic_password
+        .clone()
+        .unwrap_or_else(|| crate::config::Secret::new(""));
     crate::config::registered_amqp_target(
         name,
         &reg.url,
@@ -293,10 +296,7 @@ impl Publisher {
                     .filer_id
                     .map_or(AMQPValue::Void, |f| AMQPValue::LongLongInt(f as i64)),
             );
-            headers.insert(
-                "events".into(),
-                AMQPValue::LongLongInt(i64::from(m.events)),
-            );
+            headers.insert("events".into(), AMQPValue::LongLongInt(i64::from(m.events)));
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type(envelope.content_type.into())

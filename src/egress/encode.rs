@@ -64,10 +64,7 @@ struct BatchHead<'a> {
 }
 
 /// The messages of `record` for a target with settings `s`.
-pub fn messages(
-    record: &Record,
-    s: &AmqpTarget,
-) -> Result<(Envelope, Vec<Outgoing>), EncodeError> {
+pub fn messages(record: &Record, s: &AmqpTarget) -> Result<(Envelope, Vec<Outgoing>), EncodeError> {
     let head: BatchHead<'_> = serde_json::from_slice(&record.body)?;
     let envelope = Envelope {
         cluster: record.cluster.clone(),
@@ -128,7 +125,12 @@ pub fn messages(
 }
 
 /// The routing key template filled in.
-pub fn routing_key(template: &str, cluster: &str, filer_id: Option<u64>, node: Option<&str>) -> String {
+pub fn routing_key(
+    template: &str,
+    cluster: &str,
+    filer_id: Option<u64>,
+    node: Option<&str>,
+) -> String {
     let mut k = template.replace("{cluster}", cluster);
     if k.contains("{filer_id}") {
         k = k.replace(
@@ -348,10 +350,13 @@ fn event_of(v: &Value) -> Event {
         protocol: text(v.get("protocol")),
         status: text(v.get("status")),
         success: v.get("success").and_then(Value::as_bool).unwrap_or(false),
-        owner: v.get("owner").filter(|o| o.is_object()).map(|o| OwnerChange {
-            before: principal(o.get("before")),
-            after: principal(o.get("after")),
-        }),
+        owner: v
+            .get("owner")
+            .filter(|o| o.is_object())
+            .map(|o| OwnerChange {
+                before: principal(o.get("before")),
+                after: principal(o.get("after")),
+            }),
         acl: v.get("acl").filter(|a| a.is_object()).map(|a| AclChange {
             protected: a.get("protected").and_then(Value::as_bool),
             added: aces(a.get("added")),
@@ -438,7 +443,10 @@ mod tests {
         let v: Value = serde_json::from_slice(&msgs[1].body).unwrap();
         assert_eq!(v["batch_id"], "b1");
         assert_eq!(v["filer_id"], 7);
-        assert_eq!(v["events"][0], serde_json::from_str::<Value>(EVENT_B).unwrap());
+        assert_eq!(
+            v["events"][0],
+            serde_json::from_str::<Value>(EVENT_B).unwrap()
+        );
     }
 
     #[test]
@@ -448,12 +456,25 @@ mod tests {
         let (env, msgs) = messages(&r, &s).unwrap();
         assert_eq!(env.content_type, PROTOBUF);
         let b = Batch::decode(msgs[0].body.clone()).unwrap();
-        assert_eq!((b.batch_id.as_str(), b.cluster.as_str(), b.filer_id), ("b1", "east", Some(7)));
+        assert_eq!(
+            (b.batch_id.as_str(), b.cluster.as_str(), b.filer_id),
+            ("b1", "east", Some(7))
+        );
         let a = &b.events[0];
         assert_eq!(a.seq, 1);
         assert_eq!(a.file_id.as_deref(), Some("123456789012345678901"));
         assert_eq!(a.user.as_ref().unwrap().name, None);
-        assert_eq!(a.owner.as_ref().unwrap().after.as_ref().unwrap().auth_id.as_deref(), Some("501"));
+        assert_eq!(
+            a.owner
+                .as_ref()
+                .unwrap()
+                .after
+                .as_ref()
+                .unwrap()
+                .auth_id
+                .as_deref(),
+            Some("501")
+        );
         let e = &b.events[1];
         assert_eq!(e.file_id, None);
         let ace = &e.acl.as_ref().unwrap().added[0];

@@ -76,7 +76,7 @@ pub struct Endpoint {
 /// acknowledgement) is the same for both.
 enum Transport {
     Https(Https),
-    Amqp(amqp::Publisher),
+    Amqp(Box<amqp::Publisher>),
 }
 
 /// An HTTPS target: POST per batch.
@@ -127,7 +127,7 @@ impl Endpoint {
     }
 
     fn amqp(cfg: TargetConfig, tls: Option<rustls::ClientConfig>) -> Endpoint {
-        let publisher = amqp::Publisher::new(&cfg, tls);
+        let publisher = Box::new(amqp::Publisher::new(&cfg, tls));
         Endpoint {
             cfg,
             transport: Transport::Amqp(publisher),
