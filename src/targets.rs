@@ -116,6 +116,10 @@ pub struct TargetView {
     /// Requests in flight at most, and whether batches are gzipped.
     pub in_flight: usize,
     pub gzip: bool,
+    /// RabbitMQ blocks publishing (an AMQP target's memory or disk alarm).
+    pub blocked: bool,
+    /// Why the last failed attempt failed, and when (Unix ms).
+    pub last_error: Option<(String, i64)>,
 }
 
 /// A registration that cannot run (bad PEM, bad URL).
@@ -672,6 +676,8 @@ impl Targets {
                     gzip: live.egress.endpoint().cfg.gzip,
                     spool: live.spool.stats(),
                     failing: m.failing.get() != 0,
+                    blocked: m.blocked.get() != 0,
+                    last_error: m.last_error(),
                     last_success_unix_ms: m.last_success_unix_ms.get(),
                 }
             })

@@ -757,3 +757,55 @@ fn https_targets_accept_the_pinned_self_signed_certificate_too() {
         "{err}"
     );
 }
+
+/// kill -9 of qbroker while it publishes, with `fsync = "always"`: after a
+/// restart every event arrives; copies only with the message id (and body) of
+/// what they copy.
+#[test]
+fn qbroker_killed_mid_stream_loses_nothing_and_copies_keep_their_ids() {
+    let rmq = shared();
+    rmq.declare_exchange("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qbroker.toml");
+    std::fs::write(
+        &file,
+        config(
+            &rmq,
+            dir.path(),
+            "crash",
+            PASSWORD,
+            "[spool]\nfsync = \"always\"\n",
+        ),
+    )
+    .unwrap();
+    let mut broker = BrokerProcess::spawn(&file);
+    // Nothing is bound yet: every batch is returned and stays in the spool.
+    send_frames(broker.syslog, "crash-1", 1, 0..2000);
+    wait_for(Duration::from_secs(60), || {
+        let n = broker
+            .metric("qbroker_cluster_events_total{cluster=\"crash\",operation=\"file.create\"}")?;
+        (n == 2000.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let consumer = Consumer::start(&rmq, "crash", "crash-q", "crash");
+    consumer.wait(Duration::from_secs(60), |g| !g.is_empty());
+    broker.signal_and_wait("KILL");
+    let before = events_of(&consumer.got()).len();
+    let _broker = BrokerProcess::spawn(&file);
+    let got = consumer.wait(Duration::from_secs(90), |g| all_arrived(g, 1, 2000));
+    assert_eq!(
+        events_of(&got).len(),
+        2000,
+        "{before} events before the kill"
+    );
+    let mut bodies = BTreeMap::new();
+    for g in &got {
+        let first = bodies
+            .entry(g.message_id.clone())
+            .or_insert_with(|| g.body.clone());
+        assert_eq!(
+            *first, g.body,
+            "a copy has the id and body of what it copies"
+        );
+    }
+}

@@ -339,6 +339,7 @@ impl Target {
                     if let Transport::Amqp(p) = &ep.transport {
                         self.metrics.blocked.set(i64::from(p.blocked()));
                     }
+                    self.metrics.set_last_error(&reason);
                     attempt += 1;
                     self.metrics.retries.inc();
                     self.metrics.failing.set(1);

@@ -296,6 +296,23 @@ pub struct TargetMetrics {
     pub failing: Gauge,
     /// 1 while RabbitMQ blocks publishing to an AMQP target (memory or disk alarm).
     pub blocked: Gauge,
+    /// Why the last failed attempt failed, and when (Unix ms); for the target
+    /// views. Kept after a success, with `failing` telling whether it is current.
+    pub last_error: std::sync::Mutex<Option<(String, i64)>>,
+}
+
+impl TargetMetrics {
+    pub fn set_last_error(&self, reason: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((reason.to_string(), unix_ms()));
+    }
+
+    pub fn last_error(&self) -> Option<(String, i64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Every metric of one broker.
