@@ -1345,6 +1345,12 @@ fn validate_amqp(
             "an AMQP URL takes no query: use the target's fields",
         ));
     }
+    if t.exchange.is_none() {
+        return Err(invalid(field("exchange"), "required for an AMQP target"));
+    }
+    if t.username.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(field("username"), "required for an AMQP target"));
+    }
     let path = t
         .password_file
         .as_ref()
@@ -1506,6 +1512,123 @@ pub fn check_routing_key(template: &str, message: MessageMode) -> Result<(), Str
         return Err("has a '}' without its '{'".to_string());
     }
     check_short_string(template)
+}
+
+#[cfg(test)]
+mod amqp_tests {
+    use super::*;
+
+    fn target(url: &str, extra: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let text = format!(
+            "[[targets]]\nname = \"r\"\nurl = \"{url}\"\nexchange = \"x\"\nusername = \"u\"\npassword_file = \"{}\"\n{extra}",
+            pw.display()
+        );
+        RawConfig::parse(&text)?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amqp_urls_give_host_port_and_vhost() {
+        let cfg = target("amqps://rmq.example:5671/varonis", "").unwrap();
+        let t = &cfg.targets[0];
+        let a = t.amqp.as_ref().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("rmq.example", 5671, true)
+        );
+        assert_eq!(a.vhost, "varonis");
+        assert_eq!(a.password.expose(), "s3cret");
+        assert_eq!(a.routing_key, "{cluster}");
+        assert_eq!(
+            (a.encoding, a.message),
+            (Encoding::Json, MessageMode::Batch)
+        );
+        let t = &target("amqps://h/%2f", "").unwrap().targets[0];
+        assert_eq!(
+            (t.port, t.amqp.as_ref().unwrap().vhost.as_str()),
+            (5671, "/")
+        );
+        let t = &target("amqp://h", "").unwrap().targets[0];
+        assert_eq!(
+            (t.port, t.tls, t.amqp.as_ref().unwrap().vhost.as_str()),
+            (5672, false, "/")
+        );
+        let t = &target(
+            "amqps://h/a%20b",
+            "encoding = \"protobuf\"\nmessage = \"event\"\nrouting_key = \"q.{cluster}.{node}\"",
+        )
+        .unwrap()
+        .targets[0];
+        let a = t.amqp.as_ref().unwrap();
+        assert_eq!(
+            (a.vhost.as_str(), a.encoding, a.message),
+            ("a b", Encoding::Protobuf, MessageMode::Event)
+        );
+    }
+
+    #[test]
+    fn amqp_errors_name_the_field() {
+        let err = |url: &str, extra: &str| target(url, extra).unwrap_err();
+        assert!(err("amqps://h/v", "encoding = \"xml\"").starts_with("targets[0].encoding:"));
+        let e = err("amqps://h/v", "message = \"all\"");
+        assert!(e.starts_with("targets[0].message:"), "{e}");
+        assert!(err("amqps://h/v", "routing_key = \"{node}\"")
+            .starts_with("targets[0].routing_key: {node} needs message"));
+        assert!(
+            err("amqps://h/v", "routing_key = \"{host}\"").starts_with("targets[0].routing_key:")
+        );
+        assert!(err("amqps://h/v", "token = \"t\"").starts_with("targets[0].token:"));
+        assert!(err("amqps://h/v", "gzip = true").starts_with("targets[0].gzip:"));
+        assert!(err("amqps://h/a/b", "").starts_with("targets[0].url:"));
+        assert!(err("amqps://u:p@h/v", "").contains("username and password_file"));
+        let no_exchange = RawConfig::parse("[[targets]]\nname = \"r\"\nurl = \"amqps://h/v\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_exchange.starts_with("targets[0].exchange:"),
+            "{no_exchange}"
+        );
+        let https_with_exchange = RawConfig::parse(
+            "[[targets]]\nname = \"r\"\nurl = \"https://h/v\"\nexchange = \"x\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(https_with_exchange.starts_with("targets[0].exchange: applies to AMQP"));
+    }
+
+    #[test]
+    fn registered_amqp_targets_take_their_login_and_query() {
+        let pw = Secret::new("p");
+        let login = || RegisteredAmqp {
+            exchange: "x",
+            username: "u",
+            password: &pw,
+        };
+        let cfg = registered_amqp_target(
+            "@c",
+            "amqps://10.0.0.1:5671/%2F?encoding=protobuf&message=event",
+            login(),
+        )
+        .unwrap();
+        let a = cfg.amqp.unwrap();
+        assert_eq!(
+            (a.vhost.as_str(), a.encoding, a.message),
+            ("/", Encoding::Protobuf, MessageMode::Event)
+        );
+        assert_eq!(cfg.name, "@c");
+        assert!(registered_amqp_target("@c", "amqp://10.0.0.1/v", login())
+            .unwrap_err()
+            .contains("amqps://"));
+        assert!(registered_amqp_target("@c", "amqps://10.0.0.1/v?colour=red", login()).is_err());
+    }
 }
 
 fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {

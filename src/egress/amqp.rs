@@ -126,6 +126,9 @@ pub enum AmqpError {
     },
     #[error("the connection to RabbitMQ was lost: {0}")]
     Lost(String),
+    /// A connect attempt failed a moment ago: its error, until the back-off passes.
+    #[error("{last} (connecting again after the back-off)")]
+    Waiting { last: String },
     #[error("the batch cannot be published: {0}")]
     Damaged(#[from] encode::EncodeError),
 }
@@ -148,6 +151,7 @@ impl AmqpError {
                 | AmqpError::NoExchange { .. }
                 | AmqpError::Denied { .. }
                 | AmqpError::Lost(_)
+                | AmqpError::Waiting { .. }
         )
     }
 }
@@ -370,9 +374,7 @@ impl Publisher {
         }
         if let Some((at, last)) = &link.retry_at {
             if Instant::now() < *at {
-                return Err(AmqpError::Lost(format!(
-                    "waiting before connecting again; last error: {last}"
-                )));
+                return Err(AmqpError::Waiting { last: last.clone() });
             }
         }
         self.blocked.store(false, Ordering::Relaxed);
