@@ -809,3 +809,57 @@ fn qbroker_killed_mid_stream_loses_nothing_and_copies_keep_their_ids() {
         );
     }
 }
+
+/// `qbroker doctor` rows of an AMQP target: login, vhost and exchange
+/// (`amqp`), and a test publish that warns while nothing is bound.
+#[test]
+fn doctor_checks_an_amqp_target_and_warns_when_nothing_is_bound() {
+    let rmq = shared();
+    rmq.declare_exchange("doc");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qbroker.toml");
+    let cluster = "[[clusters]]\nname = \"docs\"\ntarget = \"rmq\"\n";
+    std::fs::write(&file, config(&rmq, dir.path(), "doc", PASSWORD, cluster)).unwrap();
+    let doctor = |file: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbroker"))
+            .args(["doctor", "--timeout-secs", "10", "--config"])
+            .arg(file)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("qbroker doctor runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let find = |out: &str, check: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with("target rmq") && l.split_whitespace().nth(2) == Some(check))
+            .unwrap_or_else(|| panic!("no {check} row: {out}"))
+            .to_string()
+    };
+    let out = doctor(&file);
+    assert!(find(&out, "tls").contains("pass"), "{out}");
+    assert!(find(&out, "amqp").contains("pass"), "{out}");
+    let publish = find(&out, "publish");
+    assert!(
+        publish.contains("warn") && publish.contains("unroutable"),
+        "{out}"
+    );
+    let _consumer = Consumer::start(&rmq, "doc", "doc-q", "docs");
+    let out = doctor(&file);
+    assert!(find(&out, "publish").contains("pass"), "{out}");
+    // A missing exchange and a wrong password fail the amqp row, in words.
+    std::fs::write(
+        &file,
+        config(&rmq, dir.path(), "nowhere", PASSWORD, cluster),
+    )
+    .unwrap();
+    let out = doctor(&file);
+    let amqp = find(&out, "amqp");
+    assert!(
+        amqp.contains("FAIL") && amqp.contains("exchange \"nowhere\" does not exist"),
+        "{out}"
+    );
+    std::fs::write(&file, config(&rmq, dir.path(), "doc", "Wr0ng", cluster)).unwrap();
+    let out = doctor(&file);
+    assert!(find(&out, "amqp").contains("refused the login"), "{out}");
+    assert!(!out.contains("Wr0ng"));
+}

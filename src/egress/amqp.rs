@@ -523,6 +523,103 @@ impl Publisher {
     }
 }
 
+/// One `qbroker doctor` row's result.
+#[derive(Debug)]
+pub enum Probe {
+    Pass(String),
+    Warn(String),
+    Fail(String),
+    Skip(String),
+}
+
+/// `qbroker doctor`'s checks of an AMQP target: `amqp` (login, vhost, passive
+/// exchange declare) and `publish` (with `publish` = the cluster for the
+/// routing key: one `mandatory` message, an empty batch with `message_id`
+/// `doctor-<uuid>`, that tells whether a queue is bound to receive).
+pub async fn probe(
+    cfg: &TargetConfig,
+    tls: Option<rustls::ClientConfig>,
+    publish: Option<String>,
+    timeout: Duration,
+) -> Vec<(&'static str, Probe)> {
+    let p = Publisher::new(cfg, tls);
+    let live = match tokio::time::timeout(timeout, p.open()).await {
+        Ok(Ok(live)) => live,
+        Ok(Err(e)) => {
+            return vec![
+                ("amqp", Probe::Fail(e.to_string())),
+                ("publish", Probe::Skip("needs amqp".to_string())),
+            ]
+        }
+        Err(_) => {
+            return vec![
+                ("amqp", Probe::Fail(format!("no login within {timeout:?}"))),
+                ("publish", Probe::Skip("needs amqp".to_string())),
+            ]
+        }
+    };
+    let mut out = vec![(
+        "amqp",
+        Probe::Pass(format!(
+            "logged in as {:?}, vhost {:?}, exchange {:?} exists",
+            p.s.username, p.s.vhost, p.s.exchange
+        )),
+    )];
+    let Some(cluster) = publish else {
+        out.push(("publish", Probe::Skip("--no-post".to_string())));
+        return out;
+    };
+    let key = encode::routing_key(&p.s.routing_key, &cluster, None, None);
+    let id = format!("doctor-{}", uuid::Uuid::now_v7());
+    let body = serde_json::json!({
+        "schema": crate::batch::SCHEMA, "cluster": cluster, "filer_id": null,
+        "batch_id": id, "events": [],
+    })
+    .to_string();
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(encode::JSON.into())
+        .with_message_id(ShortString::from(id.as_str()))
+        .with_app_id("qbroker".into())
+        .with_type(crate::batch::SCHEMA.into());
+    let sent = async {
+        live.channel
+            .basic_publish(
+                ShortString::from(p.s.exchange.as_str()),
+                ShortString::from(key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body.as_bytes(),
+                properties,
+            )
+            .await?
+            .await
+    };
+    let result = match tokio::time::timeout(timeout, sent).await {
+        Err(_) => Probe::Fail(format!("no confirm within {timeout:?}")),
+        Ok(Err(e)) => Probe::Fail(p.failed(&e).to_string()),
+        Ok(Ok(c)) if c.is_nack() => Probe::Fail("RabbitMQ refused the test message (nack)".to_string()),
+        Ok(Ok(c)) => match c.take_message() {
+            Some(_) => Probe::Warn(format!(
+                "unroutable: no queue is bound to exchange {:?} for routing key {key:?}: batches would wait in the spool; bind one, or fix routing_key",
+                p.s.exchange
+            )),
+            None => Probe::Pass(format!(
+                "an empty test batch ({id}) was confirmed and routed with routing key {key:?}"
+            )),
+        },
+    };
+    out.push(("publish", result));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        live.connection.close(200, "doctor done".into()),
+    )
+    .await;
+    out
+}
+
 /// The AMQP errors that have a remedy to name.
 fn classify(p: &Publisher, e: &lapin::Error) -> Option<AmqpError> {
     let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
