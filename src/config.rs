@@ -2526,6 +2526,26 @@ pub enum MessageMode {
     Event,
 }
 
+impl Encoding {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+}
+
+impl MessageMode {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageMode::Batch => "batch",
+            MessageMode::Event => "event",
+        }
+    }
+}
+
 impl TargetConfig {
     /// The URL without its query string, for logs and `check-config`: a query
     /// can carry an API key (credentials before the host are refused outright).

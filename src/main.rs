@@ -217,13 +217,28 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
-            "target          {}{default}: {} in_flight={} gzip={}",
-            t.name,
-            t.url_for_logs(),
-            t.in_flight,
-            t.gzip
-        );
+        match &t.amqp {
+            Some(a) => println!(
+                "target          {}{default}: {} (AMQP, vhost {:?}, exchange {:?}, routing_key {:?}, user {:?}, encoding {}, one message per {}) in_flight={} max_unconfirmed={}",
+                t.name,
+                t.url_for_logs(),
+                a.vhost,
+                a.exchange,
+                a.routing_key,
+                a.username,
+                a.encoding.as_str(),
+                a.message.as_str(),
+                t.in_flight,
+                a.max_unconfirmed
+            ),
+            None => println!(
+                "target          {}{default}: {} in_flight={} gzip={}",
+                t.name,
+                t.url_for_logs(),
+                t.in_flight,
+                t.gzip
+            ),
+        }
     }
     if let Some(api) = &cfg.api {
         println!(

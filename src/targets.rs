@@ -184,7 +184,10 @@ pub fn endpoint_of(reg: &Registration) -> Result<Endpoint, Invalid> {
         let cfg = crate::egress::amqp::registered(&name, reg).map_err(Invalid)?;
         let tls = TlsMaterial {
             ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
-            client: None,
+            client: match (&reg.client_certificate, &reg.client_key) {
+                (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
+                _ => None,
+            },
         };
         return Endpoint::with_pem(cfg, &tls, Authorization::None)
             .map_err(|e| Invalid(e.to_string()));
