@@ -195,9 +195,34 @@ impl SpoolFsync {
     }
 }
 
+/// What carries the batches from qbroker to the sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// HTTPS POSTs to the verifying sink
+    #[default]
+    Https,
+    /// AMQP to a private RabbitMQ, one message per batch; the sink consumes
+    Amqp,
+    /// AMQP, one message per event
+    AmqpEvent,
+}
+
+impl Egress {
+    pub fn name(self) -> &'static str {
+        match self {
+            Egress::Https => "https",
+            Egress::Amqp => "amqp",
+            Egress::AmqpEvent => "amqp-event",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub scenario: Scenario,
+    /// what carries the batches to the sink
+    pub egress: Egress,
     pub duration: Option<Duration>,
     /// the qbroker binary; default: next to this executable
     pub broker: Option<PathBuf>,
@@ -228,6 +253,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             scenario: Scenario::Steady,
+            egress: Egress::Https,
             duration: None,
             broker: None,
             workers: None,
@@ -678,6 +704,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     )
     .await?;
 
+    // AMQP: a RabbitMQ of the run's own; the verifier consumes its queue.
+    let mut rabbit = None;
+    let mut consumer = None;
+    if opts.egress != Egress::Https {
+        let r = crate::amqp::RabbitMq::start(&work.join("rabbitmq")).await?;
+        consumer = Some(crate::amqp::consume(&r.url(), verifier.clone()).await?);
+        rabbit = Some(r);
+    }
+
     let listen = free_port()?;
     let metrics = free_port()?;
     let config = broker_config(
@@ -692,6 +727,24 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         shm_spool.as_deref(),
     );
     let mut config = config;
+    if let Some(r) = &rabbit {
+        let password_file = work.join("rabbit.password");
+        std::fs::write(&password_file, crate::amqp::PASSWORD)?;
+        let message = if opts.egress == Egress::AmqpEvent {
+            "event"
+        } else {
+            "batch"
+        };
+        let head = config
+            .split("[[targets]]")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        config = format!(
+            "{head}[[targets]]\nname = \"sink\"\n{}",
+            r.target_config(&password_file, message)
+        );
+    }
     if let Some(api) = &api {
         // One request at a time: the sink then sees batches in spool order, in
         // which each file's events are (it checks each object's versions in order).
@@ -863,8 +916,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let responses = sink.counters.snapshot();
     sink.stop().await;
+    if let Some(c) = consumer {
+        c.abort();
+    }
+    if let Some(mut r) = rabbit {
+        tokio::task::spawn_blocking(move || r.stop()).await?;
+    }
     let setup = Setup {
         scenario: opts.scenario.name().to_string(),
+        egress: opts.egress.name().to_string(),
         clusters: plan.clusters,
         nodes_per_cluster: plan.nodes,
         format: opts.format,

@@ -199,6 +199,11 @@ struct DiscardArgs {
 struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     scenario: Scenario,
+    /// what carries the batches: https (the verifying HTTPS sink), amqp or
+    /// amqp-event (a private RabbitMQ, started here, whose queue the sink
+    /// consumes; a message per batch or per event)
+    #[arg(long, value_enum, default_value_t = loadgen::bench::Egress::Https)]
+    egress: loadgen::bench::Egress,
     /// seconds of sending (default: the scenario's, 10 s; outage 60 s)
     #[arg(long)]
     duration: Option<f64>,
@@ -534,6 +539,7 @@ async fn discard(a: DiscardArgs) -> anyhow::Result<bool> {
 async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
     let opts = BenchOptions {
         scenario: a.scenario,
+        egress: a.egress,
         duration: a.duration.map(|d| secs("duration", d)).transpose()?,
         broker: a.broker,
         workers: a.workers,
