@@ -86,6 +86,22 @@ async fn short_outage_loses_nothing() {
     assert!(r.sink.unavailable > 0, "the sink never answered 503");
 }
 
+/// 3 s at 2,500 events/s over AMQP: qbroker publishes to a private RabbitMQ
+/// (Debian's rabbitmq-server), the sink consumes; everything arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_steady_over_amqp_loses_nothing() {
+    let r = run(BenchOptions {
+        scenario: Scenario::Steady,
+        egress: loadgen::bench::Egress::Amqp,
+        duration: Some(Duration::from_secs(3)),
+        rate: Some(2_500.0),
+        ..BenchOptions::default()
+    })
+    .await;
+    assert_eq!(r.setup.egress, "amqp");
+    assert_eq!(r.sink.requests, 0, "nothing went over HTTPS");
+}
+
 async fn release(scenario: Scenario, format: Format, framing: Framing) {
     run(BenchOptions {
         scenario,
