@@ -1931,7 +1931,8 @@ pub fn registered_amqp_target(
     };
     if !base.starts_with("amqps://") {
         return Err(
-            "must start with amqps://: the RabbitMQ password would travel in clear".to_string(),
+            "url: must start with amqps://: the RabbitMQ password would travel in clear"
+                .to_string(),
         );
     }
     let mut raw = registered_raw(base);
@@ -1943,17 +1944,20 @@ pub fn registered_amqp_target(
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).map_err(|e| format!("{k}: {e}"))?;
+        let v = percent_decode(v).map_err(|e| format!("url: {k}: {e}"))?;
         match k {
             "encoding" => raw.encoding = Some(v),
             "message" => raw.message = Some(v),
             "routing_key" => raw.routing_key = Some(v),
             other => {
                 return Err(format!(
-                    "the URL's query has {other:?}: only encoding, message and routing_key"
+                    "url: the query has {other:?}: only encoding, message and routing_key"
                 ))
             }
         }
+    }
+    if login.exchange.is_empty() {
+        return Err("exchange: required (the RabbitMQ exchange to publish to)".to_string());
     }
     if login.username.is_empty() || login.password.expose().is_empty() {
         return Err("username and password: RabbitMQ needs both".to_string());

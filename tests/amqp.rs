@@ -630,6 +630,26 @@ fn an_rmq_object_registration_publishes_to_its_rabbitmq() {
         "{targets}"
     );
     assert!(!targets.to_string().contains(PASSWORD));
+
+    // /v1/targets takes an AMQP target too.
+    let consumer2 = Consumer::start(&rmq, "registered", "registered-q2", "reg2");
+    let target = serde_json::json!({
+        "cluster_name": "reg2", "url": format!("amqps://127.0.0.1:{}/{VHOST}", rmq.amqps_port),
+        "ca_certificate": std::fs::read_to_string(&rmq.ca_file).unwrap(), "filer_id": 32,
+        "exchange": "registered", "username": USER, "password": PASSWORD});
+    let (status, body) = api_call(&broker, admin, "POST", "/v1/targets", &target);
+    assert_eq!(status, 201, "{body}");
+    send_frames(broker.syslog, "reg2-1", 1, 0..40);
+    let got = consumer2.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 40));
+    assert!(got.iter().all(|g| g.headers["filer_id"] == "32"));
+    // Without the exchange: refused, the field named.
+    let mut bad = target.clone();
+    bad["cluster_name"] = Value::String("reg3".to_string());
+    bad["filer_id"] = Value::from(33);
+    bad.as_object_mut().unwrap().remove("exchange");
+    let (status, body) = api_call(&broker, admin, "POST", "/v1/targets", &bad);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("exchange"), "{body}");
     broker.stop();
 }
 

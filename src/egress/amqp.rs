@@ -77,7 +77,6 @@ pub fn registered(name: &str, reg: &crate::store::Registration) -> Result<Target
             password: &password,
         },
     )
-    .map_err(|e| format!("url: {e}"))
 }
 
 /// Why a batch was not delivered. Every variant but [`AmqpError::Damaged`] is

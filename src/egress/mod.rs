@@ -1,10 +1,13 @@
-//! egress: delivers a target's spooled batches over HTTPS.
+//! egress: delivers a target's spooled batches, over AMQP or HTTPS.
 //!
 //! Stage: `in_flight` lanes per target take batches from the target's spool in
-//! order and POST them, each lane over its own kept-alive connection
-//! ([`client`]). A batch is acknowledged to the spool (and leaves it) only once
-//! the target answered 2xx, or once it was refused for good and written to the
-//! dead-letter directory.
+//! order and hand each to the target's transport: [`amqp`] publishes it to
+//! RabbitMQ with publisher confirms (one connection per target, shared by the
+//! lanes); HTTPS POSTs it, each lane over its own kept-alive connection
+//! ([`client`]). The lane is the same for both: a batch is acknowledged to the
+//! spool (and leaves it) only once the target took it (2xx; every message
+//! confirmed and routed), or once it was refused for good and written to the
+//! dead-letter directory (HTTPS only: an AMQP target refuses nothing for good).
 //!
 //! Failures are retried without end, with capped, jittered exponential back-off
 //! ([`retry`]): connect and TLS errors, timeouts, 408, 429 and 5xx (honouring
