@@ -145,7 +145,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+                // lapin's own lines are Rust debug strings of what egress::amqp
+                // already reports in words (connection lost, refused login).
+                tracing_subscriber::EnvFilter::new(if quiet {
+                    "warn,lapin=off"
+                } else {
+                    "info,lapin=off"
+                })
             }),
         )
         .with_writer(std::io::stderr)

@@ -88,36 +88,77 @@ impl RabbitMq {
             epmd_port,
             child: None,
         };
+        r.launch().await?;
+        Ok(r)
+    }
+
+    /// Start the node (again, after [`kill`](Self::kill): same name, data
+    /// and ports) and wait (up to 90 s) until it takes a login.
+    pub async fn launch(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(SERVER);
-        r.env(&mut cmd);
-        r.child = Some(
+        self.env(&mut cmd);
+        self.child = Some(
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting rabbitmq-server")?,
         );
+        let log = self.dir.join("rabbit.log");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), connect(&r.url())).await
+            if let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_secs(5), connect(&self.url())).await
             {
                 let _ = c.close(200, "ready".into()).await;
-                return Ok(r);
+                return Ok(());
             }
-            if let Some(status) = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "rabbitmq-server exited at start ({status}); see {}",
-                    dir.join("rabbit.log").display()
+                    log.display()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
                     "rabbitmq-server took no login within 90 s; see {}",
-                    dir.join("rabbit.log").display()
+                    log.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// kill -9 of the node; its data stays for [`launch`](Self::launch).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `rabbitmqctl -n NODE args...`.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(CTL);
+        self.env(&mut cmd);
+        let out = cmd
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running rabbitmqctl")?;
+        if !out.status.success() {
+            bail!(
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     fn env(&self, cmd: &mut Command) {
@@ -211,12 +252,28 @@ fn tls_material() -> anyhow::Result<(String, String, String)> {
 }
 
 /// Declare the exchange (fanout: every cluster's routing key reaches the
-/// sink) and a queue bound to it, then consume in the background: each
-/// message goes to the verifier. Ends when the connection does.
+/// sink) and a durable queue bound to it, then consume in the background:
+/// each message goes to the verifier. Reconnects when RabbitMQ restarts (the
+/// queue and its persistent messages survive it).
 pub async fn consume(
     url: &str,
     verifier: Arc<Verifier>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let first = subscribe(url).await?;
+    let url = url.to_string();
+    Ok(tokio::spawn(async move {
+        let mut next = Some(first);
+        loop {
+            if let Some((conn, consumer)) = next.take() {
+                drain(conn, consumer, &verifier).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            next = subscribe(&url).await.ok();
+        }
+    }))
+}
+
+async fn subscribe(url: &str) -> anyhow::Result<(Connection, lapin::Consumer)> {
     let conn = connect(url).await.context("connecting the AMQP sink")?;
     let ch = conn.create_channel().await?;
     ch.exchange_declare(
@@ -246,7 +303,7 @@ pub async fn consume(
         FieldTable::default(),
     )
     .await?;
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(
             QUEUE.into(),
             "loadgen-sink".into(),
@@ -257,8 +314,11 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
-    Ok(tokio::spawn(async move {
-        let _conn = conn;
+    Ok((conn, consumer))
+}
+
+async fn drain(_conn: Connection, mut consumer: lapin::Consumer, verifier: &Verifier) {
+    {
         while let Some(Ok(d)) = consumer.next().await {
             let p = &d.properties;
             let content_type = p.content_type().as_ref().map(|s| s.as_str());
@@ -285,5 +345,5 @@ pub async fn consume(
                 &d.data,
             );
         }
-    }))
+    }
 }

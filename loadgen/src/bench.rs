@@ -44,6 +44,22 @@ pub enum Scenario {
     Enrich,
     /// enrich, with every API answer 300 ms late: the rest must not slow down
     EnrichSlowApi,
+    /// AMQP (--egress amqp unless amqp-event is asked for): 2 clusters x 3
+    /// nodes at 10,000 events/s; RabbitMQ is killed (-9) mid-run and started
+    /// again 5 s later; nothing may be lost
+    RabbitmqRestart,
+    /// AMQP: as rabbitmq-restart, but a memory alarm blocks publishing for the
+    /// middle third instead; nothing may be lost
+    RabbitmqBlocked,
+}
+
+/// What happens to the benchmark's RabbitMQ during a window of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RabbitFault {
+    /// kill -9 at the start, started again at the end
+    Restart,
+    /// a memory alarm (high watermark 0) from the start to the end
+    Blocked,
 }
 
 /// What a scenario runs.
@@ -60,6 +76,8 @@ pub struct Plan {
     pub acl_ppm: u32,
     /// delay of every REST API answer
     pub api_delay: Duration,
+    /// a RabbitMQ fault, relative to the start of sending (AMQP scenarios)
+    pub rabbit: Option<(RabbitFault, Window)>,
 }
 
 impl Scenario {
@@ -72,6 +90,8 @@ impl Scenario {
             Scenario::Outage => "outage",
             Scenario::Enrich => "enrich",
             Scenario::EnrichSlowApi => "enrich-slow-api",
+            Scenario::RabbitmqRestart => "rabbitmq-restart",
+            Scenario::RabbitmqBlocked => "rabbitmq-blocked",
         }
     }
 
@@ -88,6 +108,7 @@ impl Scenario {
             outage: None,
             acl_ppm: 0,
             api_delay: Duration::ZERO,
+            rabbit: None,
         };
         match self {
             Scenario::Steady => base,
@@ -115,6 +136,26 @@ impl Scenario {
                 burst_rate: Some(15_000.0),
                 ..base
             },
+            Scenario::RabbitmqRestart | Scenario::RabbitmqBlocked => {
+                let d = duration.unwrap_or(secs(30));
+                let (fault, len) = if self == Scenario::RabbitmqRestart {
+                    (RabbitFault::Restart, secs(5).min(d / 3))
+                } else {
+                    (RabbitFault::Blocked, d / 3)
+                };
+                Plan {
+                    rate: Some(10_000.0),
+                    duration: d,
+                    rabbit: Some((
+                        fault,
+                        Window {
+                            start: (d - len) / 2,
+                            len,
+                        },
+                    )),
+                    ..base
+                }
+            }
             Scenario::Outage => {
                 let d = duration.unwrap_or(secs(60));
                 // 30 s of 503 in the middle; shorter runs get half their length
@@ -707,7 +748,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     // AMQP: a RabbitMQ of the run's own; the verifier consumes its queue.
     let mut rabbit = None;
     let mut consumer = None;
-    if opts.egress != Egress::Https {
+    let egress = match (opts.egress, plan.rabbit) {
+        (Egress::Https, Some(_)) => Egress::Amqp,
+        (e, _) => e,
+    };
+    if egress != Egress::Https {
         let r = crate::amqp::RabbitMq::start(&work.join("rabbitmq")).await?;
         consumer = Some(crate::amqp::consume(&r.url(), verifier.clone()).await?);
         rabbit = Some(r);
@@ -730,7 +775,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     if let Some(r) = &rabbit {
         let password_file = work.join("rabbit.password");
         std::fs::write(&password_file, crate::amqp::PASSWORD)?;
-        let message = if opts.egress == Egress::AmqpEvent {
+        let message = if egress == Egress::AmqpEvent {
             "event"
         } else {
             "batch"
@@ -816,6 +861,30 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             faults.outage(w.len);
         });
     }
+    // The RabbitMQ fault runs beside the senders: the node is killed and
+    // started again, or the alarm set and cleared, within the window.
+    let rabbit_fault = match (plan.rabbit, rabbit.take()) {
+        (Some((fault, w)), Some(mut r)) => Some(tokio::spawn(async move {
+            tokio::time::sleep(w.start).await;
+            let on = match fault {
+                RabbitFault::Restart => {
+                    r.kill();
+                    Ok(())
+                }
+                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0"]),
+            };
+            tokio::time::sleep(w.len).await;
+            let off = match fault {
+                RabbitFault::Restart => r.launch().await,
+                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0.4"]),
+            };
+            (r, on.and(off))
+        })),
+        (_, r) => {
+            rabbit = r;
+            None
+        }
+    };
 
     let pb = if opts.progress {
         let pb = ProgressBar::with_draw_target(
@@ -871,14 +940,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let send_s = send_start.elapsed().as_secs_f64();
 
     // drain: until everything expected arrived, or progress stops
+    if let Some(f) = rabbit_fault {
+        let (r, result) = f.await?;
+        result.context("the RabbitMQ fault")?;
+        rabbit = Some(r);
+    }
     let drain_start = Instant::now();
     let totals = send.totals();
     let mut last = verifier.delivered() + verifier.acl_records();
     // when the delivered count last grew (it may have stopped before now)
     let mut last_delivery = (last > 0).then(Instant::now);
-    let drain_timeout = match plan.outage {
-        Some(w) => opts.drain_timeout.max(w.len),
-        None => opts.drain_timeout,
+    let drain_timeout = match (plan.outage, plan.rabbit) {
+        (Some(w), _) | (None, Some((_, w))) => opts.drain_timeout.max(w.len),
+        (None, None) => opts.drain_timeout,
     };
     loop {
         let d = verifier.delivered() + verifier.acl_records();
@@ -924,7 +998,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let setup = Setup {
         scenario: opts.scenario.name().to_string(),
-        egress: opts.egress.name().to_string(),
+        egress: egress.name().to_string(),
         clusters: plan.clusters,
         nodes_per_cluster: plan.nodes,
         format: opts.format,
