@@ -102,6 +102,29 @@ async fn short_steady_over_amqp_loses_nothing() {
     assert_eq!(r.sink.requests, 0, "nothing went over HTTPS");
 }
 
+/// rabbitmq-restart, short: RabbitMQ killed (-9) mid-run and started again;
+/// every event arrives. (Not through `run`: two RabbitMQ starts can take
+/// longer than its time limit on a busy machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_loses_nothing() {
+    let r = loadgen::bench::run(BenchOptions {
+        scenario: Scenario::RabbitmqRestart,
+        duration: Some(Duration::from_secs(8)),
+        rate: Some(2_500.0),
+        progress: false,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.ok, "{}", r.render());
+    assert_eq!(r.setup.egress, "amqp");
+    assert!(
+        r.delivered > 0 && r.delivered == r.sent_expected && r.lost == 0,
+        "{}",
+        r.render()
+    );
+}
+
 async fn release(scenario: Scenario, format: Format, framing: Framing) {
     run(BenchOptions {
         scenario,
