@@ -494,6 +494,7 @@ fn protobuf_bodies_decode_with_protoc_to_every_field_of_the_json() {
     rmq.declare_exchange("pbx");
     let json_side = Consumer::start(&rmq, "pbx", "pbx-json", "pbj");
     let proto_side = Consumer::start(&rmq, "pbx", "pbx-proto", "pbp");
+    let proto_events = Consumer::start(&rmq, "pbx", "pbx-proto-events", "pbe");
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("rabbit.password");
     let extra = format!(
@@ -506,12 +507,25 @@ exchange = "pbx"
 username = "{USER}"
 password_file = "{pw}"
 encoding = "protobuf"
+[[targets]]
+name = "proto-events"
+url = "amqps://127.0.0.1:{port}/{VHOST}"
+ca_file = "{ca}"
+exchange = "pbx"
+username = "{USER}"
+password_file = "{pw}"
+encoding = "protobuf"
+message = "event"
 [[clusters]]
 name = "pbj"
 filer_id = 21
 [[clusters]]
 name = "pbp"
 target = "proto"
+filer_id = 21
+[[clusters]]
+name = "pbe"
+target = "proto-events"
 filer_id = 21
 "#,
         port = rmq.amqps_port,
@@ -520,7 +534,7 @@ filer_id = 21
     );
     let broker = Broker::start(&config(&rmq, dir.path(), "pbx", PASSWORD, &extra));
     // Creates, renames (new_path) and owner changes (owner), CSV and JSON.
-    for host in ["pbj-1", "pbp-1"] {
+    for host in ["pbj-1", "pbp-1", "pbe-1"] {
         let mut s = TcpStream::connect(broker.syslog).unwrap();
         for i in 0..90u64 {
             let id = file_id(1, i);
@@ -541,52 +555,65 @@ filer_id = 21
     }
     let json_got = json_side.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 90));
     let want = events_of(&json_got);
-    let proto_got = proto_side.wait(Duration::from_secs(60), |g| {
-        g.iter()
-            .map(|m| m.headers["events"].parse::<usize>().unwrap())
-            .sum::<usize>()
-            >= 90
-    });
-    let mut seen = BTreeSet::new();
-    for m in &proto_got {
-        assert_eq!(m.content_type, "application/x-protobuf");
-        let path = dir.path().join("body.bin");
-        std::fs::write(&path, &m.body).unwrap();
-        let out = std::process::Command::new("protoc")
-            .args([
-                "--proto_path=proto",
-                "--decode=qbroker.varonis.v1.Batch",
-                "proto/qbroker.proto",
-            ])
-            .stdin(std::fs::File::open(&path).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let batch = parse_text(&String::from_utf8(out.stdout).unwrap());
-        let envelope: Value = serde_json::json!({
-            "schema": "qbroker.varonis.v1", "batch_id": m.message_id, "cluster": "pbp", "filer_id": 21,
+    // Per batch and per event: every message decoded by protoc, every field
+    // compared with the JSON form of the same event.
+    for (side, cluster, per_event) in [(&proto_side, "pbp", false), (&proto_events, "pbe", true)] {
+        let got = side.wait(Duration::from_secs(60), |g| {
+            g.iter()
+                .map(|m| m.headers["events"].parse::<usize>().unwrap())
+                .sum::<usize>()
+                >= 90
         });
-        for (k, v) in envelope.as_object().unwrap() {
-            same(k, v, batch.get(k));
-        }
-        for e in batch.get("events").unwrap() {
-            let Text::Message(fields) = e else { panic!() };
-            let Some(Text::Scalar(fid)) = fields.get("file_id").map(|v| &v[0]) else {
-                panic!("file_id")
+        let mut seen = BTreeSet::new();
+        for m in &got {
+            assert_eq!(m.content_type, "application/x-protobuf");
+            let path = dir.path().join("body.bin");
+            std::fs::write(&path, &m.body).unwrap();
+            let out = std::process::Command::new("protoc")
+                .args([
+                    "--proto_path=proto",
+                    "--decode=qbroker.varonis.v1.Batch",
+                    "proto/qbroker.proto",
+                ])
+                .stdin(std::fs::File::open(&path).unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let batch = parse_text(&String::from_utf8(out.stdout).unwrap());
+            let batch_id = if per_event {
+                m.message_id.rsplit_once('-').unwrap().0.to_string()
+            } else {
+                m.message_id.clone()
             };
-            let key = identity(&serde_json::json!({ "file_id": fid }));
-            seen.insert(key);
-            // The JSON form of the same event, from the other cluster.
-            let mut json = want[&key].clone();
-            json["node"] = Value::String("pbp-1".to_string());
-            same("event", &json, Some(&vec![e.clone()]));
+            let envelope: Value = serde_json::json!({
+                "schema": "qbroker.varonis.v1", "batch_id": batch_id, "cluster": cluster, "filer_id": 21,
+            });
+            for (k, v) in envelope.as_object().unwrap() {
+                same(k, v, batch.get(k));
+            }
+            let events = batch.get("events").unwrap();
+            if per_event {
+                assert_eq!(events.len(), 1, "one event per message");
+            }
+            for e in events {
+                let Text::Message(fields) = e else { panic!() };
+                let Some(Text::Scalar(fid)) = fields.get("file_id").map(|v| &v[0]) else {
+                    panic!("file_id")
+                };
+                let key = identity(&serde_json::json!({ "file_id": fid }));
+                seen.insert(key);
+                // The JSON form of the same event, from the JSON cluster.
+                let mut json = want[&key].clone();
+                json["node"] = Value::String(format!("{cluster}-1"));
+                same("event", &json, Some(&vec![e.clone()]));
+            }
         }
+        assert_eq!(seen.len(), 90, "{cluster}: every event, decoded");
     }
-    assert_eq!(seen.len(), 90, "every event, decoded");
     broker.stop();
 }
 
