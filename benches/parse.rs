@@ -155,6 +155,7 @@ fn bench(c: &mut Criterion) {
         let ctx = FrameCtx {
             seq: i as u64,
             received_unix_ms: 1_769_523_200_000,
+            conn: None,
         };
         if let Ok(qbroker::parse::Outcome::Event(_)) = convert(f, &ctx, &filter, &mut out) {
             kept += 1;
@@ -175,6 +176,7 @@ fn bench(c: &mut Criterion) {
             let ctx = FrameCtx {
                 seq: i as u64,
                 received_unix_ms: 1_769_523_200_000,
+                conn: None,
             };
             let _ = black_box(convert(black_box(f), &ctx, &filter, out));
         }
@@ -221,6 +223,7 @@ fn bench(c: &mut Criterion) {
             let ctx = FrameCtx {
                 seq: 1,
                 received_unix_ms: 1_769_523_200_000,
+                conn: None,
             };
             b.iter(|| {
                 out.clear();

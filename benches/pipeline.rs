@@ -109,6 +109,7 @@ fn chunk_outs(core: &Arc<GenCore>, chunks: usize) -> Vec<ChunkOut> {
                 let ctx = FrameCtx {
                     seq: i as u64,
                     received_unix_ms: 1_769_523_200_000,
+                    conn: None,
                 };
                 match convert(f, &ctx, &filter, &mut out.events) {
                     Ok(Outcome::Event(_)) => out.ends.push(out.events.len() as u32),
@@ -166,6 +167,7 @@ fn batch(c: &mut Criterion) {
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(200),
             idle_seal: None,
+            idle_seal_min_events: 1,
         },
         Arc::new(qbroker::batch::OneRoute(qbroker::batch::Route {
             target: Arc::from("bench"),

@@ -461,6 +461,14 @@ impl Batcher {
         true
     }
 
+    /// Nothing waits here: no chunk kept aside, no open batch, no event held
+    /// for an enrichment. (With no reader left and nothing at the gate, the
+    /// cluster can be forgotten.)
+    pub fn is_idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.pending.is_empty() && st.open.is_none() && st.order.idle()
+    }
+
     /// How long the open batch has been open; `None` with no open batch, or
     /// while the batcher is busy.
     fn open_age(&self) -> Option<Duration> {
@@ -469,7 +477,9 @@ impl Batcher {
     }
 
     /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
-    /// target has a request slot free. Skips a batcher that is busy.
+    /// target has a request slot free and the batch holds at least
+    /// `idle_seal_min_events` events (so that a light load does not become one
+    /// request per event). Skips a batcher that is busy.
     fn seal_if_due(&self) {
         let Ok(mut st) = self.state.try_lock() else {
             return;
@@ -480,7 +490,9 @@ impl Batcher {
             age >= limits.max_age
                 || limits.idle_seal.is_some_and(|idle| {
                     let route = &o.routed.route;
-                    age >= idle && route.spool.unacked_records() < route.lanes as u64
+                    age >= idle
+                        && o.events >= limits.idle_seal_min_events
+                        && route.spool.unacked_records() < route.lanes as u64
                 })
         });
         if due {
@@ -884,6 +896,11 @@ pub trait Router: Send + Sync {
     ) -> Option<Arc<Batcher>>;
     /// Stop the age sealers (shutdown).
     fn stop_sealers(&self);
+    /// Forget `batcher`, the one attached for `cluster` (an idle cluster that
+    /// ingest forgets): its route and its sealer go.
+    fn detach(&self, cluster: &str, batcher: &Arc<Batcher>);
+    /// Whether `cluster` is configured or registered (never refused for room).
+    fn is_known(&self, cluster: &str) -> bool;
 }
 
 /// A router that sends every cluster to one route, with no age sealer (benches
@@ -900,6 +917,12 @@ impl Router for OneRoute {
     }
 
     fn stop_sealers(&self) {}
+
+    fn detach(&self, _cluster: &str, _batcher: &Arc<Batcher>) {}
+
+    fn is_known(&self, _cluster: &str) -> bool {
+        false
+    }
 }
 
 /// Every batcher, and the router that gives each its target.
@@ -945,6 +968,25 @@ impl Batches {
         let b = self.router.attach(&cluster, &mut make)?;
         lock(&self.all).push(b.clone());
         Some(b)
+    }
+
+    /// Forget an idle cluster's batcher (see [`Batcher::is_idle`]) and give its
+    /// gate slot back; a batcher that is no longer idle is kept and false
+    /// returned.
+    pub fn forget(&self, b: &Arc<Batcher>) -> bool {
+        let mut all = lock(&self.all);
+        if !b.is_idle() || !b.gate.unregister(b.gate_id) {
+            return false;
+        }
+        all.retain(|x| !Arc::ptr_eq(x, b));
+        drop(all);
+        self.router.detach(b.cluster(), b);
+        true
+    }
+
+    /// Whether `cluster` is configured or registered.
+    pub fn is_known(&self, cluster: &str) -> bool {
+        self.router.is_known(cluster)
     }
 
     /// Enrich the metadata changes of the clusters `enricher` has a link for
@@ -997,7 +1039,7 @@ mod tests {
         max_events: usize,
         max_bytes: usize,
     ) -> (Batcher, Arc<Spool>) {
-        batcher_with(dir, max_events, max_bytes, None)
+        batcher_with(dir, max_events, max_bytes, None, 1)
     }
 
     /// A spool in `dir` that never fsyncs.
@@ -1015,6 +1057,7 @@ mod tests {
         max_events: usize,
         max_bytes: usize,
         idle_seal: Option<Duration>,
+        idle_seal_min_events: u32,
     ) -> (Batcher, Arc<Spool>) {
         let spool = test_spool(dir);
         let limits = BatchConfig {
@@ -1022,6 +1065,7 @@ mod tests {
             max_bytes,
             max_age: Duration::from_millis(50),
             idle_seal,
+            idle_seal_min_events,
         };
         let m = Metrics::new();
         let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
@@ -1143,7 +1187,7 @@ mod tests {
     #[test]
     fn a_batch_leaves_early_while_the_target_has_a_free_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)));
+        let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)), 1);
         b.submit(chunk(0, &["{}"]));
         std::thread::sleep(Duration::from_millis(8));
         b.seal_if_due();
@@ -1154,6 +1198,30 @@ mod tests {
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 1, "no slot free: it waits");
         std::thread::sleep(Duration::from_millis(50));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
+    }
+
+    /// Light load: a batch with fewer than `idle_seal_min_events` events does
+    /// not leave early even with a slot free; it waits for `max_age`, so a
+    /// trickle of events is not one request each.
+    #[test]
+    fn a_small_batch_waits_for_max_age_even_with_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)), 3);
+        b.submit(chunk(0, &["{}", "{}"]));
+        std::thread::sleep(Duration::from_millis(10));
+        b.seal_if_due();
+        assert_eq!(spool.stats().appended_records, 0, "2 events: it waits");
+        b.submit(chunk(1, &["{}"]));
+        b.seal_if_due();
+        assert_eq!(
+            spool.stats().appended_records,
+            1,
+            "3 events: it leaves early"
+        );
+        b.submit(chunk(2, &["{}"]));
+        std::thread::sleep(Duration::from_millis(60));
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
     }
@@ -1170,6 +1238,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(60),
             idle_seal: Some(Duration::from_millis(10)),
+            idle_seal_min_events: 1,
         };
         let m = Metrics::new();
         let gate = Arc::new(Gate::new(1 << 20, 1 << 30));

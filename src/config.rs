@@ -119,9 +119,17 @@ pub struct RawIngest {
     /// How long a new connection may take to send its first complete frame, which
     /// tells its cluster. Default 60.
     pub first_frame_timeout_secs: u64,
-    /// Clusters (supervisors) at most; connections of further clusters are closed
-    /// and counted. Default 1000.
+    /// Clusters known only by their HOSTNAME (not in `[[clusters]]`, not
+    /// registered) held at once; a connection of a further one is closed and
+    /// counted unless an idle one can be forgotten to make room. Configured and
+    /// registered clusters never count and are never refused. Default 1000.
     pub max_clusters: usize,
+    /// A cluster known only by its HOSTNAME with no connection, nothing in the
+    /// queue and nothing in an open batch for this long is forgotten: its
+    /// supervisor, batcher and metric series go (its spooled batches stay and
+    /// are delivered). If it connects again it starts afresh (`seq` from 0).
+    /// Default 600.
+    pub forget_idle_cluster_secs: u64,
     /// Connections held at once from one source address (IPv6: one /64); further
     /// ones are closed at once and counted. A Qumulo node holds one; a relay one
     /// per node it forwards. Default 128.
@@ -156,6 +164,7 @@ impl Default for RawIngest {
             read_buffer_bytes: 64 * 1024,
             first_frame_timeout_secs: 60,
             max_clusters: 1000,
+            forget_idle_cluster_secs: 600,
             max_connections_per_source: 128,
             frame_timeout_secs: 30,
             max_oversize_frame_bytes: 1024 * 1024,
@@ -272,7 +281,17 @@ pub struct RawBatch {
     /// batches fill up while the target is busy and leave at once while it is
     /// not, which keeps latency low below full load. 0 disables. Default 20.
     pub idle_seal_ms: u64,
+    /// Events a batch must hold to be sealed early (`idle_seal_ms`); a batch
+    /// with fewer waits for `max_events`, `max_bytes` or `max_age_ms`. Bounds
+    /// the request rate at light load: each cluster then sends at most one
+    /// request per `max_age_ms` (5 per second with the defaults), where with 1
+    /// it sent one per event. At most `max_events`. Default 100 (or
+    /// `max_events` when that is smaller).
+    pub idle_seal_min_events: Option<usize>,
 }
+
+/// `batch.idle_seal_min_events` when not set (or `max_events` if smaller).
+pub const DEFAULT_IDLE_SEAL_MIN_EVENTS: usize = 100;
 
 impl Default for RawBatch {
     fn default() -> Self {
@@ -281,6 +300,7 @@ impl Default for RawBatch {
             max_bytes: 1024 * 1024,
             max_age_ms: 200,
             idle_seal_ms: 20,
+            idle_seal_min_events: None,
         }
     }
 }
@@ -323,6 +343,11 @@ pub struct RawDeadLetter {
     pub dir: Option<PathBuf>,
     /// Size at which the bad-frame file is rotated (one old file kept), in bytes. Default 104857600.
     pub max_file_bytes: u64,
+    /// Bytes of refused batches kept under `batches/`, at most. Past it a
+    /// target that refuses another batch is paused (the batch stays in its
+    /// spool and is retried) rather than anything dropped; `qbroker replay`
+    /// or removing files makes room. Default 1073741824.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for RawDeadLetter {
@@ -330,6 +355,7 @@ impl Default for RawDeadLetter {
         RawDeadLetter {
             dir: None,
             max_file_bytes: 100 * 1024 * 1024,
+            max_batch_bytes: 1 << 30,
         }
     }
 }
@@ -912,6 +938,10 @@ impl RawConfig {
                 ingest.first_frame_timeout_secs,
             )?),
             max_clusters: ingest.max_clusters,
+            forget_idle_cluster: Duration::from_secs(positive_u64(
+                "ingest.forget_idle_cluster_secs",
+                ingest.forget_idle_cluster_secs,
+            )?),
         };
 
         let syslog_tls = validate_syslog_tls(&self.syslog_tls)?;
@@ -959,7 +989,18 @@ impl RawConfig {
         if b.max_bytes < 4096 || b.max_bytes > 64 * 1024 * 1024 {
             return Err(invalid("batch.max_bytes", "must be 4096 to 67108864"));
         }
+        let idle_seal_min_events = match b.idle_seal_min_events {
+            None => DEFAULT_IDLE_SEAL_MIN_EVENTS.min(b.max_events),
+            Some(n) if n == 0 || n > b.max_events => {
+                return Err(invalid(
+                    "batch.idle_seal_min_events",
+                    "must be 1 to batch.max_events",
+                ))
+            }
+            Some(n) => n,
+        };
         let batch = BatchConfig {
+            idle_seal_min_events: idle_seal_min_events.min(u32::MAX as usize) as u32,
             max_events: b.max_events,
             max_bytes: b.max_bytes,
             max_age: Duration::from_millis(positive_u64("batch.max_age_ms", b.max_age_ms)?),
@@ -1004,6 +1045,7 @@ impl RawConfig {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("dead-letter")),
             max_file_bytes: self.dead_letter.max_file_bytes.max(4096),
+            max_batch_bytes: self.dead_letter.max_batch_bytes,
         };
 
         let mut targets = Vec::with_capacity(self.targets.len());
@@ -2442,6 +2484,7 @@ pub struct IngestConfig {
     pub read_buffer_bytes: usize,
     pub first_frame_timeout: Duration,
     pub max_clusters: usize,
+    pub forget_idle_cluster: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -2457,8 +2500,10 @@ pub struct BatchConfig {
     pub max_events: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
-    /// Seal at this age when the target has a free request slot.
+    /// Seal at this age when the target has a free request slot...
     pub idle_seal: Option<Duration>,
+    /// ...and the batch holds at least this many events.
+    pub idle_seal_min_events: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -2473,6 +2518,7 @@ pub struct SpoolConfig {
 pub struct DeadLetterConfig {
     pub dir: PathBuf,
     pub max_file_bytes: u64,
+    pub max_batch_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -20,7 +21,25 @@ use crate::config::DeadLetterConfig;
 pub struct DeadLetters {
     dir: PathBuf,
     max_file_bytes: u64,
+    max_batch_bytes: u64,
+    /// Bytes of the files under `batches/` (counted at open, then kept).
+    batch_bytes: AtomicU64,
     frames: Mutex<FrameFile>,
+}
+
+/// Bytes of the regular files under `dir`, recursively (0 when missing).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 struct FrameFile {
@@ -85,8 +104,20 @@ impl DeadLetters {
         Ok(DeadLetters {
             dir: cfg.dir.clone(),
             max_file_bytes: cfg.max_file_bytes,
+            max_batch_bytes: cfg.max_batch_bytes,
+            batch_bytes: AtomicU64::new(dir_bytes(&cfg.dir.join("batches"))),
             frames: Mutex::new(FrameFile { out: None, written }),
         })
+    }
+
+    /// Where refused batches are kept: `<dir>/batches/<target>/`.
+    pub fn batches_dir(&self) -> PathBuf {
+        self.dir.join("batches")
+    }
+
+    /// Bytes of refused batches kept now.
+    pub fn batch_bytes(&self) -> u64 {
+        self.batch_bytes.load(Ordering::Relaxed)
     }
 
     pub fn frames_path(&self) -> PathBuf {
@@ -150,6 +181,16 @@ impl DeadLetters {
         response: &str,
         body: &[u8],
     ) -> io::Result<PathBuf> {
+        let held = self.batch_bytes.load(Ordering::Relaxed);
+        if held + body.len() as u64 > self.max_batch_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the dead-letter directory holds {held} bytes of refused batches, at its cap (dead_letter.max_batch_bytes = {}): replay them (qbroker replay) or remove them",
+                    self.max_batch_bytes
+                ),
+            ));
+        }
         let dir = self.dir.join("batches").join(target);
         create_private_dir(&dir)?;
         // The batch id is ours (a UUID), but a record read back from disk is
@@ -178,9 +219,13 @@ impl DeadLetters {
             response,
             time_unix_ms: crate::metrics::unix_ms(),
         };
+        let meta = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
         let mut m = open_private(&dir.join(format!("{name}.meta.json")))?;
         m.set_len(0)?;
-        m.write_all(&serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?)?;
+        m.write_all(&meta)?;
+        m.sync_all()?;
+        self.batch_bytes
+            .fetch_add((body.len() + meta.len()) as u64, Ordering::Relaxed);
         Ok(path)
     }
 }
@@ -195,6 +240,7 @@ mod tests {
         let dl = DeadLetters::open(&DeadLetterConfig {
             dir: dir.path().join("dl"),
             max_file_bytes: 4096,
+            max_batch_bytes: 1 << 20,
         })
         .unwrap();
         for seq in 0..100 {

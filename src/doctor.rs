@@ -162,6 +162,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
         syslog_port(cfg, opts.timeout).await
     };
     let mut checks = vec![port, spool_disk(cfg)];
+    checks.extend(spool_losses(&cfg.spool.dir));
     let targets = futures_util::future::join_all(cfg.targets.iter().enumerate().map(|(i, t)| {
         // A cluster routed to the target, for an AMQP target's routing key.
         let cluster = cfg
@@ -338,6 +339,62 @@ fn spool_disk(cfg: &Config) -> Check {
             format!("{detail}: a long outage would fill the disk before the cap; lower [spool] max_bytes or grow the disk"),
         )
     }
+}
+
+/// Per spool directory, the batches a start found missing (the spool's
+/// `missing.log`): a fail row each, or one pass row when no spool lost any.
+fn spool_losses(dir: &Path) -> Vec<Check> {
+    let mut rows = Vec::new();
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    for d in dirs {
+        let file = d.join(crate::spool::MISSING_FILE);
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let missing: u64 = lines
+            .iter()
+            .filter_map(|l| {
+                l.split("missing=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        let name = d
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        rows.push(row(
+            &format!("target {name}"),
+            "spool integrity",
+            Status::Fail,
+            format!(
+                "{missing} spooled batch(es) found missing at {} start(s), last: {}; they cannot be sent. See {} and the log; remove the file once handled",
+                lines.len(),
+                lines.last().copied().unwrap_or(""),
+                file.display()
+            ),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push(row(
+            "host",
+            "spool integrity",
+            Status::Pass,
+            "no spool found batches missing at start",
+        ));
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------

@@ -30,7 +30,8 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
-//! [`model`] (types that cross stages), [`sync`] (the hand-written
+//! [`model`] (types that cross stages), [`replay`] (refused batches back
+//! from the dead-letter directory into their spool), [`sync`] (the hand-written
 //! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
 //! doctor`: checks of the clusters, the targets and the host).
 //!
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod pool;
+pub mod replay;
 pub mod spool;
 pub mod stdin;
 pub mod store;
@@ -371,6 +373,9 @@ pub async fn run_input(
         grace_secs = cfg.shutdown_grace.as_secs(),
         "shutting down: no more reading; draining"
     );
+    // What is in memory goes to disk even past a spool's cap: a target that is
+    // away must not turn a restart into a loss of the work queue.
+    targets.lift_caps();
     // Should a spool stay unavailable past the deadline, stop waiting on it.
     let watchdog = {
         let batches = batches.clone();
@@ -402,7 +407,7 @@ pub async fn run_input(
     if drained.is_err() {
         error!("draining the pipeline panicked");
     }
-    let delivered_everything = targets.finish(deadline).await;
+    let finished = targets.finish(deadline).await;
     watchdog.abort();
     if let Err(err) = dead_letters.flush() {
         warn!(error = %err, "cannot flush the dead-letter file");
@@ -425,7 +430,25 @@ pub async fn run_input(
     if let Some(store) = &store {
         store.close().await;
     }
-    info!(delivered_everything, "qbroker stopped");
+    // The last line tells the truth: what was delivered, what waits in the
+    // spools for the next start, and what was lost (only a spool that could not
+    // be written until the grace period ended loses anything).
+    let lost_events: u64 = metrics.clusters().iter().map(|c| c.events_lost.get()).sum();
+    if lost_events > 0 {
+        error!(
+            delivered_everything = false,
+            spooled_batches = finished.batches_left,
+            lost_events,
+            "qbroker stopped; events were lost (see the errors above)"
+        );
+    } else {
+        info!(
+            delivered_everything = finished.delivered,
+            spooled_batches = finished.batches_left,
+            lost_events,
+            "qbroker stopped"
+        );
+    }
     Ok(())
 }
 
@@ -475,7 +498,7 @@ impl Source {
 
 /// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
 /// share a spool: the spool assumes one writer.
-fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+pub(crate) fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
     let path = dir.join("qbroker.lock");
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).truncate(false).write(true);

@@ -41,6 +41,30 @@ enum Command {
     /// TLS, a test POST) and this host (syslog port, spool disk); exit 1 if
     /// any check fails.
     Doctor(Box<DoctorArgs>),
+    /// Put batches a target refused for good (the dead-letter directory's
+    /// batches/) back into their target's spool, to be sent again once the
+    /// cause is fixed; run it with the broker stopped.
+    Replay(Box<ReplayArgs>),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// TOML configuration file.
+    #[arg(long, short, default_value = "/etc/qbroker/qbroker.toml")]
+    config: PathBuf,
+    /// Only this target's batches (`[[targets]] name`, or `@<cluster>` for a
+    /// registered one).
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+    /// Only batches refused at or after this time (RFC 3339 or Unix seconds).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only batches refused before this time (RFC 3339 or Unix seconds).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// List what would be replayed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -162,6 +186,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file).map(|()| ExitCode::SUCCESS),
         Command::Stdin(args) => stdin(*args),
         Command::Doctor(args) => doctor(*args),
+        Command::Replay(args) => replay(*args),
     };
     match result {
         Ok(code) => code,
@@ -368,10 +393,12 @@ fn stdin_once(
     timeout_secs: u64,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Read as _;
-    let mut text = String::new();
+    let mut raw = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut raw)
         .context("cannot read stdin")?;
+    // As on the TCP path: invalid UTF-8 sequences become U+FFFD, the rest stands.
+    let text = String::from_utf8_lossy(&raw);
     let records = qbroker::stdin::records(&text);
     if records.is_empty() {
         anyhow::bail!(
@@ -463,6 +490,60 @@ impl std::io::Write for SharedOut {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let cfg = RawConfig::load(&args.config)
+        .and_then(|raw| raw.validate())
+        .with_context(|| format!("{}", args.config.display()))?;
+    let time = |what: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
+        v.as_deref()
+            .map(|s| {
+                qbroker::replay::parse_time(s).with_context(|| {
+                    format!("--{what} {s:?}: give RFC 3339 (2026-12-01T10:00:00Z) or Unix seconds")
+                })
+            })
+            .transpose()
+    };
+    let opts = qbroker::replay::Options {
+        target: args.target,
+        since_unix_ms: time("since", &args.since)?,
+        until_unix_ms: time("until", &args.until)?,
+        dry_run: args.dry_run,
+    };
+    let items = qbroker::replay::replay(&cfg, &opts)?;
+    let events: u64 = items.iter().map(|i| u64::from(i.events)).sum();
+    for i in &items {
+        println!(
+            "{} target {} batch {} cluster {} events {} refused with {} at {}",
+            if i.replayed {
+                "replayed"
+            } else {
+                "would replay"
+            },
+            i.target,
+            i.batch_id,
+            i.cluster,
+            i.events,
+            i.status,
+            i.time_unix_ms
+        );
+    }
+    let verb = if opts.dry_run {
+        "would be put back"
+    } else {
+        "put back"
+    };
+    println!(
+        "{} batch(es), {events} event(s) {verb} into their spools{}",
+        items.len(),
+        if opts.dry_run || items.is_empty() {
+            ""
+        } else {
+            "; start the broker to send them"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {

@@ -23,7 +23,7 @@ use crate::batch::ChunkOut;
 use crate::deadletter::DeadLetters;
 use crate::metrics::{Metrics, RateLimit, Tally};
 use crate::model::Chunk;
-use crate::parse::{self, EventInfo, FrameCtx, Hint, Outcome, ParseError};
+use crate::parse::{self, ConnNode, EventInfo, FrameCtx, Hint, Outcome, ParseError};
 
 /// The conversion of one frame: [`parse::convert_with_info`], or a stand-in in tests.
 type Convert = fn(
@@ -206,9 +206,14 @@ fn convert_frame(
     wrote_dead_letter: &mut bool,
 ) {
     let frame = chunk.frame(i);
+    let conn = ConnNode {
+        node: &chunk.node,
+        cluster: &chunk.cluster.name,
+    };
     let fctx = FrameCtx {
         seq: chunk.seq_base + i as u64,
         received_unix_ms: (chunk.received_unix_us / 1000) as i64,
+        conn: Some(&conn),
     };
     let mark = out.events.len();
     if !out.ends.is_empty() {
@@ -322,6 +327,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
                 idle_seal: None,
+                idle_seal_min_events: 1,
             },
             Arc::new(crate::batch::OneRoute(crate::batch::Route {
                 target: Arc::from("t"),
@@ -372,6 +378,7 @@ mod tests {
                 DeadLetters::open(&DeadLetterConfig {
                     dir: dir.path().join("dl"),
                     max_file_bytes: 1 << 20,
+                    max_batch_bytes: 1 << 20,
                 })
                 .unwrap(),
             ),

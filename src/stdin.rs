@@ -33,7 +33,9 @@
 //!   rsyslog sends the transaction again (at-least-once: a copy may follow);
 //! - without transactions, each message -> `OK` once it is in the write-ahead
 //!   file (below): it outlives a crash of qbroker, and is fsynced in the spool
-//!   by a commit within a second. rsyslog waits for each answer before it
+//!   by a commit within a second. With `spool.fsync = "always"` the file is
+//!   fsynced before the `OK`, so that the message outlives a power cut too
+//!   (with `interval`, a power cut may lose the last second of them). rsyslog waits for each answer before it
 //!   sends the next message, so each message becomes a chunk of its own.
 //!   Prefer transactions: one barrier (seal, append, one fsync) per rsyslog
 //!   batch (`queue.dequeueBatchSize`), and batches as large as rsyslog's.
@@ -44,8 +46,9 @@
 //! that failed, with the new program; the messages the dead one had answered
 //! `DEFER_COMMIT` are not sent again (rsyslog's action.c, `doTransaction`). So
 //! the feed writes every message to a write-ahead file, `<spool.dir>/stdin.wal`,
-//! before it answers (a `write(2)`, no fsync: it must outlive the process, and
-//! the commit fsyncs the spool), empties it once a commit made its messages
+//! before it answers (a `write(2)`: it must outlive the process, and the commit
+//! fsyncs the spool; outside a transaction with `fsync = "always"` an fsync
+//! too, since no commit follows the `OK`), empties it once a commit made its messages
 //! durable, and at start feeds back whatever a dead predecessor left in it.
 //! What a crash costs is then a copy (a message both replayed and sent again),
 //! never a loss. Outside transactions the file is emptied by a commit of its
@@ -404,12 +407,16 @@ impl Wal {
         ))
     }
 
-    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+    /// Append one line; with `sync`, also fsync it (`fdatasync`).
+    fn append(&mut self, line: &[u8], sync: bool) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line);
         buf.push(b'\n');
         self.file.write_all(&buf)?;
         self.bytes += buf.len() as u64;
+        if sync {
+            self.file.sync_data()?;
+        }
         Ok(())
     }
 
@@ -547,9 +554,14 @@ impl Feeder {
             }
             return false;
         }
+        // Outside a transaction the `OK` below is the only answer the message
+        // gets: with `fsync = "always"` it must outlive a power cut too, so the
+        // write-ahead file is synced first (one fsync per message, as the
+        // spool's own with `always`; in a transaction the commit's suffices).
+        let sync = !self.in_transaction && self.p.config.spool.fsync == Fsync::Always;
         if let Some(wal) = self.wal.as_mut() {
             if !line.iter().all(u8::is_ascii_whitespace) {
-                if let Err(err) = wal.append(&line) {
+                if let Err(err) = wal.append(&line, sync) {
                     // Not kept, so not answered as received: rsyslog retries it.
                     error!(error = %err, path = %wal.path.display(), "stdin feed: cannot write the write-ahead file");
                     self.reply
@@ -590,7 +602,9 @@ impl Feeder {
         let host = parse::frame_hostname(frame);
         let (name, _, _) = route(&cfg, host);
         if !self.clusters.contains_key(name.as_str()) {
-            if self.clusters.len() >= cfg.ingest.max_clusters {
+            if self.clusters.len() >= cfg.ingest.max_clusters
+                && !self.p.batches.is_known(name.as_str())
+            {
                 self.unroutable(&name, host.unwrap_or("-"), frame, "too many clusters");
                 return;
             }
@@ -941,6 +955,7 @@ pub fn explain(cfg: &Config, record: &str) -> Explanation {
     let ctx = FrameCtx {
         seq: 0,
         received_unix_ms: unix_ms(),
+        conn: None,
     };
     let mut out = Vec::new();
     let mut info = EventInfo::default();

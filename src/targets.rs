@@ -99,6 +99,17 @@ struct State {
     registry: BTreeMap<String, Registration>,
     clusters: BTreeMap<Arc<str>, Attached>,
     stopped: bool,
+    /// Shutting down: spools opened from now on take appends past their cap.
+    uncapped: bool,
+}
+
+/// How the targets ended at shutdown ([`Targets::finish`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// Every spooled batch was delivered.
+    pub delivered: bool,
+    /// Batches still in the spools, sent at the next start.
+    pub batches_left: u64,
 }
 
 /// A running target, as the API shows it.
@@ -508,6 +519,9 @@ impl Targets {
                     if st.stopped {
                         return Err(Invalid("shutting down".to_string()));
                     }
+                    if st.uncapped {
+                        live.spool.lift_cap();
+                    }
                     st.live.insert(name.clone(), live);
                 }
             }
@@ -696,10 +710,25 @@ impl Targets {
             .collect()
     }
 
+    /// Shutdown, first step: every spool takes appends past its cap from now
+    /// on, so that draining the work queue and sealing the open batches never
+    /// waits on a target that is away (nor loses what is in memory when the
+    /// grace period ends). See [`Spool::lift_cap`].
+    pub fn lift_caps(&self) {
+        let spools: Vec<Arc<Spool>> = {
+            let mut st = lock(&self.state);
+            st.uncapped = true;
+            st.live.values().map(|l| l.spool.clone()).collect()
+        };
+        for spool in spools {
+            spool.lift_cap();
+        }
+    }
+
     /// Shutdown, after the batches were flushed: no more changes; close every
-    /// spool, let the lanes deliver until `deadline`, and sync. Whether
-    /// everything was delivered.
-    pub async fn finish(&self, deadline: tokio::time::Instant) -> bool {
+    /// spool, let the lanes deliver until `deadline`, and sync. What was
+    /// delivered and what stays in the spools for the next start.
+    pub async fn finish(&self, deadline: tokio::time::Instant) -> Finished {
         let lives: Vec<(String, Live)> = {
             let mut st = lock(&self.state);
             st.stopped = true;
@@ -714,12 +743,17 @@ impl Targets {
             finishing.push(live.egress.finish(deadline));
         }
         let finished = futures_util::future::join_all(finishing).await;
+        let mut batches_left = 0;
         for (name, spool) in &spools {
             if let Err(err) = spool.sync() {
                 error!(target = %name, error = %err, "cannot sync the spool");
             }
+            batches_left += spool.stats().unacked_records;
         }
-        finished.iter().all(|d| *d)
+        Finished {
+            delivered: finished.iter().all(|d| *d) && batches_left == 0,
+            batches_left,
+        }
     }
 
     /// The REST APIs of the applied registrations, by cluster.
@@ -829,6 +863,26 @@ impl Router for Targets {
         for live in st.live.values() {
             live.sealer.stop();
         }
+    }
+
+    fn detach(&self, cluster: &str, batcher: &Arc<Batcher>) {
+        let mut st = lock(&self.state);
+        let Some(a) = st.clusters.get(cluster) else {
+            return;
+        };
+        if !Arc::ptr_eq(&a.batcher, batcher) {
+            return;
+        }
+        let target = a.target.clone();
+        st.clusters.remove(cluster);
+        if let Some(live) = st.live.get(&target) {
+            live.sealer.remove(batcher);
+        }
+    }
+
+    fn is_known(&self, cluster: &str) -> bool {
+        self.cfg.cluster_named(cluster).is_some()
+            || lock(&self.state).registry.contains_key(cluster)
     }
 }
 

@@ -969,3 +969,131 @@ fn registered_rest_credentials_enrich_a_connected_cluster() {
     assert!(qumulo.logins() >= 1);
     broker.stop();
 }
+
+/// Registrations sent all at once never pass `api.max_targets`, and none is
+/// refused for a reason other than the limit (no 503 from the id allocator).
+#[test]
+fn concurrent_registrations_stop_at_max_targets() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(
+        &sink,
+        dir.path(),
+        &api_config("max_targets = 4"),
+    ));
+    let (addr, data_dir) = (broker.api.unwrap(), broker.data_dir.clone());
+    let ca = std::fs::read_to_string(&sink.ca_file).unwrap();
+    let url = sink.url();
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let (data_dir, ca, url) = (data_dir.clone(), ca.clone(), url.clone());
+            std::thread::spawn(move || {
+                let api = Api::at(addr, &data_dir);
+                api.admin(
+                    "POST",
+                    "/v1/targets",
+                    Some(
+                        &json!({"cluster_name": format!("c{i}"), "url": url, "ca_certificate": ca}),
+                    ),
+                )
+                .status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [[201; 4].as_slice(), &[409; 8]].concat());
+    let api = Api::new(&broker);
+    let listed = api.admin("GET", "/v1/targets", None);
+    assert_eq!(listed.body.as_array().unwrap().len(), 4);
+    broker.stop();
+}
+
+/// The OpenAPI document and the router agree, asked of the running server:
+/// every documented path and method is served (neither 404 nor 405), and
+/// every other method on those paths is 405 with an `Allow` header that lists
+/// exactly the documented ones.
+#[test]
+fn the_router_serves_exactly_what_openapi_documents() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&config_text(&sink, dir.path(), &api_config("")));
+    let api = Api::new(&broker);
+    let doc = api.call("GET", "/openapi.json", &[], None).body;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 9, "{paths:?}");
+    let all = ["GET", "POST", "PATCH", "DELETE", "PUT"];
+    for (path, ops) in paths {
+        let concrete = path.replace("{cluster_name}", "nosuch");
+        let mut documented: Vec<String> = ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.to_uppercase())
+            .filter(|k| all.contains(&k.as_str()))
+            .collect();
+        documented.sort();
+        for method in all {
+            let body = (method == "POST" || method == "PATCH").then(|| json!({}));
+            let r = api.admin(method, &concrete, body.as_ref());
+            if documented.iter().any(|m| m == method) {
+                assert!(
+                    r.status != 404 || r.body["detail"] != "Not Found",
+                    "{method} {path}: not routed ({})",
+                    r.body
+                );
+                assert_ne!(r.status, 405, "{method} {path}: {}", r.body);
+            } else {
+                assert_eq!(
+                    r.status, 405,
+                    "{method} {path} is served but not documented"
+                );
+                let allow = r.headers[http::header::ALLOW].to_str().unwrap();
+                let mut allowed: Vec<String> = allow.split(", ").map(str::to_string).collect();
+                allowed.sort();
+                assert_eq!(allowed, documented, "Allow of {path}");
+            }
+        }
+    }
+    assert_eq!(api.admin("GET", "/v1/nothing-here", None).status, 404);
+    broker.stop();
+}
+
+/// A deleted registration whose spool still held batches when the broker
+/// stopped: at the next start they are delivered to the cluster's default
+/// target, and the spool directory is removed.
+#[test]
+fn a_deleted_targets_spool_is_delivered_after_a_restart() {
+    let default = Sink::start();
+    let mut gone = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&default, dir.path(), &api_config(""))
+        .replace("grace_secs = 5", "grace_secs = 1");
+    let broker = Broker::start(&text);
+    let api = Api::new(&broker);
+    let r = api.admin(
+        "POST",
+        "/v1/targets",
+        Some(&json!({"cluster_name": "west", "url": gone.url(),
+                     "ca_certificate": std::fs::read_to_string(&gone.ca_file).unwrap()})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    gone.go_away();
+    send_frames(broker.syslog, "west-1", 1, 0..50);
+    wait_for(Duration::from_secs(20), || {
+        (broker.metric("qbroker_spool_unacked_batches{target=\"@west\"}")? >= 1.0).then_some(())
+    });
+    let r = api.admin("DELETE", "/v1/targets/west", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    broker.stop();
+    let spool = dir.path().join("spool/@west");
+    assert!(spool.is_dir(), "the undelivered batches stay on disk");
+
+    let broker = Broker::start(&text);
+    wait_for(Duration::from_secs(30), || {
+        (indexes(&default) == (0..50).collect()).then_some(())
+    });
+    wait_for(Duration::from_secs(20), || (!spool.exists()).then_some(()));
+    assert!(gone.accepted().is_empty());
+    broker.stop();
+}

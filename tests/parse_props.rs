@@ -6,9 +6,10 @@ use proptest::prelude::*;
 use qbroker::parse::{convert, Filter, FrameCtx, Outcome};
 use serde_json::Value;
 
-const CTX: FrameCtx = FrameCtx {
+const CTX: FrameCtx<'static> = FrameCtx {
     seq: 7,
     received_unix_ms: 1_769_523_200_000,
+    conn: None,
 };
 
 fn filter() -> Filter {

@@ -253,7 +253,7 @@ fn without_confirmations_nothing_is_written_and_the_end_of_input_drains() {
         && e["time"] == "2026-11-26T10:00:00.123Z"));
 }
 
-fn once(config: &std::path::Path, input: &str, extra: &[&str]) -> (i32, String) {
+fn once(config: &std::path::Path, input: impl AsRef<[u8]>, extra: &[&str]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qbroker"))
         .args(["stdin", "--once", "--config"])
         .arg(config)
@@ -267,7 +267,7 @@ fn once(config: &std::path::Path, input: &str, extra: &[&str]) -> (i32, String) 
         .stdin
         .take()
         .unwrap()
-        .write_all(input.as_bytes())
+        .write_all(input.as_ref())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -318,7 +318,7 @@ fn once_explains_a_line_and_delivers_it() {
 
     let (code, out) = once(
         &config,
-        &json_frame("q-1", "fs_read_metadata", "/", "2"),
+        json_frame("q-1", "fs_read_metadata", "/", "2"),
         &[],
     );
     assert_eq!(code, 3, "{out}");
@@ -363,4 +363,21 @@ fn two_brokers_never_share_a_spool() {
     // Once the first one is gone, the lock is free again.
     let mut again = Stdin::spawn(&config, &[]);
     assert_eq!(again.answer(), "OK");
+}
+
+/// A line with bytes that are not UTF-8 becomes an event with U+FFFD in their
+/// place, as on the TCP path; it is not refused.
+#[test]
+fn once_takes_invalid_utf8_as_the_tcp_path_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let config = write_config(dir.path(), &sink.url(), &sink.ca_file);
+    let mut line = json_frame("q-1", "fs_create_file", "/caf~", "2").into_bytes();
+    let at = line.iter().position(|&b| b == b'~').unwrap();
+    line[at] = 0xff; // a byte that starts no UTF-8 sequence
+    line.push(b'\n');
+    let (code, out) = once(&config, &line, &["--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("result    event file.create"), "{out}");
+    assert!(out.contains("\u{fffd}"), "{out}");
 }

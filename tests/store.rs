@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -344,7 +345,6 @@ fn mariadb_store_and_a_shared_registry() {
             .map(|_| ())
     });
     let mut s = TcpStream::connect(broker.syslog).unwrap();
-    use std::io::Write;
     for i in 0..10 {
         let frame = json_frame(
             "shared-1",
@@ -365,5 +365,70 @@ fn mariadb_store_and_a_shared_registry() {
     });
     assert!(shared.accepted().iter().all(|r| r.body["filer_id"] == 99));
     assert!(default.accepted().is_empty());
+
+    // Another broker changes the registration: a new URL and filer id. This
+    // broker follows within a poll, while the node stays connected.
+    let moved = Sink::start();
+    let events_at = |sink: &Sink| -> usize {
+        sink.accepted()
+            .iter()
+            .map(|r| r.body["events"].as_array().unwrap().len())
+            .sum()
+    };
+    rt.block_on(async {
+        let other = Store::open(&store_config(&db.url())).await.unwrap();
+        let mut current = other.get("shared").await.unwrap().unwrap();
+        current.url = moved.url();
+        current.ca_certificate = Some(std::fs::read_to_string(&moved.ca_file).unwrap());
+        current.filer_id = Some(100);
+        other.update(&current).await.unwrap();
+        other.close().await;
+    });
+    let mut s = TcpStream::connect(broker.syslog).unwrap();
+    let mut next = 10u64;
+    wait_for(Duration::from_secs(20), || {
+        let frame = json_frame("shared-1", "fs_create_file", "/g", &file_id(1, next));
+        s.write_all(&framed(&frame, false)).unwrap();
+        next += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        // Batches sealed before the change keep filer id 99 (and may go to
+        // the new URL); the next ones carry 100.
+        moved
+            .accepted()
+            .iter()
+            .any(|r| r.body["filer_id"] == 100)
+            .then_some(())
+    });
+
+    // Another broker deletes it: this broker sends the cluster to the default
+    // target, delivers what the deleted target's spool held, and removes it.
+    rt.block_on(async {
+        let other = Store::open(&store_config(&db.url())).await.unwrap();
+        assert!(other.delete("shared").await.unwrap());
+        other.close().await;
+    });
+    wait_for(Duration::from_secs(20), || {
+        let frame = json_frame("shared-1", "fs_create_file", "/h", &file_id(1, next));
+        s.write_all(&framed(&frame, false)).unwrap();
+        next += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        (events_at(&default) > 0).then_some(())
+    });
+    drop(s);
+    wait_for(Duration::from_secs(20), || {
+        (!dir.path().join("spool/@shared").exists()).then_some(())
+    });
+    // Every event sent arrived at one of the three.
+    let unique = || -> std::collections::BTreeSet<(u32, u64)> {
+        [&shared, &moved, &default]
+            .iter()
+            .flat_map(|sink| sink.events())
+            .map(|(_, e)| identity(&e))
+            .collect()
+    };
+    wait_for(Duration::from_secs(20), || {
+        (unique().len() as u64 == next).then_some(())
+    });
+    assert_eq!(unique(), (0..next).map(|i| (1, i)).collect());
     broker.stop();
 }

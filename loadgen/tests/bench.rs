@@ -1,23 +1,75 @@
 //! End to end: qbroker under short scenarios, through `bench` as a library
-//! call, against whichever broker binary `find_broker` finds: the release
-//! one when built, else the debug one that `cargo test --workspace` builds
-//! for qbroker's own integration tests (`cargo build -p qbroker` when this
-//! test runs alone). A missing broker fails the test with the build hint.
+//! call. The short runs use the debug broker that `cargo test --workspace`
+//! builds beside this test (for qbroker's own integration tests), never an
+//! older release build; the full-rate ones the release broker. Either binary
+//! older than a file under src/ fails the test with the command that builds
+//! it, so a run never measures a stale broker.
 //!
 //! The short, low-rate runs are not ignored: they are the end-to-end check
 //! that CI runs. The longer ones need the release broker and are ignored:
 //! `cargo build --release --workspace && cargo test -p loadgen --test bench -- --ignored`.
 
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use loadgen::bench::{BenchOptions, Scenario};
 use loadgen::gen::{Format, Framing};
 use loadgen::report::Report;
 
+/// `target/<profile>/qbroker`, checked to be newer than every file under the
+/// broker's `src/` and its `Cargo.toml`.
+fn broker(profile: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/bench-<hash> -> target
+    let target = exe
+        .ancestors()
+        .find(|d| {
+            d.file_name()
+                .is_some_and(|n| n == "debug" || n == "release")
+        })
+        .and_then(Path::parent)
+        .expect("the test runs from a cargo target directory")
+        .to_path_buf();
+    let bin = target.join(profile).join("qbroker");
+    let hint = if profile == "release" {
+        "cargo build --release --workspace"
+    } else {
+        "cargo build -p qbroker (cargo test --workspace builds it)"
+    };
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} not found: {hint}", bin.display()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = newest_mtime(&root.join("src")).max(newest_mtime(&root.join("Cargo.toml")));
+    assert!(
+        built >= newest,
+        "{} is older than the broker's sources: {hint}",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_mtime(path: &Path) -> SystemTime {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return SystemTime::UNIX_EPOCH;
+    };
+    if !meta.is_dir() {
+        return meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| newest_mtime(&e.path()))
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 async fn run(opts: BenchOptions) -> Report {
     let started = Instant::now();
     let r = loadgen::bench::run(BenchOptions {
         progress: false,
+        broker: Some(opts.broker.clone().unwrap_or_else(|| broker("debug"))),
         ..opts
     })
     .await
@@ -131,6 +183,7 @@ async fn release(scenario: Scenario, format: Format, framing: Framing) {
         duration: Some(Duration::from_secs(3)),
         format,
         framing,
+        broker: Some(broker("release")),
         ..BenchOptions::default()
     })
     .await;
@@ -161,6 +214,7 @@ async fn many_clusters_pinned() {
         scenario: Scenario::ManyClusters,
         duration: Some(Duration::from_secs(3)),
         broker_cpus: Some("0".into()),
+        broker: Some(broker("release")),
         ..BenchOptions::default()
     })
     .await;

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub auth: Auth,
     pub sync: Arc<RegistrySync>,
     rates: ops::Rates,
+    /// Held while a registration is counted and inserted (see `targets::insert`).
+    pub registering: tokio::sync::Mutex<()>,
 }
 
 /// The API could not start.
@@ -275,6 +277,7 @@ impl Server {
                 auth,
                 sync,
                 rates: ops::Rates::default(),
+                registering: tokio::sync::Mutex::new(()),
             }),
             tls,
         })

@@ -34,7 +34,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Credentials;
-use super::targets::{allowed, caller, check, deletable, room, saved, tri, MASK};
+use super::targets::{allowed, caller, check, deletable, insert, saved, tri, MASK};
 use super::{error, json, parse, store_error, Answer, Ctx, Request};
 use crate::config::{RmqAuth, Secret};
 use crate::store::Registration;
@@ -315,8 +315,7 @@ pub async fn create(ctx: &Ctx, req: &Request) -> Answer {
         Some(&o.password),
     ));
     tri!(check(&reg));
-    tri!(room(ctx).await);
-    let reg = tri!(saved(ctx, ctx.store.insert(&reg).await).await);
+    let reg = tri!(insert(ctx, &reg).await);
     json(StatusCode::OK, &out(&reg))
 }
 

@@ -263,8 +263,19 @@ pub async fn saved(
     Ok(reg)
 }
 
+/// Register `reg` if there is room (409 past `api.max_targets`), then apply it.
+/// One registration at a time on this broker: the count and the insert are one
+/// step, so concurrent requests never pass the limit (nor race for an id).
+pub async fn insert(ctx: &Ctx, reg: &Registration) -> Result<Registration, Answer> {
+    let one = ctx.registering.lock().await;
+    room(ctx).await?;
+    let written = ctx.store.insert(reg).await;
+    drop(one);
+    saved(ctx, written).await
+}
+
 /// 409 past `api.max_targets`.
-pub async fn room(ctx: &Ctx) -> Result<(), Answer> {
+async fn room(ctx: &Ctx) -> Result<(), Answer> {
     let n = ctx.store.list().await.map_err(store_error)?.len();
     if n >= ctx.api.max_targets {
         return Err(error(
@@ -330,8 +341,7 @@ pub async fn create(ctx: &Ctx, req: &Request) -> Answer {
     }
     apply_api(&mut reg, input.api);
     tri!(check(&reg));
-    tri!(room(ctx).await);
-    let reg = tri!(saved(ctx, ctx.store.insert(&reg).await).await);
+    let reg = tri!(insert(ctx, &reg).await);
     json(StatusCode::CREATED, &out(ctx, &reg))
 }
 

@@ -283,14 +283,47 @@ impl Target {
         }
     }
 
+    /// Deliver one spooled batch, then acknowledge it to the spool. A batch
+    /// the target refuses as too large (413) is split in halves, each sent on
+    /// its own (`<batch_id>.1`, `<batch_id>.2`, stable across restarts), down
+    /// to single events; a part refused for good goes to the dead-letter
+    /// directory. The batch leaves the spool only once every part was accepted
+    /// or kept there; a part that cannot be kept (the directory at its cap, a
+    /// write error) is retried with back-off, which pauses the target.
     async fn deliver(&self, conn: &mut Lane, record: Record) {
+        self.metrics.in_flight.add(1);
+        let mut parts = vec![Part {
+            batch_id: record.batch_id.clone(),
+            events: record.events,
+            body: record.body.clone(),
+        }];
+        while let Some(part) = parts.pop() {
+            if let Some((first, second)) = self.deliver_part(conn, &record, part).await {
+                // Sent in order: the first half first.
+                parts.push(second);
+                parts.push(first);
+            }
+        }
+        self.broker.record_latency(&record.received, unix_us());
+        self.metrics.in_flight.add(-1);
+        self.spool.ack(record.id);
+    }
+
+    /// Send `part` until it is accepted or kept as a dead letter; the two
+    /// halves to send instead when the target answered 413.
+    async fn deliver_part(
+        &self,
+        conn: &mut Lane,
+        record: &Record,
+        part: Part,
+    ) -> Option<(Part, Part)> {
         let mut changes = self.endpoint.subscribe();
         let gzipped_body = {
             let ep = changes.borrow_and_update();
             ep.cfg.gzip && ep.cfg.amqp.is_none()
         };
         let body = if gzipped_body {
-            let raw = record.body.clone();
+            let raw = part.body.clone();
             match tokio::task::spawn_blocking(move || gzip(&raw)).await {
                 Ok(Ok(zipped)) => Some(zipped),
                 _ => None,
@@ -300,16 +333,15 @@ impl Target {
         };
         let (body, gzipped) = match body {
             Some(b) => (b, true),
-            None => (record.body.clone(), false),
+            None => (part.body.clone(), false),
         };
-        self.metrics.in_flight.add(1);
         let mut attempt = 0u32;
         loop {
             let ep = changes.borrow_and_update().clone();
             self.metrics.requests.inc();
             let outcome = match tokio::time::timeout(
                 ep.cfg.timeout,
-                self.attempt(&ep, conn, &record, &body, gzipped),
+                self.attempt(&ep, conn, record, &part, &body, gzipped),
             )
             .await
             {
@@ -323,21 +355,45 @@ impl Target {
                     }
                 }
             };
+            let outcome = match outcome {
+                Outcome::Rejected { status: 413, .. } if part.events > 1 => match split(&part) {
+                    Some(halves) => {
+                        warn!(
+                            target = %self.name,
+                            batch_id = %part.batch_id,
+                            events = part.events,
+                            "target refused the batch as too large (413): sending it in two halves"
+                        );
+                        self.metrics.batches_split.inc();
+                        return Some(halves);
+                    }
+                    None => outcome,
+                },
+                other => other,
+            };
+            let outcome = match outcome {
+                Outcome::Rejected { status, response } => {
+                    match self.reject(record, &part, status, response).await {
+                        Ok(()) => return None,
+                        Err(reason) => Outcome::Retry {
+                            reason,
+                            after: None,
+                        },
+                    }
+                }
+                other => other,
+            };
             match outcome {
                 Outcome::Accepted => {
                     self.metrics.blocked.set(0);
                     self.metrics.batches_delivered.inc();
-                    self.metrics.events_delivered.add(u64::from(record.events));
+                    self.metrics.events_delivered.add(u64::from(part.events));
                     self.metrics.bytes_sent.add(body.len() as u64);
                     self.metrics.last_success_unix_ms.set(unix_ms());
                     self.metrics.failing.set(0);
-                    self.broker.record_latency(&record.received, unix_us());
-                    break;
+                    return None;
                 }
-                Outcome::Rejected { status, response } => {
-                    self.reject(&record, status, response).await;
-                    break;
-                }
+                Outcome::Rejected { .. } => unreachable!("handled above"),
                 Outcome::Retry { reason, after } => {
                     if let Transport::Amqp(p) = &ep.transport {
                         self.metrics.blocked.set(i64::from(p.blocked()));
@@ -351,7 +407,7 @@ impl Target {
                     if let Some(suppressed) = self.retry_log.check() {
                         warn!(
                             target = %self.name,
-                            batch_id = %record.batch_id,
+                            batch_id = %part.batch_id,
                             attempt,
                             retry_in_ms = delay.as_millis() as u64,
                             reason = %reason,
@@ -371,8 +427,6 @@ impl Target {
                 }
             }
         }
-        self.metrics.in_flight.add(-1);
-        self.spool.ack(record.id);
     }
 
     async fn attempt(
@@ -380,12 +434,30 @@ impl Target {
         ep: &Arc<Endpoint>,
         conn: &mut Lane,
         record: &Record,
+        part: &Part,
         body: &Bytes,
         gzipped: bool,
     ) -> Outcome {
+        let batch_id = part.batch_id.as_str();
         let https = match &ep.transport {
             Transport::Https(h) => h,
-            Transport::Amqp(publisher) => return self.publish(publisher, record).await,
+            Transport::Amqp(publisher) => {
+                // AMQP never splits a batch; a part exists only when an HTTPS
+                // endpoint split it before the target became AMQP.
+                let whole;
+                let sent = if batch_id == record.batch_id {
+                    record
+                } else {
+                    whole = Record {
+                        batch_id: part.batch_id.clone(),
+                        events: part.events,
+                        body: part.body.clone(),
+                        ..record.clone()
+                    };
+                    &whole
+                };
+                return self.publish(publisher, sent).await;
+            }
         };
         if conn
             .as_ref()
@@ -418,7 +490,7 @@ impl Target {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONTENT_LENGTH, body.len())
             .header(header::USER_AGENT, USER_AGENT)
-            .header("idempotency-key", record.batch_id.as_str());
+            .header("idempotency-key", batch_id);
         if gzipped {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
@@ -511,50 +583,103 @@ impl Target {
         }
     }
 
-    async fn reject(&self, record: &Record, status: u16, response: String) {
-        self.metrics.batches_dead_lettered.inc();
-        self.metrics
-            .events_dead_lettered
-            .add(u64::from(record.events));
+    /// Keep a part the target refused for good in the dead-letter directory;
+    /// why not (the batch then stays in the spool and is retried).
+    async fn reject(
+        &self,
+        record: &Record,
+        part: &Part,
+        status: u16,
+        response: String,
+    ) -> Result<(), String> {
         let dl = self.dead_letters.clone();
-        let (target, record2) = (self.name.clone(), record.clone());
+        let (target, cluster, batch_id) = (
+            self.name.clone(),
+            record.cluster.clone(),
+            part.batch_id.clone(),
+        );
+        let (events, body) = (part.events, part.body.clone());
         let response2 = response.clone();
         let kept = tokio::task::spawn_blocking(move || {
             dl.batch(
-                &target,
-                &record2.batch_id,
-                &record2.cluster,
-                record2.events,
-                status,
-                &response2,
-                &record2.body,
+                &target, &batch_id, &cluster, events, status, &response2, &body,
             )
         })
         .await;
         match kept {
-            Ok(Ok(path)) => error!(
-                target = %self.name,
-                batch_id = %record.batch_id,
-                cluster = %record.cluster,
-                events = record.events,
-                status,
-                response = %snippet(&response),
-                path = %path.display(),
-                "target refused a batch for good; kept in the dead-letter directory"
-            ),
-            Ok(Err(err)) => error!(
-                target = %self.name,
-                batch_id = %record.batch_id,
-                events = record.events,
-                status,
-                error = %err,
-                "target refused a batch for good and it could not be written to the dead-letter directory: batch lost"
-            ),
-            Err(_) => {
-                error!(target = %self.name, batch_id = %record.batch_id, "dead-letter writer panicked")
+            Ok(Ok(path)) => {
+                self.metrics.batches_dead_lettered.inc();
+                self.metrics
+                    .events_dead_lettered
+                    .add(u64::from(part.events));
+                error!(
+                    target = %self.name,
+                    batch_id = %part.batch_id,
+                    cluster = %record.cluster,
+                    events = part.events,
+                    status,
+                    response = %snippet(&response),
+                    path = %path.display(),
+                    "target refused a batch for good; kept in the dead-letter directory (qbroker replay sends it again)"
+                );
+                Ok(())
             }
+            Ok(Err(err)) => {
+                self.metrics.dead_letter_failures.inc();
+                if let Some(suppressed) = self.retry_log.check() {
+                    error!(
+                        target = %self.name,
+                        batch_id = %part.batch_id,
+                        events = part.events,
+                        status,
+                        error = %err,
+                        suppressed,
+                        "target refused a batch for good and it cannot be kept in the dead-letter directory: the batch stays in the spool and the target is paused"
+                    );
+                }
+                Err(format!(
+                    "refused with status {status}, and the dead-letter directory cannot take it: {err}"
+                ))
+            }
+            Err(_) => Err("the dead-letter writer panicked".to_string()),
         }
     }
+}
+
+/// A spooled batch, or a part of one split after a 413.
+struct Part {
+    batch_id: String,
+    events: u32,
+    /// The whole request body.
+    body: Bytes,
+}
+
+/// Split a batch body in two halves of its events, with the ids
+/// `<batch_id>.1` and `<batch_id>.2`; `None` when the body is not a batch of
+/// two events or more (a record damaged on disk).
+fn split(part: &Part) -> Option<(Part, Part)> {
+    let mut doc: serde_json::Value = serde_json::from_slice(&part.body).ok()?;
+    let events = doc.get_mut("events")?.as_array_mut()?;
+    if events.len() < 2 {
+        return None;
+    }
+    let second: Vec<serde_json::Value> = events.split_off(events.len() / 2);
+    let first = std::mem::take(events);
+    let half = |id: String, events: Vec<serde_json::Value>, doc: &serde_json::Value| {
+        let mut doc = doc.clone();
+        let n = events.len() as u32;
+        doc["batch_id"] = serde_json::Value::String(id.clone());
+        doc["events"] = serde_json::Value::Array(events);
+        Some(Part {
+            batch_id: id,
+            events: n,
+            body: Bytes::from(serde_json::to_vec(&doc).ok()?),
+        })
+    };
+    Some((
+        half(format!("{}.1", part.batch_id), first, &doc)?,
+        half(format!("{}.2", part.batch_id), second, &doc)?,
+    ))
 }
 
 /// The `Host` header of a target's requests.

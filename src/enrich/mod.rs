@@ -595,6 +595,7 @@ mod tests {
         let ctx = FrameCtx {
             seq: 9,
             received_unix_ms: 0,
+            conn: None,
         };
         let r = convert_with_info(
             frame.as_bytes(),

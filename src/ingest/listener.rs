@@ -39,7 +39,7 @@ use super::framing::{Decoder, Next};
 use super::reader::{self, ConnGuard, Handoff, ReaderDeps, SourceLimit};
 use crate::batch::Batches;
 use crate::cluster::supervisor::{Adopt, Ended};
-use crate::cluster::{Attach, Refused, Registry, Supervisor};
+use crate::cluster::{Attach, Lease, Refused, Registry, Supervisor};
 use crate::config::canonical_ip;
 use crate::metrics::RateLimit;
 use crate::parse;
@@ -171,7 +171,30 @@ async fn serve(listener: std::net::TcpListener, tls: Option<TlsInput>, ctx: Inge
             Err(err) => error!(error = %err, "cannot use the TLS syslog listener"),
         }
     };
-    futures_util::future::join(plain, tls).await;
+    // Clusters known only by their HOSTNAME that stayed idle are forgotten.
+    let forget = async {
+        let after = cfg.ingest.forget_idle_cluster;
+        let mut tick = tokio::time::interval(
+            (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = shared.ctx.deps.stop.clone();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+            shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget_idle(after, usize::MAX);
+        }
+    };
+    futures_util::future::join3(plain, tls, forget).await;
     // Every connection holds a clone of `done`: this ends once all have ended.
     let Shared {
         ctx,
@@ -358,7 +381,7 @@ fn route(
     peer: SocketAddr,
     deps: &ReaderDeps,
     registry: &Mutex<Registry>,
-) -> Option<(String, Addr<Supervisor>, Arc<str>)> {
+) -> Option<(String, Addr<Supervisor>, Arc<str>, Lease)> {
     let cfg = &deps.config;
     let ip = canonical_ip(peer.ip());
     let by_source = cfg.cluster_of_source(ip);
@@ -379,7 +402,7 @@ fn route(
         .unwrap_or_else(|e| e.into_inner())
         .get_or_create(&name);
     match created {
-        Ok(addr) => Some((name, addr, node)),
+        Ok((addr, lease)) => Some((name, addr, node, lease)),
         Err(Refused::NoTarget) => {
             deps.metrics.ingest.unroutable.inc();
             if let Some(suppressed) = REFUSED_LOG.check() {
@@ -415,7 +438,7 @@ async fn handshake(
     let Some((host, buf)) = first_frame(&mut stream, peer, &deps).await else {
         return;
     };
-    let Some((name, addr, node)) = route(host, peer, &deps, &registry) else {
+    let Some((name, addr, node, lease)) = route(host, peer, &deps, &registry) else {
         return;
     };
     let stream = match stream.into_std() {
@@ -433,6 +456,7 @@ async fn handshake(
         buf,
         deps,
         guard,
+        lease,
     };
     log_connected(&name, &node, peer, false);
     match tokio::time::timeout(ATTACH_TIMEOUT, addr.send(Attach(handoff))).await {
@@ -490,7 +514,7 @@ async fn tls_connection(
     let Some((host, buf)) = first_frame(&mut tls, peer, &deps).await else {
         return;
     };
-    let Some((name, addr, node)) = route(host, peer, &deps, &registry) else {
+    let Some((name, addr, node, _lease)) = route(host, peer, &deps, &registry) else {
         return;
     };
     let adopt = Adopt {

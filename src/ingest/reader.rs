@@ -155,6 +155,8 @@ pub struct Handoff {
     pub buf: BytesMut,
     pub deps: ReaderDeps,
     pub guard: ConnGuard,
+    /// Holds the cluster in the table while the connection lasts.
+    pub lease: crate::cluster::Lease,
 }
 
 /// Why a reader ended.
@@ -208,6 +210,7 @@ pub async fn run(h: Handoff, cluster: Arc<ClusterShared>, sequence: Arc<Sequence
         buf,
         deps,
         guard,
+        lease: _lease,
     } = h;
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
@@ -516,5 +519,43 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod source_limit_tests {
+    use super::*;
+
+    /// IPv6 sources count per /64 (a host can pick any address in its /64);
+    /// IPv4 per address, an IPv4-mapped IPv6 address as its IPv4 one.
+    #[test]
+    fn ipv6_sources_share_one_limit_per_64() {
+        let limit = SourceLimit::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = limit.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limit.acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(
+            limit.acquire(ip("2001:db8:1:2::77")).is_none(),
+            "a third address of the same /64"
+        );
+        assert!(
+            limit.acquire(ip("2001:db8:1:3::1")).is_some(),
+            "another /64"
+        );
+        drop(a);
+        assert!(
+            limit.acquire(ip("2001:db8:1:2::77")).is_some(),
+            "a place given back"
+        );
+
+        let v4 = limit.acquire(ip("192.0.2.7")).unwrap();
+        let _mapped = limit.acquire(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(
+            limit.acquire(ip("192.0.2.7")).is_none(),
+            "mapped counts as v4"
+        );
+        assert!(limit.acquire(ip("192.0.2.8")).is_some(), "v4: per address");
+        drop(v4);
+        assert_eq!(limit.sources(), 2, "the /64 of _b and 192.0.2.7 (_mapped)");
     }
 }

@@ -290,6 +290,10 @@ pub struct TargetMetrics {
     pub throttled: Counter,
     pub batches_dead_lettered: Counter,
     pub events_dead_lettered: Counter,
+    /// Batches (or parts) refused as too large (413) and sent in two halves.
+    pub batches_split: Counter,
+    /// Refused batches the dead-letter directory could not take (kept in the spool).
+    pub dead_letter_failures: Counter,
     pub in_flight: Gauge,
     pub last_success_unix_ms: Gauge,
     /// 1 while the last attempt failed, 0 once one succeeds.
@@ -372,6 +376,13 @@ impl Metrics {
     pub fn target(&self, name: &str) -> Arc<TargetMetrics> {
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
         targets.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Forget a cluster that was forgotten by ingest (idle, known only by its
+    /// HOSTNAME): its series leave the page.
+    pub fn remove_cluster(&self, name: &str) {
+        let mut clusters = self.clusters.write().unwrap_or_else(|e| e.into_inner());
+        clusters.remove(name);
     }
 
     /// Forget a target that was removed (a deleted registration, drained):
@@ -666,7 +677,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     type Pick = fn(&TargetMetrics) -> i64;
-    let per_target: [(&str, &str, &str, Pick); 15] = [
+    let per_target: [(&str, &str, &str, Pick); 17] = [
         (
             "qbroker_target_requests_total",
             "counter",
@@ -734,6 +745,18 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             |t| t.events_dead_lettered.get() as i64,
         ),
         (
+            "qbroker_target_batches_split_total",
+            "counter",
+            "Batches refused as too large (413) and sent again in two halves.",
+            |t| t.batches_split.get() as i64,
+        ),
+        (
+            "qbroker_target_dead_letter_failures_total",
+            "counter",
+            "Refused batches the dead-letter directory could not take (at its cap, or a write error): they stay in the spool and the target is paused.",
+            |t| t.dead_letter_failures.get() as i64,
+        ),
+        (
             "qbroker_target_in_flight",
             "gauge",
             "Requests in flight.",
@@ -766,7 +789,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     }
 
     type SpoolPick = fn(&spool::Stats) -> u64;
-    let per_spool: [(&str, &str, &str, SpoolPick); 9] = [
+    let per_spool: [(&str, &str, &str, SpoolPick); 10] = [
         (
             "qbroker_spool_bytes",
             "gauge",
@@ -799,6 +822,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "counter",
             "Corrupt records set aside at start.",
             |s| s.corrupt_records,
+        ),
+        (
+            "qbroker_spool_missing_batches",
+            "gauge",
+            "Batch ids found missing from the spool at start (spooled, then gone from disk: see missing.log in the spool directory).",
+            |s| s.missing_records,
         ),
         (
             "qbroker_spool_full_waits_total",

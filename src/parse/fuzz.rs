@@ -133,6 +133,7 @@ pub fn convert(frame: &[u8]) {
             let ctx = FrameCtx {
                 seq: u64::MAX - 1,
                 received_unix_ms: RECEIVED_MS,
+                conn: None,
             };
             let mut out = b"prev,".to_vec();
             match super::convert(frame, &ctx, f, &mut out) {

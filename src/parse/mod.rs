@@ -27,18 +27,53 @@ mod record;
 mod scan;
 mod syslog;
 mod time;
+pub(crate) use time::parse_rfc3339;
 pub(crate) use time::write_rfc3339_ms;
 
 pub use filter::{Filter, UnsupportedOperation, REFERENCE_OPERATIONS};
 
 /// What the caller knows about a frame besides its bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct FrameCtx {
+pub struct FrameCtx<'a> {
     /// Per-cluster sequence number of this frame (arrival order).
     pub seq: u64,
     /// When the frame was read, in milliseconds since the Unix epoch. Used when the
     /// header has no usable timestamp, and for the year of RFC 3164 timestamps.
     pub received_unix_ms: i64,
+    /// The connection the frame came on, when there is one: a frame's HOSTNAME
+    /// becomes the event's `node` only when it passes [`ConnNode::accepts`];
+    /// otherwise the connection's node does.
+    pub conn: Option<&'a ConnNode<'a>>,
+}
+
+/// What a connection was told by its first frame: its node and its cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnNode<'a> {
+    /// The connection's node: its first frame's HOSTNAME, or the peer address.
+    pub node: &'a str,
+    /// The connection's cluster.
+    pub cluster: &'a str,
+}
+
+impl ConnNode<'_> {
+    /// Whether a later frame's HOSTNAME may name the event's node: the same
+    /// rules as the first frame's (1 to 255 printable ASCII characters, RFC
+    /// 5424), and, when the connection's cluster was told by its HOSTNAME, a
+    /// node of that cluster. A frame naming another cluster's node is not
+    /// moved to that cluster: its event keeps the connection's node.
+    pub fn accepts(&self, host: &[u8]) -> bool {
+        // The common case: the connection's own node (checked at its first frame).
+        if host == self.node.as_bytes() {
+            return true;
+        }
+        if host.is_empty() || host.len() > 255 || !host.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            return false;
+        }
+        let by_hostname = cluster_of_hostname(self.node) == self.cluster;
+        // ASCII checked above.
+        let host = std::str::from_utf8(host).unwrap_or_default();
+        !by_hostname || cluster_of_hostname(host) == self.cluster
+    }
 }
 
 /// The Varonis operation an event was mapped to.
@@ -377,7 +412,11 @@ fn convert_bytes(
     let m = event::map(kind, &rec)?;
     out.reserve(frame.len() + 256);
     let start = out.len();
-    let spans = event::write(out, ctx.seq, time_ms, h.host, &m, &rec);
+    let host = match ctx.conn {
+        Some(c) if h.host != b"-" && !c.accepts(h.host) => c.node.as_bytes(),
+        _ => h.host,
+    };
+    let spans = event::write(out, ctx.seq, time_ms, host, &m, &rec);
     let rel = |(a, b): (usize, usize)| ((a - start) as u32, (b - start) as u32);
     *info = EventInfo {
         file_key: rec.file_id.non_empty().map_or(0, file_key),
@@ -445,9 +484,10 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    const CTX: FrameCtx = FrameCtx {
+    const CTX: FrameCtx<'static> = FrameCtx {
         seq: 42,
         received_unix_ms: 1_769_523_200_000,
+        conn: None,
     }; // 2026-01-27T14:13:20Z
 
     fn run(frame: &str, filter: &Filter) -> (Result<Outcome, ParseError>, Vec<u8>) {
@@ -916,11 +956,53 @@ mod tests {
     }
 
     #[test]
+    fn later_hostnames_follow_the_first_frames_rules() {
+        let by_name = ConnNode {
+            node: "qc-1",
+            cluster: "qc",
+        };
+        assert!(by_name.accepts(b"qc-1"));
+        assert!(by_name.accepts(b"qc-2"), "another node of the same cluster");
+        assert!(!by_name.accepts(b"other-1"), "another cluster's node");
+        assert!(!by_name.accepts(b"qc-\x01"), "a control character");
+        assert!(!by_name.accepts(&[b'q'; 256]), "too long");
+        // A cluster told by the source address: any valid HOSTNAME names the node.
+        let by_source = ConnNode {
+            node: "10.0.0.7",
+            cluster: "prod",
+        };
+        assert!(by_source.accepts(b"qumulo-a"));
+        assert!(!by_source.accepts(b"bad host"));
+
+        let frame =
+            |host: &str| format!("<14>1 2026-01-27T14:12:23.955Z {host} qumulo - - - {CSV}");
+        let ctx = FrameCtx {
+            conn: Some(&by_name),
+            ..CTX
+        };
+        let node_of = |host: &str| {
+            let mut out = Vec::new();
+            convert(
+                frame(host).as_bytes(),
+                &ctx,
+                &Filter::reference_default(),
+                &mut out,
+            )
+            .unwrap();
+            serde_json::from_slice::<Value>(&out).unwrap()["node"].clone()
+        };
+        assert_eq!(node_of("qc-2"), "qc-2");
+        assert_eq!(node_of("other-3"), "qc-1");
+        assert_eq!(node_of("qc\u{7f}"), "qc-1");
+    }
+
+    #[test]
     fn seq_and_success() {
         let mut out = Vec::new();
         let ctx = FrameCtx {
             seq: u64::MAX,
             received_unix_ms: 0,
+            conn: None,
         };
         let frame = format!("<14>1 - h qumulo - - - {CSV}");
         convert(

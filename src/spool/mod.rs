@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::sync::acks::AckTracker;
 
@@ -140,6 +140,9 @@ pub struct Stats {
     pub replayed_records: u64,
     /// Stretches of bad bytes set aside (at open, or found while reading).
     pub corrupt_records: u64,
+    /// Batch ids found missing at open: spooled once, not on disk any more
+    /// (see [`MISSING_FILE`]).
+    pub missing_records: u64,
     /// Appends that found the spool full and had to wait.
     pub full_waits: u64,
     pub io_errors: u64,
@@ -162,6 +165,7 @@ struct Counters {
     acked: AtomicU64,
     replayed: AtomicU64,
     corrupt: AtomicU64,
+    missing: AtomicU64,
     full_waits: AtomicU64,
     io_errors: AtomicU64,
 }
@@ -214,6 +218,37 @@ struct Shared {
     /// Ids below this were on disk at open.
     first_new_id: u64,
     counters: Counters,
+}
+
+/// The file in a spool directory where every start that found batches missing
+/// adds a line (`<unix seconds> missing=<count> ids=<ranges>`), so that the
+/// loss stays visible after the log has rotated (`qbroker doctor` reads it).
+pub const MISSING_FILE: &str = "missing.log";
+
+/// Append the report of missing batch ids to [`MISSING_FILE`]; a failure is
+/// logged, the spool opens all the same.
+fn record_missing(dir: &Path, gaps: &[(u64, u64)], missing: u64) {
+    use std::io::Write;
+    let line = format!(
+        "{} missing={missing} ids={}\n",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        recover::format_ranges(gaps)
+    );
+    let path = dir.join(MISSING_FILE);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    if let Err(error) = opts
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+    {
+        warn!(file = %path.display(), %error, "cannot record the missing batches");
+    }
 }
 
 /// Locks, carrying on through poisoning: every critical section leaves the state
@@ -274,6 +309,11 @@ impl Spool {
         let deletable_at = log.deletable_at();
         let counters = Counters::default();
         counters.corrupt.store(rec.corrupt, Ordering::Relaxed);
+        let missing: u64 = rec.missing.iter().map(|g| g.1 - g.0).sum();
+        counters.missing.store(missing, Ordering::Relaxed);
+        if missing > 0 {
+            record_missing(dir, &rec.missing, missing);
+        }
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             opts,
@@ -364,6 +404,25 @@ impl Spool {
         }
     }
 
+    /// From now on appends do not wait for space: the spool may grow past
+    /// `max_bytes`. For shutdown, when what is still in memory (the work queue,
+    /// open batches) must reach disk within the grace period rather than wait
+    /// for a target that is away; the excess is bounded by the queue's and the
+    /// batches' own limits, and once the spool is reopened appends wait again
+    /// until acknowledgements bring it under the cap. Wakes waiting appenders.
+    pub fn lift_cap(&self) {
+        let sh = &self.shared;
+        let bytes = {
+            let mut log = lock(&sh.log);
+            log.uncapped = true;
+            log.bytes
+        };
+        sh.space.notify_all();
+        if bytes >= sh.opts.max_bytes {
+            info!(dir = %sh.dir.display(), bytes, max_bytes = sh.opts.max_bytes, "spool at its cap: what is still in memory is written past it for shutdown");
+        }
+    }
+
     /// Fsyncs every record appended so far, persists the watermark and deletes the
     /// segments it passed.
     pub fn sync(&self) -> std::io::Result<()> {
@@ -427,6 +486,7 @@ impl Spool {
             acked_records: c.acked.load(Ordering::Relaxed),
             replayed_records: c.replayed.load(Ordering::Relaxed),
             corrupt_records: c.corrupt.load(Ordering::Relaxed),
+            missing_records: c.missing.load(Ordering::Relaxed),
             full_waits: c.full_waits.load(Ordering::Relaxed),
             io_errors: c.io_errors.load(Ordering::Relaxed),
             watermark: w,
@@ -453,6 +513,6 @@ impl Drop for Spool {
                 warn!(dir = %self.shared.dir.display(), "spool housekeeper panicked");
             }
         }
-        info!(dir = %self.shared.dir.display(), "spool dropped");
+        debug!(dir = %self.shared.dir.display(), "spool closed; its files stay for the next start");
     }
 }

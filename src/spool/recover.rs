@@ -109,6 +109,17 @@ struct Gaps {
 }
 
 impl Gaps {
+    /// A segment named `first_id` exists: its first record is that id, so any
+    /// id from the one expected up to it must have been on disk (a segment
+    /// deleted or emptied by hand, or records lost from the end of the one
+    /// before it).
+    fn segment_named(&mut self, first_id: u64) {
+        if first_id > self.expect {
+            self.out.push((self.expect, first_id));
+            self.expect = first_id;
+        }
+    }
+
     fn see(&mut self, id: u64) {
         if id > self.expect {
             self.out.push((self.expect, id));
@@ -244,6 +255,25 @@ impl Scan {
     }
 }
 
+/// `lo..hi` id ranges as `3-7,12` (inclusive ends), the first 20 of them.
+pub(crate) fn format_ranges(ranges: &[(u64, u64)]) -> String {
+    let mut out: Vec<String> = ranges
+        .iter()
+        .take(20)
+        .map(|&(lo, hi)| {
+            if hi - lo == 1 {
+                lo.to_string()
+            } else {
+                format!("{lo}-{}", hi - 1)
+            }
+        })
+        .collect();
+    if ranges.len() > 20 {
+        out.push(format!("and {} more ranges", ranges.len() - 20));
+    }
+    out.join(",")
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
@@ -270,8 +300,11 @@ pub(crate) struct Recovered {
     pub(crate) next_id: u64,
     /// The watermark as persisted (0 when missing or unreadable).
     pub(crate) watermark: u64,
-    /// Id ranges at or above the watermark with no record: acknowledge them.
+    /// Id ranges at or above the watermark with no record (id 0 of a fresh
+    /// spool among them): acknowledged so the watermark can pass them.
     pub(crate) gaps: Vec<(u64, u64)>,
+    /// `gaps` without id 0 (never a batch): what was lost, for the report.
+    pub(crate) missing: Vec<(u64, u64)>,
     /// Where the first record to replay is (the active segment's start when none).
     pub(crate) start: Pos,
     pub(crate) corrupt: u64,
@@ -330,6 +363,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
     let n = names.len();
     let mut scanned = Vec::with_capacity(n);
     for (i, (id, path)) in names.into_iter().enumerate() {
+        scan.gaps.segment_named(id);
         scanned.push(scan.segment(&path, id, i + 1 == n).map_err(io_at(&path))?);
     }
 
@@ -367,6 +401,23 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
     if next_id > gaps.expect {
         gaps.out.push((gaps.expect, next_id));
     }
+    // Ids start at 1: id 0 (a fresh spool's watermark) was never a batch.
+    let missing_ranges: Vec<(u64, u64)> = gaps
+        .out
+        .iter()
+        .map(|&(lo, hi)| (lo.max(1), hi))
+        .filter(|&(lo, hi)| hi > lo)
+        .collect();
+    if !missing_ranges.is_empty() {
+        let missing: u64 = missing_ranges.iter().map(|g| g.1 - g.0).sum();
+        warn!(
+            dir = %dir.display(),
+            missing,
+            ids = %format_ranges(&missing_ranges),
+            corrupt = scan.corrupt,
+            "batches missing from the spool: their ids are not on disk (a segment deleted or truncated, records lost in a crash, or set aside as corrupt); they cannot be sent"
+        );
+    }
 
     let path = dir.join(segment::segment_file_name(next_id));
     let file = segment::create_file(&path).map_err(io_at(&path))?;
@@ -393,6 +444,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         next_id,
         watermark,
         gaps: gaps.out,
+        missing: missing_ranges,
         start: start.unwrap_or(Pos {
             seg: next_id,
             off: 0,

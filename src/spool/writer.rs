@@ -29,6 +29,9 @@ use super::{lock, now_ms, watermark, AppendError, Counters, Fsync, NewBatch, Pos
 /// The segments and the write position, under the log lock.
 pub(crate) struct Log {
     pub(crate) closed: bool,
+    /// Appends no longer wait for space (shutdown: what is in memory goes to
+    /// disk past the cap rather than being lost; see `Spool::lift_cap`).
+    pub(crate) uncapped: bool,
     pub(crate) next_id: u64,
     /// In id order; never empty; the last one is the active segment.
     pub(crate) segments: VecDeque<Segment>,
@@ -46,6 +49,7 @@ impl Log {
         let bytes = segments.iter().map(|s| s.len).sum();
         Log {
             closed: false,
+            uncapped: false,
             next_id,
             segments: segments.into(),
             bytes,
@@ -137,7 +141,7 @@ impl Shared {
             if log.closed {
                 return Err(AppendError::Closed);
             }
-            if log.bytes < self.opts.max_bytes {
+            if log.bytes < self.opts.max_bytes || log.uncapped {
                 break;
             }
             if !waited {

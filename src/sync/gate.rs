@@ -34,6 +34,8 @@ struct State {
     used_bytes: usize,
     /// Per cluster, indexed by the id `register` handed out.
     clusters: Vec<Slot>,
+    /// Ids given back by forgotten clusters, handed out again first.
+    free: Vec<usize>,
     /// Clusters holding budget or waiting for it.
     active: usize,
     waiters: Vec<Waiter>,
@@ -79,6 +81,7 @@ impl Gate {
                 used_msgs: 0,
                 used_bytes: 0,
                 clusters: Vec::new(),
+                free: Vec::new(),
                 active: 0,
                 waiters: Vec::new(),
                 next_waiter: 0,
@@ -95,8 +98,25 @@ impl Gate {
     /// A new cluster's id.
     pub fn register(&self) -> usize {
         let mut st = self.lock();
+        if let Some(id) = st.free.pop() {
+            st.clusters[id] = Slot::default();
+            return id;
+        }
         st.clusters.push(Slot::default());
         st.clusters.len() - 1
+    }
+
+    /// Give back the id of a cluster that was forgotten; false (and kept) while
+    /// it still holds budget or waits for it. `register` hands it out again.
+    pub fn unregister(&self, cluster: usize) -> bool {
+        let mut st = self.lock();
+        match st.clusters.get(cluster) {
+            Some(slot) if !slot.is_active() && slot.used_bytes == 0 => {
+                st.free.push(cluster);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Take `msgs` messages and `bytes` bytes for `cluster` if its share allows now.
@@ -298,6 +318,20 @@ mod tests {
         assert!(!gate.try_admit(a, 1, 101), "1001 bytes > 1000");
         assert_eq!(gate.usage().msgs, 1);
         assert_eq!(gate.usage().bytes, 900);
+    }
+
+    #[test]
+    fn a_forgotten_clusters_id_is_given_back_only_when_it_holds_nothing() {
+        let gate = Gate::new(10, 1000);
+        let a = gate.register();
+        let b = gate.register();
+        assert!(gate.try_admit(a, 1, 10));
+        assert!(!gate.unregister(a), "a holds budget");
+        gate.release(a, 1, 10);
+        assert!(gate.unregister(a));
+        assert_eq!(gate.register(), a, "the id is handed out again");
+        assert_eq!(gate.cluster_usage(a), (0, 0));
+        assert_ne!(gate.register(), b);
     }
 
     #[test]

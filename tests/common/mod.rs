@@ -102,6 +102,8 @@ pub enum Mode {
     /// Answer this status with the request's Authorization header in the body,
     /// as a careless target might.
     FailEcho(u16),
+    /// 413 for a batch of more than this many events (a proxy's body limit).
+    TooLarge(usize),
 }
 
 /// One request the sink received.
@@ -334,6 +336,10 @@ async fn handle(
         Mode::Delay(d) => {
             tokio::time::sleep(d).await;
             (200, None)
+        }
+        Mode::TooLarge(max) => {
+            let n = body["events"].as_array().map_or(0, Vec::len);
+            (if n > max { 413 } else { 200 }, None)
         }
         Mode::FailEcho(status) => {
             answer = Bytes::from(format!(
@@ -615,11 +621,21 @@ impl BrokerProcess {
 
     /// [`spawn`](Self::spawn) with this `RUST_LOG` filter.
     pub fn spawn_with_log(config_file: &std::path::Path, rust_log: &str) -> BrokerProcess {
+        BrokerProcess::spawn_with_env(config_file, rust_log, &[])
+    }
+
+    /// [`spawn_with_log`](Self::spawn_with_log) with these variables set.
+    pub fn spawn_with_env(
+        config_file: &std::path::Path,
+        rust_log: &str,
+        env: &[(String, String)],
+    ) -> BrokerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qbroker"))
             .args(["run", "--config"])
             .arg(config_file)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
