@@ -193,8 +193,6 @@ pub struct Publisher {
     window: Arc<Semaphore>,
     link: Mutex<Link>,
     blocked: Arc<AtomicBool>,
-    /// The last error and when (Unix ms), for the target view.
-    last_error: std::sync::Mutex<Option<(String, i64)>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -236,7 +234,6 @@ impl Publisher {
             retry_max: cfg.retry_max,
             link: Mutex::new(Link::default()),
             blocked: Arc::new(AtomicBool::new(false)),
-            last_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -245,30 +242,9 @@ impl Publisher {
         self.blocked.load(Ordering::Relaxed)
     }
 
-    /// The last error, and when it happened (Unix ms).
-    pub fn last_error(&self) -> Option<(String, i64)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn note(&self, err: &AmqpError) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((err.to_string(), unix_ms()));
-    }
-
     /// Publish `record`'s messages and wait for every confirm. Ok only when all
     /// were acked and none returned.
     pub async fn publish(&self, record: &Record) -> Result<(), AmqpError> {
-        let result = self.try_publish(record).await;
-        if let Err(e) = &result {
-            self.note(e);
-        }
-        result
-    }
-
-    async fn try_publish(&self, record: &Record) -> Result<(), AmqpError> {
         let (envelope, messages) = encode::messages(record, &self.s)?;
         let (connection, channel) = self.channel().await?;
         let timestamp = (unix_ms() / 1000) as u64;

@@ -137,14 +137,6 @@ impl Endpoint {
         }
     }
 
-    /// An AMQP target's last error and when (Unix ms); RabbitMQ blocks it.
-    pub fn amqp_state(&self) -> Option<(Option<(String, i64)>, bool)> {
-        match &self.transport {
-            Transport::Amqp(p) => Some((p.last_error(), p.blocked())),
-            Transport::Https(_) => None,
-        }
-    }
-
     fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
         use base64::Engine as _;
         let (authorization, secrets) = match auth {
