@@ -255,7 +255,13 @@ fn unroutable_batches_stay_until_a_queue_is_bound() {
     let rmq = shared();
     rmq.declare_exchange("nobody");
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config(&rmq, dir.path(), "nobody", PASSWORD, ""));
+    let admin = "admin-T0ken-unroutable";
+    let broker = Broker::start(
+        &(config(&rmq, dir.path(), "nobody", PASSWORD, "")
+            + &format!(
+                "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{admin}\"\n"
+            )),
+    );
     send_frames(broker.syslog, "unbound-1", 1, 0..100);
     // Returned messages: the batch is retried, not acknowledged.
     wait_for(Duration::from_secs(30), || {
@@ -269,6 +275,17 @@ fn unroutable_batches_stay_until_a_queue_is_bound() {
         broker.metric("qbroker_target_failing{target=\"rmq\"}"),
         Some(1.0)
     );
+    // The operator's view says why, in words, and since when.
+    let (status, clusters) = api_call(&broker, admin, "GET", "/v1/clusters", &Value::Null);
+    assert_eq!(status, 200, "{clusters}");
+    let target = &clusters[0]["target"];
+    assert_eq!(target["state"], "failing", "{clusters}");
+    let error = target["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("unroutable") && error.contains("no queue is bound to exchange \"nobody\""),
+        "{clusters}"
+    );
+    assert!(target["last_error_time"].as_str().is_some(), "{clusters}");
     let consumer = Consumer::start(&rmq, "nobody", "nobody-q", "unbound");
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
     wait_for(Duration::from_secs(10), || {
