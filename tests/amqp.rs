@@ -333,7 +333,13 @@ fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
     rmq.declare_exchange("alarm");
     let consumer = Consumer::start(&rmq, "alarm", "alarm-q", "alarm");
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config(&rmq, dir.path(), "alarm", PASSWORD, ""));
+    let admin = "admin-T0ken-alarm";
+    let broker = Broker::start(
+        &(config(&rmq, dir.path(), "alarm", PASSWORD, "")
+            + &format!(
+                "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{admin}\"\n"
+            )),
+    );
     send_frames(broker.syslog, "alarm-1", 1, 0..100);
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
     rmq.ctl(&["set_vm_memory_high_watermark", "0"]);
@@ -341,6 +347,8 @@ fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
     wait_for(Duration::from_secs(30), || {
         (broker.metric("qbroker_target_blocked{target=\"rmq\"}")? == 1.0).then_some(())
     });
+    let (_, clusters) = api_call(&broker, admin, "GET", "/v1/clusters", &Value::Null);
+    assert_eq!(clusters[0]["target"]["state"], "blocked", "{clusters}");
     let during = events_of(&consumer.got()).len();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
