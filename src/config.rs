@@ -1327,6 +1327,12 @@ fn validate_target_with(
             "a token or client certificate would travel in clear over http://: use https://",
         ));
     }
+    if !tls && is_amqp && (t.client_cert_file.is_some() || t.ca_file.is_some()) {
+        return Err(invalid(
+            field("url"),
+            "ca_file and client certificates need TLS: use amqps://",
+        ));
+    }
     let client_auth = match (&t.client_cert_file, &t.client_key_file) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
         (None, None) => None,
@@ -1627,6 +1633,7 @@ mod amqp_tests {
         assert!(err("amqps://h/v", "gzip = true").starts_with("targets[0].gzip:"));
         assert!(err("amqps://h/a/b", "").starts_with("targets[0].url:"));
         assert!(err("amqps://u:p@h/v", "").contains("username and password_file"));
+        assert!(err("amqp://h/v", "ca_file = \"/x.pem\"").contains("use amqps://"));
         let no_exchange = RawConfig::parse("[[targets]]\nname = \"r\"\nurl = \"amqps://h/v\"\n")
             .unwrap()
             .validate()
