@@ -159,6 +159,10 @@ pub struct Batcher {
     append: Mutex<()>,
     /// Set when the cluster's metadata changes are enriched.
     enrich: OnceLock<Arc<Link>>,
+    /// The cluster's registration was deleted and it has no other target: its
+    /// source forgets it once no connection holds it and nothing waits here
+    /// (see [`Batcher::route_gone`]).
+    route_gone: AtomicBool,
 }
 
 /// Whether the event already says directory (its operation does).
@@ -216,7 +220,22 @@ impl Batcher {
             }),
             append: Mutex::new(()),
             enrich: OnceLock::new(),
+            route_gone: AtomicBool::new(false),
         }
+    }
+
+    /// The target set has no route for this cluster any more (its registration
+    /// was deleted, and it has no configured or default target): the batches
+    /// it still makes go to the deleted target, which is delivered and then
+    /// removed once the cluster's source forgot the cluster (no connection,
+    /// nothing waiting). A connection of the cluster after that is refused.
+    pub fn set_route_gone(&self) {
+        self.route_gone.store(true, Ordering::SeqCst);
+    }
+
+    /// See [`set_route_gone`](Self::set_route_gone).
+    pub fn route_gone(&self) -> bool {
+        self.route_gone.load(Ordering::SeqCst)
     }
 
     /// Size the type cache and the enrichment bounds, and enrich this cluster's
@@ -275,6 +294,7 @@ impl Batcher {
     /// knows the old spool gets nothing more from this cluster. Blocking (it may
     /// wait on a full spool): call it from a plain thread.
     pub fn set_route(&self, route: Route) {
+        self.route_gone.store(false, Ordering::SeqCst);
         let mut st = lock(&self.state);
         let sealed = self.seal(&mut st);
         st.routed = routed(&self.cluster, route);

@@ -30,7 +30,8 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
-//! [`model`] (types that cross stages), [`replay`] (refused batches back
+//! [`model`] (types that cross stages), [`preflight`] (what `run` would
+//! refuse, for `check-config`), [`replay`] (refused batches back
 //! from the dead-letter directory into their spool), [`sync`] (the hand-written
 //! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
 //! doctor`: checks of the clusters, the targets and the host).
@@ -52,6 +53,7 @@ pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod pool;
+pub mod preflight;
 pub mod replay;
 pub mod spool;
 pub mod stdin;

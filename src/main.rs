@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("qbroker: {err:#}");
+            eprintln!("qbroker: {}", error_text(&err));
             ExitCode::FAILURE
         }
     }
@@ -208,6 +208,14 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let raw = RawConfig::load(file)?;
     let cfg = raw.validate()?;
     warn_exposed(&raw, Some(file));
+    let problems = qbroker::preflight::check(&cfg);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} would not start:\n  {}",
+            file.display(),
+            problems.join("\n  ")
+        );
+    }
     println!("{} is valid", file.display());
     println!("listen          {}", cfg.listen);
     if let Some(tls) = &cfg.syslog_tls {
@@ -490,6 +498,23 @@ impl std::io::Write for SharedOut {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the message
+/// already holds (many errors quote their source) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -573,8 +573,9 @@ impl Targets {
                 .iter()
                 .filter_map(|(cluster, a)| {
                     let Some((target, filer_id)) = self.desired(&st, cluster) else {
-                        if st.live.get(&a.target).is_some_and(|l| l.draining) {
-                            warn!(cluster = %cluster, target = %a.target, "registration deleted and the cluster has no other target: it keeps sending there");
+                        if st.live.get(&a.target).is_some_and(|l| l.draining) && !a.batcher.route_gone() {
+                            a.batcher.set_route_gone();
+                            info!(cluster = %cluster, target = %a.target, "registration deleted and the cluster has no other target: what it still sends goes to the deleted target; once no node is connected the cluster is forgotten and later connections are refused");
                         }
                         return None;
                     };
@@ -653,11 +654,14 @@ impl Targets {
         }
     }
 
-    /// Whether deleting `cluster`'s registration would leave a cluster connected
-    /// here without a target.
+    /// Whether deleting `cluster`'s registration would leave a node of the
+    /// cluster connected here (now) without a target.
     pub fn deletion_strands(&self, cluster: &str) -> bool {
         let st = lock(&self.state);
-        st.clusters.contains_key(cluster) && self.configured_route(cluster).is_none()
+        st.clusters
+            .get(cluster)
+            .is_some_and(|a| a.batcher.metrics().connections.get() > 0)
+            && self.configured_route(cluster).is_none()
     }
 
     /// The name of the target `cluster`'s batches go to now, if it is connected.

@@ -708,10 +708,14 @@ fn registrations_and_the_certificate_survive_a_restart() {
 
     registered.set_mode(Mode::Fail(503, None));
     send_frames(broker.syslog, "west-1", 2, 20..30);
+    // The failing target is detail; the broker stays ready for the others.
     wait_for(Duration::from_secs(20), || {
-        let r = api.call("GET", "/readyz", &[], None);
-        (r.status == 503 && r.body["targets"]["failing"] == json!(["@west"])).then_some(())
+        let r = api.call("GET", "/healthz", &[], None);
+        (r.status == 200 && r.body["targets"]["failing"] == json!(["@west"])).then_some(())
     });
+    let r = api.call("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["targets"]["failing"], json!(["@west"]));
     registered.set_mode(Mode::Accept);
     wait_for(Duration::from_secs(20), || {
         (indexes(&registered).len() == 30).then_some(())
@@ -774,7 +778,17 @@ fn deleting_the_only_target_of_a_connected_cluster_is_refused() {
                      "ca_certificate": std::fs::read_to_string(&sink.ca_file).unwrap()})),
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    send_frames(broker.syslog, "solo-1", 1, 5..10);
+    // A node stays connected.
+    let mut node = TcpStream::connect(broker.syslog).unwrap();
+    for i in 5..10 {
+        let frame = json_frame(
+            "solo-1",
+            "fs_create_file",
+            &format!("/f{i}"),
+            &file_id(1, i),
+        );
+        node.write_all(&framed(&frame, false)).unwrap();
+    }
     wait_for(Duration::from_secs(20), || {
         (indexes(&sink) == (5..10).collect()).then_some(())
     });
@@ -782,6 +796,28 @@ fn deleting_the_only_target_of_a_connected_cluster_is_refused() {
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body["detail"].as_str().unwrap().contains("nowhere"));
     assert_eq!(api.admin("GET", "/v1/targets/solo", None).status, 200);
+
+    // Once no node is connected, the registration can go (as the reference
+    // broker allowed): the deleted target is delivered and removed, and the
+    // cluster's next connection is refused like any cluster without a target.
+    drop(node);
+    wait_for(Duration::from_secs(10), || {
+        (broker.metric("qbroker_cluster_connections{cluster=\"solo\"}")? == 0.0).then_some(())
+    });
+    let r = api.admin("DELETE", "/v1/targets/solo", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(api.admin("GET", "/v1/targets/solo", None).status, 404);
+    wait_for(Duration::from_secs(30), || {
+        (!broker.data_dir.join("spool/@solo").exists()).then_some(())
+    });
+    let refused = broker
+        .metric("qbroker_connections_unroutable_total")
+        .unwrap();
+    let _ = try_send_frames(broker.syslog, "solo-1", 1, 10..15);
+    wait_for(Duration::from_secs(10), || {
+        (broker.metric("qbroker_connections_unroutable_total")? > refused).then_some(())
+    });
+    assert_eq!(indexes(&sink), (5..10).collect());
     broker.stop();
 }
 

@@ -255,3 +255,60 @@ fn the_example_configuration_shows_every_field() {
         );
     }
 }
+
+/// `check-config` refuses what `run` would refuse at start, naming the field,
+/// each cause said once: a missing CA file, a CA path holding a key, a data
+/// directory that is a file or cannot be created.
+#[test]
+fn check_config_refuses_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let check = |body: &str| {
+        let file = dir.path().join("q.toml");
+        std::fs::write(&file, body).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_qbroker"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let target = |extra: &str| {
+        format!(
+            "data_dir = \"{}\"\n[[targets]]\nname = \"good\"\nurl = \"https://127.0.0.1:8443/e\"\n{extra}\n",
+            dir.path().join("data").display()
+        )
+    };
+    let (ok, err) = check(&target("ca_file = \"/nonexistent/ca.pem\""));
+    assert!(!ok);
+    assert!(err.contains("targets.good.ca_file"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    let (ok, err) = check(&target(&format!("ca_file = \"{}\"", key_file.display())));
+    assert!(!ok);
+    assert!(err.contains("targets.good.ca_file"), "{err}");
+
+    let (ok, err) = check(&format!(
+        "data_dir = \"{}\"\n[[targets]]\nname = \"good\"\nurl = \"https://127.0.0.1:8443/e\"\n",
+        a_file.display()
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("data_dir") && err.contains("not a directory"),
+        "{err}"
+    );
+
+    let (ok, err) = check("data_dir = \"/proc/qbroker-data\"\n[[targets]]\nname = \"good\"\nurl = \"https://127.0.0.1:8443/e\"\n");
+    assert!(!ok);
+    assert!(err.contains("data_dir: /proc/qbroker-data"), "{err}");
+
+    let (ok, err) = check(&target(""));
+    assert!(ok, "{err}");
+}

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::acl::Namespace;
 use crate::gen::{now_unix_us, Format, Framing, GenConfig, GenCore};
-use crate::report::{num, BrokerUsage, EnrichReport, Report, Setup, Timing};
+use crate::report::{num, BrokerUsage, EnrichReport, Report, RestartReport, Setup, Timing};
 use crate::send::{SendConfig, SendStats};
 use crate::sink::{CertSource, FaultConfig, SinkConfig, Window};
 use crate::verify::Verifier;
@@ -44,6 +44,12 @@ pub enum Scenario {
     Enrich,
     /// enrich, with every API answer 300 ms late: the rest must not slow down
     EnrichSlowApi,
+    /// 2 clusters x 2 nodes at 5,000 events/s for 8 s into a broker with a
+    /// 2 MiB spool cap while the sink answers 503; once the broker has read
+    /// every frame, its spool is at its cap and frames wait in its work queue,
+    /// SIGTERM; start it again on the same data directory, end the outage:
+    /// nothing may be lost
+    RestartAtCap,
     /// AMQP (--egress amqp unless amqp-event is asked for): 2 clusters x 3
     /// nodes at 10,000 events/s; RabbitMQ is killed (-9) mid-run and started
     /// again 5 s later; nothing may be lost
@@ -78,6 +84,11 @@ pub struct Plan {
     pub api_delay: Duration,
     /// a RabbitMQ fault, relative to the start of sending (AMQP scenarios)
     pub rabbit: Option<(RabbitFault, Window)>,
+    /// restart-at-cap: the sink answers 503 from the start until the broker,
+    /// stopped at its spool cap, was started again
+    pub restart_at_cap: bool,
+    /// the scenario's broker settings (the command line's come first)
+    pub broker: BrokerOverrides,
 }
 
 impl Scenario {
@@ -92,6 +103,7 @@ impl Scenario {
             Scenario::EnrichSlowApi => "enrich-slow-api",
             Scenario::RabbitmqRestart => "rabbitmq-restart",
             Scenario::RabbitmqBlocked => "rabbitmq-blocked",
+            Scenario::RestartAtCap => "restart-at-cap",
         }
     }
 
@@ -109,6 +121,8 @@ impl Scenario {
             acl_ppm: 0,
             api_delay: Duration::ZERO,
             rabbit: None,
+            restart_at_cap: false,
+            broker: BrokerOverrides::default(),
         };
         match self {
             Scenario::Steady => base,
@@ -156,6 +170,30 @@ impl Scenario {
                     ..base
                 }
             }
+            Scenario::RestartAtCap => Plan {
+                nodes: 2,
+                rate: Some(5_000.0),
+                duration: duration.unwrap_or(secs(8)),
+                restart_at_cap: true,
+                broker: BrokerOverrides {
+                    // small enough that a few seconds of events fill it (the
+                    // broker wants max_bytes >= twice segment_bytes and
+                    // batch.max_bytes)
+                    spool_max_bytes: Some(2 << 20),
+                    spool_segment_bytes: Some(256 << 10),
+                    batch_max_bytes: Some(256 << 10),
+                    // room for every frame sent, so that reading never pauses:
+                    // syslog over TCP has no acknowledgement, so what would
+                    // wait in socket buffers at the signal is lost by TCP
+                    queue_size: Some(200_000),
+                    queue_max_bytes: Some(256 << 20),
+                    // the stopping broker tries the sink (503) until the grace
+                    // period ends: short, but room to write the queue to disk
+                    shutdown_grace_secs: Some(10),
+                    ..BrokerOverrides::default()
+                },
+                ..base
+            },
             Scenario::Outage => {
                 let d = duration.unwrap_or(secs(60));
                 // 30 s of 503 in the middle; shorter runs get half their length
@@ -205,16 +243,47 @@ impl Plan {
     }
 }
 
-/// `[batch]` and `[spool]` settings of the broker under test; None: its default.
+/// `[batch]`, `[spool]`, `[queue]` and `[shutdown]` settings of the broker
+/// under test; None: its default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct BrokerOverrides {
     pub max_events: Option<usize>,
     pub max_age_ms: Option<u64>,
+    /// `[batch] max_bytes`
+    pub batch_max_bytes: Option<u64>,
     /// `[spool] fsync`
     pub spool_fsync: Option<SpoolFsync>,
     /// the spool in memory (a directory under /dev/shm) instead of on disk:
     /// what the spool's own work costs without the disk
     pub spool_in_memory: bool,
+    /// `[spool] max_bytes`
+    pub spool_max_bytes: Option<u64>,
+    /// `[spool] segment_bytes`
+    pub spool_segment_bytes: Option<u64>,
+    /// `[queue] size` (frames)
+    pub queue_size: Option<u64>,
+    /// `[queue] max_bytes`
+    pub queue_max_bytes: Option<u64>,
+    /// `[shutdown] grace_secs`
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl BrokerOverrides {
+    /// These settings, with `base`'s (a scenario's) where these have none.
+    pub fn over(self, base: BrokerOverrides) -> BrokerOverrides {
+        BrokerOverrides {
+            max_events: self.max_events.or(base.max_events),
+            max_age_ms: self.max_age_ms.or(base.max_age_ms),
+            batch_max_bytes: self.batch_max_bytes.or(base.batch_max_bytes),
+            spool_fsync: self.spool_fsync.or(base.spool_fsync),
+            spool_in_memory: self.spool_in_memory || base.spool_in_memory,
+            spool_max_bytes: self.spool_max_bytes.or(base.spool_max_bytes),
+            spool_segment_bytes: self.spool_segment_bytes.or(base.spool_segment_bytes),
+            queue_size: self.queue_size.or(base.queue_size),
+            queue_max_bytes: self.queue_max_bytes.or(base.queue_max_bytes),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(base.shutdown_grace_secs),
+        }
+    }
 }
 
 /// The broker's `[spool] fsync` policies.
@@ -361,7 +430,8 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The broker configuration the bench runs with.
-/// `overrides` sets `[batch]` and `[spool]` fields over the broker's defaults
+/// `overrides` sets `[batch]`, `[spool]`, `[queue]` and `[shutdown]` fields
+/// over the broker's defaults
 /// (`spool_dir`: where the spool goes instead of `data_dir`). Every simulated
 /// node connects from 127.0.0.1, so the per-source connection limit (128 by
 /// default, sized for a relay) is raised to twice the `nodes` the senders run:
@@ -385,6 +455,9 @@ pub fn broker_config(
     if let Some(ms) = overrides.max_age_ms {
         batch_table.push_str(&format!("max_age_ms = {ms}\n"));
     }
+    if let Some(b) = overrides.batch_max_bytes {
+        batch_table.push_str(&format!("max_bytes = {b}\n"));
+    }
     if !batch_table.is_empty() {
         batch_table.insert_str(0, "\n[batch]\n");
     }
@@ -392,15 +465,34 @@ pub fn broker_config(
     if let Some(f) = overrides.spool_fsync {
         spool_table.push_str(&format!("fsync = {}\n", toml_str(f.as_str())));
     }
+    if let Some(b) = overrides.spool_max_bytes {
+        spool_table.push_str(&format!("max_bytes = {b}\n"));
+    }
+    if let Some(b) = overrides.spool_segment_bytes {
+        spool_table.push_str(&format!("segment_bytes = {b}\n"));
+    }
     if let Some(dir) = spool_dir {
         spool_table.push_str(&format!("dir = {}\n", toml_str(&dir.to_string_lossy())));
     }
     if !spool_table.is_empty() {
         spool_table.insert_str(0, "\n[spool]\n");
     }
+    let mut queue_table = String::new();
+    if let Some(n) = overrides.queue_size {
+        queue_table.push_str(&format!("size = {n}\n"));
+    }
+    if let Some(b) = overrides.queue_max_bytes {
+        queue_table.push_str(&format!("max_bytes = {b}\n"));
+    }
+    if !queue_table.is_empty() {
+        queue_table.insert_str(0, "\n[queue]\n");
+    }
+    if let Some(s) = overrides.shutdown_grace_secs {
+        queue_table.push_str(&format!("\n[shutdown]\ngrace_secs = {s}\n"));
+    }
     let per_source = (2 * nodes).max(128);
     format!(
-        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}{spool_table}\n\
+        "listen = {}\nworkers = {workers}\nmetrics_listen = {}\ndata_dir = {}\ndefault_target = \"sink\"\n{batch_table}{spool_table}{queue_table}\n\
          [ingest]\nmax_connections_per_source = {per_source}\n\n\
          [[targets]]\nname = \"sink\"\nurl = {}\nca_file = {}\n",
         toml_str(&listen.to_string()),
@@ -453,6 +545,101 @@ fn metric(text: &str, sample: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The sum of a metric's samples over its labels (`prefix` up to the `{`).
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the broker has read `sent` frames, its spool has waited full
+/// and its work queue holds frames: the moment restart-at-cap signals it.
+async fn wait_at_cap(
+    metrics: std::net::SocketAddr,
+    sent: u64,
+    within: Duration,
+    pb: &ProgressBar,
+) -> anyhow::Result<RestartReport> {
+    let start = Instant::now();
+    loop {
+        let text = scrape(metrics).await.unwrap_or_default();
+        let m = |name: &str| metric(&text, name).unwrap_or(0.0) as u64;
+        let at = RestartReport {
+            frames_read: metric_sum(&text, "qbroker_cluster_frames_total") as u64,
+            queue_messages: m("qbroker_queue_messages"),
+            queue_bytes: m("qbroker_queue_bytes"),
+            spool_bytes: metric_sum(&text, "qbroker_spool_bytes") as u64,
+            spool_full_waits: metric_sum(&text, "qbroker_spool_full_waits_total") as u64,
+            ..RestartReport::default()
+        };
+        if at.frames_read >= sent && at.spool_full_waits >= 1 && at.queue_messages > 0 {
+            return Ok(at);
+        }
+        if start.elapsed() > within {
+            bail!(
+                "restart-at-cap: {within:?} after the senders ended the broker had read {} of \
+                 {sent} frames, its spool had waited full {} times and its work queue held {} \
+                 frames; the signal wants every frame read, the spool at its cap and frames in \
+                 the queue (send more, or fewer than the queue holds)",
+                at.frames_read,
+                at.spool_full_waits,
+                at.queue_messages
+            );
+        }
+        pb.set_message(format!(
+            "sent {sent}; broker read {}, spool {} bytes ({} full waits), queue {} frames",
+            num(at.frames_read),
+            num(at.spool_bytes),
+            at.spool_full_waits,
+            num(at.queue_messages)
+        ));
+        pb.tick();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last `qbroker stopped` line of a broker log, without colours.
+fn stopped_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .map(strip_ansi)
+        .find_map(|l| Some(l[l.find("qbroker stopped")?..].trim().to_string()))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then a letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name=N` of a log line.
+fn stopped_field(line: &str, name: &str) -> Option<u64> {
+    let key = format!("{name}=");
+    let at = line
+        .match_indices(&key)
+        .find(|(i, _)| *i == 0 || !line[..*i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))?
+        .0;
+    let digits: String = line[at + key.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// utime + stime, in clock ticks, from /proc/<pid>/stat.
@@ -622,6 +809,46 @@ impl Broker {
         }
     }
 
+    /// [`stop`](Self::stop), sampling the broker's CPU seconds and peak RSS
+    /// every 20 ms until it exits: the last sample (up to 20 ms of its
+    /// shutdown's CPU short).
+    async fn stop_measured(
+        mut self,
+        grace: Duration,
+        tck: u64,
+    ) -> anyhow::Result<(String, Option<(f64, u64)>)> {
+        let pid = self.pid;
+        let mut last = sample(pid, tck).ok();
+        // an exited process's status has no VmHWM: keep the highest of each
+        let take = |last: &mut Option<(f64, u64)>| {
+            if let Ok((cpu, hwm)) = sample(pid, tck) {
+                let (c, h) = last.unwrap_or((0.0, 0));
+                *last = Some((cpu.max(c), hwm.max(h)));
+            }
+        };
+        if let Some(st) = self.child.try_wait()? {
+            return Ok((format!("had already exited ({st}) before SIGTERM"), last));
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            tokio::select! {
+                r = self.child.wait() => return Ok((format!("{} after SIGTERM", r?), last)),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    take(&mut last);
+                    if Instant::now() >= deadline {
+                        tracing::warn!(pid, "qbroker ignored SIGTERM for {grace:?}; killing it");
+                        self.child.kill().await?;
+                        return Ok((format!("killed: still running {grace:?} after SIGTERM"), last));
+                    }
+                }
+            }
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; says how it ended.
     async fn stop(mut self, grace: Duration) -> anyhow::Result<String> {
         if let Some(st) = self.child.try_wait()? {
@@ -651,6 +878,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .scenario
         .plan(opts.duration)
         .with(opts.rate, opts.clusters, opts.nodes)?;
+    let overrides = opts.overrides.over(plan.broker);
     let broker_bin = find_broker(opts.broker.as_deref())?;
     // (taskset, the CPUs asked for)
     let pin = match &opts.broker_cpus {
@@ -681,7 +909,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let data_dir = work.join("data");
-    let shm_spool = if opts.overrides.spool_in_memory {
+    let shm_spool = if overrides.spool_in_memory {
         let shm = Path::new("/dev/shm");
         if !shm.is_dir() {
             bail!("--spool-in-memory: no /dev/shm on this machine");
@@ -767,7 +995,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &data_dir,
         &format!("https://127.0.0.1:{}/events", sink.addr.port()),
         &ca_file,
-        &opts.overrides,
+        &overrides,
         usize::from(plan.clusters) * usize::from(plan.nodes),
         shm_spool.as_deref(),
     );
@@ -803,13 +1031,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let config_path = work.join("qbroker.toml");
     std::fs::write(&config_path, &config)?;
+    let pin_arg = pin
+        .as_ref()
+        .zip(opts.broker_cpus.as_deref())
+        .map(|((taskset, _), list)| (taskset.as_path(), list));
     let mut broker = Broker::start(
         &broker_bin,
         &config_path,
         &work.join("qbroker.log"),
-        pin.as_ref()
-            .zip(opts.broker_cpus.as_deref())
-            .map(|((taskset, _), list)| (taskset.as_path(), list)),
+        pin_arg,
     )
     .await?;
     broker.ready(listen, Duration::from_secs(20)).await?;
@@ -830,7 +1060,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         }
     }
     let tck = clock_ticks_per_sec();
-    let (cpu0, _) = sample(broker.pid, tck)?;
+    let (mut cpu0, _) = sample(broker.pid, tck)?;
 
     // senders
     let send_cfg = SendConfig {
@@ -848,6 +1078,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let stats = Arc::new(SendStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let send_start = Instant::now();
+    if plan.restart_at_cap {
+        // 503 from the start, until the broker was started again
+        sink.faults.outage(Duration::from_secs(86_400));
+    }
     let senders = tokio::spawn(crate::send::run(
         send_cfg,
         core.clone(),
@@ -939,6 +1173,42 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     };
     let send_s = send_start.elapsed().as_secs_f64();
 
+    // restart-at-cap: SIGTERM once the broker has read every frame sent (what
+    // it has not read, TCP would lose), its spool is at its cap and frames
+    // wait in its work queue; start it again on the same data directory; end
+    // the outage. CPU and peak RSS are those of both processes, added up.
+    let mut restart = None;
+    // (CPU seconds, peak RSS) of the stopped broker
+    let mut stopped_usage = (0.0, 0);
+    let mut first_exit = None;
+    if plan.restart_at_cap {
+        let mut at = wait_at_cap(metrics, send.events, Duration::from_secs(60), &pb).await?;
+        pb.set_message("SIGTERM at the spool cap; waiting for the broker to stop");
+        let grace = Duration::from_secs(overrides.shutdown_grace_secs.unwrap_or(30) + 20);
+        let stop_start = Instant::now();
+        let (exit, usage) = broker.stop_measured(grace, tck).await?;
+        at.stop_s = stop_start.elapsed().as_secs_f64();
+        let (cpu, hwm) = usage.unwrap_or((cpu0, 0));
+        stopped_usage = (cpu - cpu0, hwm);
+        first_exit = Some(exit);
+        at.stopped = stopped_line(&work.join("qbroker.log")).unwrap_or_default();
+        pb.set_message("starting the broker again");
+        let restart_start = Instant::now();
+        broker = Broker::start(
+            &broker_bin,
+            &config_path,
+            &work.join("qbroker.restarted.log"),
+            pin_arg,
+        )
+        .await?;
+        broker.ready(listen, Duration::from_secs(20)).await?;
+        at.restart_s = restart_start.elapsed().as_secs_f64();
+        // the restarted broker's CPU counts from its start (opening the spool)
+        cpu0 = 0.0;
+        sink.faults.end_outages();
+        restart = Some(at);
+    }
+
     // drain: until everything expected arrived, or progress stops
     if let Some(f) = rabbit_fault {
         let (r, result) = f.await?;
@@ -981,7 +1251,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         String::new()
     };
     pb.finish_and_clear();
-    let broker_exit = broker.stop(Duration::from_secs(20)).await?;
+    let mut broker_exit = broker.stop(Duration::from_secs(20)).await?;
+    if let Some(first) = &first_exit {
+        broker_exit = format!("first {first}; restarted, then {broker_exit}");
+    }
 
     verifier.set_acl_totals(send.acl_totals());
     let summary = verifier.summary(Some(&totals));
@@ -1009,8 +1282,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         broker_workers: workers,
         broker_cpus,
         broker_pinned: opts.broker_cpus.is_some(),
-        broker_overrides: opts.overrides,
+        broker_overrides: overrides,
         broker_exit,
+        broker_restarts: u32::from(restart.is_some()),
     };
     let mut report = Report::assemble(
         setup,
@@ -1018,8 +1292,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         &summary,
         responses,
         BrokerUsage {
-            cpu_s: cpu1 - cpu0,
-            peak_rss_bytes: hwm,
+            cpu_s: stopped_usage.0 + (cpu1 - cpu0),
+            peak_rss_bytes: stopped_usage.1 + hwm,
         },
         Timing {
             send_s,
@@ -1027,6 +1301,23 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             through_s,
         },
     );
+    if let Some(at) = restart {
+        match stopped_field(&at.stopped, "lost_events") {
+            Some(0) => {}
+            Some(n) => report.fail(format!(
+                "the broker stopped at its spool cap lost {n} events: {}",
+                at.stopped
+            )),
+            None => report.fail(format!(
+                "the broker stopped at its spool cap logged no `qbroker stopped ... lost_events=N` line (last: {:?})",
+                at.stopped
+            )),
+        }
+        if let Some(first) = first_exit.filter(|e| !e.contains("exit status: 0")) {
+            report.fail(format!("the broker stopped at its spool cap: {first}"));
+        }
+        report.restart = Some(at);
+    }
     if plan.acl_ppm > 0 {
         let m = |name: &str| metric(&broker_metrics, name).unwrap_or(0.0) as u64;
         let (hits, misses) = (
@@ -1113,6 +1404,13 @@ mod tests {
             (o.start, o.len),
             (Duration::from_secs(15), Duration::from_secs(30))
         );
+        let r = Scenario::RestartAtCap.plan(None);
+        assert!(r.restart_at_cap && r.outage.is_none());
+        assert_eq!(
+            (r.clusters, r.nodes, r.rate, r.duration),
+            (2, 2, Some(5_000.0), Duration::from_secs(8))
+        );
+        assert!(!Scenario::Steady.plan(None).restart_at_cap);
         let o = Scenario::Outage
             .plan(Some(Duration::from_secs(20)))
             .outage
@@ -1207,6 +1505,7 @@ mod tests {
                 max_age_ms: Some(25),
                 spool_fsync: Some(SpoolFsync::Always),
                 spool_in_memory: true,
+                ..BrokerOverrides::default()
             },
             200,
             Some(Path::new("/dev/shm/x")),
@@ -1221,6 +1520,60 @@ mod tests {
         assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
         assert_eq!(v["batch"]["max_age_ms"].as_integer(), Some(25));
         assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));
+        assert!(v.get("queue").is_none() && v.get("shutdown").is_none());
+        // restart-at-cap's settings, under the command line's
+        let o = BrokerOverrides {
+            max_events: Some(500),
+            ..BrokerOverrides::default()
+        }
+        .over(Scenario::RestartAtCap.plan(None).broker);
+        assert_eq!(o.max_events, Some(500));
+        let c = broker_config(
+            "127.0.0.1:5514".parse().unwrap(),
+            2,
+            "127.0.0.1:9100".parse().unwrap(),
+            Path::new("/tmp/data"),
+            "https://127.0.0.1:8443/events",
+            Path::new("/tmp/ca.pem"),
+            &o,
+            4,
+            None,
+        );
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["batch"]["max_events"].as_integer(), Some(500));
+        assert_eq!(v["batch"]["max_bytes"].as_integer(), Some(256 << 10));
+        assert_eq!(v["spool"]["max_bytes"].as_integer(), Some(2 << 20));
+        assert_eq!(v["spool"]["segment_bytes"].as_integer(), Some(256 << 10));
+        assert_eq!(v["queue"]["size"].as_integer(), Some(200_000));
+        assert_eq!(v["queue"]["max_bytes"].as_integer(), Some(256 << 20));
+        assert_eq!(v["shutdown"]["grace_secs"].as_integer(), Some(10));
+        assert_eq!(v["targets"][0]["name"].as_str(), Some("sink"));
+    }
+
+    #[test]
+    fn stopped_lines() {
+        let line = "\u{1b}[2m2026-12-02T09:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m qbroker: \
+                    qbroker stopped \u{1b}[3mdelivered_everything\u{1b}[0m\u{1b}[2m=\u{1b}[0mfalse \
+                    spooled_batches=17 lost_events=0";
+        let plain = strip_ansi(line);
+        assert!(plain.contains("delivered_everything=false"), "{plain}");
+        assert_eq!(stopped_field(&plain, "lost_events"), Some(0));
+        assert_eq!(stopped_field(&plain, "spooled_batches"), Some(17));
+        assert_eq!(stopped_field("x lost_events=12", "lost_events"), Some(12));
+        assert_eq!(stopped_field("x not_lost_events=1", "lost_events"), None);
+        assert_eq!(stopped_field("x", "lost_events"), None);
+        let dir = std::env::temp_dir().join(format!("loadgen-stopped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("qbroker.log");
+        std::fs::write(&log, format!("qbroker running\n{line}\ncluster totals\n")).unwrap();
+        assert_eq!(
+            stopped_line(&log).as_deref(),
+            Some("qbroker stopped delivered_everything=false spooled_batches=17 lost_events=0")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = "# HELP qbroker_cluster_frames_total x\nqbroker_cluster_frames_total{cluster=\"a\"} 3\n\
+                    qbroker_cluster_frames_total{cluster=\"b\"} 4\nqbroker_cluster_frames_totalx{a=\"\"} 9\n";
+        assert_eq!(metric_sum(text, "qbroker_cluster_frames_total"), 7.0);
     }
 
     #[test]

@@ -204,7 +204,8 @@ struct BenchArgs {
     /// consumes; a message per batch or per event)
     #[arg(long, value_enum, default_value_t = loadgen::bench::Egress::Https)]
     egress: loadgen::bench::Egress,
-    /// seconds of sending (default: the scenario's, 10 s; outage 60 s)
+    /// seconds of sending (default: the scenario's, 10 s; outage 60 s;
+    /// restart-at-cap 8 s)
     #[arg(long)]
     duration: Option<f64>,
     /// write the report as JSON here
@@ -553,6 +554,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
             max_age_ms: a.batch_max_age_ms,
             spool_fsync: a.spool_fsync,
             spool_in_memory: a.spool_in_memory,
+            ..Default::default()
         },
         format: a.format,
         framing: a.framing,

@@ -16,13 +16,36 @@ use crate::send::SendSummary;
 use crate::sink::Responses;
 use crate::verify::{Latency, SinkSummary};
 
-/// The broker process, as /proc saw it.
+/// The broker process, as /proc saw it. restart-at-cap adds up its two
+/// processes: the first's CPU from send start to its exit (its shutdown
+/// included, sampled every 20 ms) and the restarted one's from its start to
+/// drain end; peak RSS is the sum of their VmHWM (they never run together).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct BrokerUsage {
     /// user + system CPU seconds while the run lasted (send start to drain end)
     pub cpu_s: f64,
     /// VmHWM
     pub peak_rss_bytes: u64,
+}
+
+/// restart-at-cap: the broker when it was signalled, and its two lives.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RestartReport {
+    /// frames the broker had read (every frame sent)
+    pub frames_read: u64,
+    /// frames in its work queue or being converted (`qbroker_queue_messages`)
+    pub queue_messages: u64,
+    pub queue_bytes: u64,
+    /// bytes of its spool's segments, and the appends that waited on it full
+    pub spool_bytes: u64,
+    pub spool_full_waits: u64,
+    /// SIGTERM to exit, seconds (the sink still answers 503: the broker tries
+    /// it until `[shutdown] grace_secs` ends)
+    pub stop_s: f64,
+    /// the stopped broker's last `qbroker stopped` line
+    pub stopped: String,
+    /// start of the second broker to its listening, seconds
+    pub restart_s: f64,
 }
 
 /// How the run was set up.
@@ -50,7 +73,10 @@ pub struct Setup {
     /// `[batch]` and `[spool]` settings of the run (null: the broker's default)
     pub broker_overrides: BrokerOverrides,
     /// how the broker ended, e.g. `exit status: 0 after SIGTERM`
+    /// (restart-at-cap: both processes)
     pub broker_exit: String,
+    /// times the broker was stopped and started again mid-run (restart-at-cap: 1)
+    pub broker_restarts: u32,
 }
 
 /// The enrichment part of a report.
@@ -85,6 +111,9 @@ pub struct Report {
     /// the enrichment scenarios: metadata changes and what qbroker made of them
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrich: Option<EnrichReport>,
+    /// restart-at-cap: the broker when it was signalled
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartReport>,
     /// nothing lost, invented, altered or malformed; see `failures`
     pub ok: bool,
     pub failures: Vec<String>,
@@ -170,6 +199,7 @@ impl Report {
         Report {
             setup,
             enrich: None,
+            restart: None,
             ok: failures.is_empty(),
             failures,
             duration_s: t.send_s,
@@ -203,6 +233,12 @@ impl Report {
             problems: sink.problems.clone(),
             sender_errors: send.errors.clone(),
         }
+    }
+
+    /// A failure found outside the sink's and senders' summaries.
+    pub fn fail(&mut self, failure: String) {
+        self.failures.push(failure);
+        self.ok = false;
     }
 
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
@@ -280,11 +316,16 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  broker      CPU {:.2} s = {:.2} us per event sent, {:.2} us per event delivered; peak RSS {:.1} MiB",
+            "  broker      CPU {:.2} s = {:.2} us per event sent, {:.2} us per event delivered; peak RSS {:.1} MiB{}",
             self.broker_cpu_s,
             self.broker_cpu_us_per_event,
             self.broker_cpu_us_per_delivered_event,
             self.broker_peak_rss_bytes as f64 / (1 << 20) as f64,
+            if s.broker_restarts > 0 {
+                " (both processes, added up)"
+            } else {
+                ""
+            },
         );
         let b = &s.broker_overrides;
         let mut settings = match (b.max_events, b.max_age_ms) {
@@ -301,6 +342,18 @@ impl Report {
         if b.spool_in_memory {
             settings.push_str("; spool in memory (/dev/shm)");
         }
+        for (name, v) in [
+            ("batch max_bytes", b.batch_max_bytes),
+            ("spool max_bytes", b.spool_max_bytes),
+            ("spool segment_bytes", b.spool_segment_bytes),
+            ("queue size", b.queue_size),
+            ("queue max_bytes", b.queue_max_bytes),
+            ("shutdown grace_secs", b.shutdown_grace_secs),
+        ] {
+            if let Some(v) = v {
+                settings.push_str(&format!("; {name} {}", num(v)));
+            }
+        }
         let _ = writeln!(
             o,
             "              {} workers on CPUs {}{}{settings}; {}",
@@ -309,6 +362,21 @@ impl Report {
             if s.broker_pinned { " (taskset)" } else { "" },
             s.broker_exit
         );
+        if let Some(r) = &self.restart {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let _ = writeln!(
+                o,
+                "  restart     SIGTERM with all {} frames read, the spool at {:.1} MiB ({} full waits), {} frames ({:.1} MiB) in the work queue; stopped in {:.1} s: {}; listening again in {:.1} s",
+                num(r.frames_read),
+                mib(r.spool_bytes),
+                num(r.spool_full_waits),
+                num(r.queue_messages),
+                mib(r.queue_bytes),
+                r.stop_s,
+                if r.stopped.is_empty() { "no `qbroker stopped` line" } else { &r.stopped },
+                r.restart_s
+            );
+        }
         let l = &self.latency_ms;
         let _ = writeln!(
             o,
@@ -410,6 +478,7 @@ mod tests {
             broker_pinned: true,
             broker_overrides: BrokerOverrides::default(),
             broker_exit: "exit status: 0 after SIGTERM".into(),
+            broker_restarts: 0,
         }
     }
 

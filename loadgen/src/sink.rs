@@ -162,6 +162,16 @@ impl Faults {
             .push((now, now + len));
     }
 
+    /// End every outage now (and drop those still to come).
+    pub fn end_outages(&self) {
+        let now = Instant::now();
+        for w in self.outages.lock().expect("fault lock").iter_mut() {
+            if w.1 > now {
+                w.1 = now.max(w.0);
+            }
+        }
+    }
+
     /// Close the listener and all connections from now on for `len`.
     pub fn go_away(&self, len: Duration) {
         let now = Instant::now();
@@ -623,6 +633,8 @@ mod tests {
         );
         f.outage(Duration::from_secs(60));
         assert_eq!(f.decide(Instant::now()), Decision::Unavailable);
+        f.end_outages();
+        assert!(!f.in_outage());
         assert!(FaultConfig {
             reset: 1.5,
             ..FaultConfig::default()

@@ -177,6 +177,40 @@ async fn rabbitmq_restart_loses_nothing() {
     );
 }
 
+/// restart-at-cap, 5 s at 5,000 events/s into a 2 MiB spool while the sink
+/// answers 503: SIGTERM once the broker has read every frame, with its spool
+/// at its cap and frames in its work queue; a second broker on the same data
+/// directory delivers everything once the outage ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_at_cap_loses_nothing() {
+    let r = run(BenchOptions {
+        scenario: Scenario::RestartAtCap,
+        duration: Some(Duration::from_secs(5)),
+        drain_timeout: Duration::from_secs(20),
+        ..BenchOptions::default()
+    })
+    .await;
+    assert_eq!(r.setup.broker_restarts, 1);
+    assert_eq!(
+        r.setup
+            .broker_exit
+            .matches("exit status: 0 after SIGTERM")
+            .count(),
+        2,
+        "{}",
+        r.setup.broker_exit
+    );
+    let at = r.restart.as_ref().expect("restart figures");
+    assert_eq!(at.frames_read, r.sent, "{}", r.render());
+    assert!(
+        at.queue_messages > 0 && at.spool_full_waits > 0,
+        "{}",
+        r.render()
+    );
+    assert!(at.stopped.contains("lost_events=0"), "{}", at.stopped);
+    assert!(r.sink.unavailable > 0, "the sink never answered 503");
+}
+
 async fn release(scenario: Scenario, format: Format, framing: Framing) {
     run(BenchOptions {
         scenario,

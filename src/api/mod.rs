@@ -491,7 +491,7 @@ async fn route(ctx: &Ctx, req: Request) -> Answer {
     let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
     let m = req.method.clone();
     match (path.as_slice(), m.as_str()) {
-        (["healthz"], "GET") => ops::healthz(),
+        (["healthz"], "GET") => ops::healthz(ctx),
         (["readyz"], "GET") => ops::readyz(ctx).await,
         (["openapi.json"], "GET") => {
             let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));

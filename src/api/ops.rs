@@ -46,12 +46,41 @@ fn rfc3339(ms: i64) -> Option<String> {
     })
 }
 
-pub fn healthz() -> Answer {
-    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+/// Alive, with each target's health as detail: the targets whose last
+/// delivery failed and the spools at their cap. Always 200 while the process
+/// serves (a liveness probe must not restart the broker for a target's fault).
+pub fn healthz(ctx: &Ctx) -> Answer {
+    let (failing, full, total) = target_health(ctx);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ok",
+            "targets": { "total": total, "failing": failing, "spool_full": full },
+        }),
+    )
 }
 
-/// Ready when no target's last delivery failed and the spools can be written:
-/// the spool directory takes a file, and no spool is at its cap.
+/// (targets whose last delivery failed, spools at their cap, targets in all).
+fn target_health(ctx: &Ctx) -> (Vec<String>, Vec<String>, usize) {
+    let views = ctx.targets.views();
+    let failing = views
+        .iter()
+        .filter(|v| v.failing)
+        .map(|v| v.name.clone())
+        .collect();
+    let full = views
+        .iter()
+        .filter(|v| v.spool.bytes >= ctx.cfg.spool.max_bytes)
+        .map(|v| v.name.clone())
+        .collect();
+    (failing, full, views.len())
+}
+
+/// Ready to take the clusters' traffic: listening (this answer), the registry
+/// loaded and the spools open (the API serves only after both), and the spool
+/// directory writable. One target's failure does not make the whole broker
+/// unready (a load balancer would take every cluster away): the targets'
+/// health is detail here and in `/healthz`, and in the metrics.
 pub async fn readyz(ctx: &Ctx) -> Answer {
     let dir = ctx.cfg.spool.dir.clone();
     let writable = tokio::task::spawn_blocking(move || {
@@ -62,27 +91,16 @@ pub async fn readyz(ctx: &Ctx) -> Answer {
     })
     .await
     .unwrap_or(false);
-    let views = ctx.targets.views();
-    let failing: Vec<&str> = views
-        .iter()
-        .filter(|v| v.failing)
-        .map(|v| v.name.as_str())
-        .collect();
-    let full: Vec<&str> = views
-        .iter()
-        .filter(|v| v.spool.bytes >= ctx.cfg.spool.max_bytes)
-        .map(|v| v.name.as_str())
-        .collect();
-    let ready = writable && failing.is_empty() && full.is_empty();
+    let (failing, full, total) = target_health(ctx);
     json(
-        if ready {
+        if writable {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
         &serde_json::json!({
-            "ready": ready,
-            "targets": { "total": views.len(), "failing": failing },
+            "ready": writable,
+            "targets": { "total": total, "failing": failing },
             "spool": { "writable": writable, "full": full },
         }),
     )

@@ -134,7 +134,20 @@ impl Registry {
     /// make room); a configured or registered one never is.
     pub fn get_or_create(&mut self, name: &str) -> Result<(Addr<Supervisor>, Lease), Refused> {
         if let Some(e) = self.clusters.get(name) {
-            return Ok((e.addr.clone(), Lease::new(&e.presence)));
+            // A cluster whose route is gone (its registration deleted) starts
+            // afresh once no connection holds it and nothing waits in it (it
+            // is then refused unless it has a target again).
+            let stale = e.shared.batcher.route_gone()
+                && e.presence.connections.load(Ordering::Acquire) == 0
+                && self.batches.forget(&e.shared.batcher);
+            if !stale {
+                return Ok((e.addr.clone(), Lease::new(&e.presence)));
+            }
+            let e = self.clusters.remove(name).expect("looked up above");
+            if !e.known {
+                self.unknown -= 1;
+            }
+            info!(cluster = %name, "cluster forgotten: its registration was deleted");
         }
         let known = self.batches.is_known(name);
         if !known && self.unknown >= self.max_clusters {
@@ -185,12 +198,15 @@ impl Registry {
     /// batchers and metric series go. Returns how many were forgotten.
     pub fn forget_idle(&mut self, min_idle: Duration, limit: usize) -> usize {
         let now = Instant::now();
+        // Clusters whose route is gone go at once, known ones too.
         let mut idle: Vec<(Duration, Arc<str>)> = self
             .clusters
             .iter()
-            .filter(|(_, e)| !e.known)
-            .filter_map(|(name, e)| Some((e.idle_for(now)?, name.clone())))
-            .filter(|(d, _)| *d >= min_idle)
+            .filter(|(_, e)| !e.known || e.shared.batcher.route_gone())
+            .filter_map(|(name, e)| {
+                let d = e.idle_for(now)?;
+                (d >= min_idle || e.shared.batcher.route_gone()).then(|| (d, name.clone()))
+            })
             .collect();
         idle.sort_by_key(|i| std::cmp::Reverse(i.0));
         let mut forgotten = 0;
@@ -207,8 +223,11 @@ impl Registry {
             {
                 continue;
             }
-            self.clusters.remove(&name);
-            self.unknown -= 1;
+            if let Some(e) = self.clusters.remove(&name) {
+                if !e.known {
+                    self.unknown -= 1;
+                }
+            }
             self.metrics.remove_cluster(&name);
             forgotten += 1;
             info!(cluster = %name, idle_secs = idle_for.as_secs(), "idle cluster forgotten (no connection, nothing queued)");

@@ -175,7 +175,7 @@ async fn serve(listener: std::net::TcpListener, tls: Option<TlsInput>, ctx: Inge
     let forget = async {
         let after = cfg.ingest.forget_idle_cluster;
         let mut tick = tokio::time::interval(
-            (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = shared.ctx.deps.stop.clone();
