@@ -1906,7 +1906,10 @@ fn read_secret(
         (None, None) => return Ok(None),
     };
     if value.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Err(match file {
+            Some(path) => invalid(file_field, format!("{} is empty", path.display())),
+            None => invalid(field, "must not be empty"),
+        });
     }
     Ok(Some(Secret(value)))
 }
@@ -2178,9 +2181,27 @@ fn readable_by_others(path: &Path) -> bool {
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| invalid(field, format!("{value:?} is not an IP:PORT address")))
+    value.parse().map_err(|_| {
+        // Say what is wrong when the address is fine and the port is not.
+        let port = value.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>().ok()?;
+            Some(port)
+        });
+        match port {
+            Some(p) if p.parse::<u64>().is_ok_and(|n| n > 65535) => invalid(
+                field,
+                format!("{value:?}: port {p} is out of range (0 to 65535)"),
+            ),
+            Some(p) if p.parse::<u16>().is_err() => {
+                invalid(field, format!("{value:?}: {p:?} is not a port number"))
+            }
+            _ => invalid(
+                field,
+                format!("{value:?} is not an IP:PORT address (IPv6 as [::1]:514)"),
+            ),
+        }
+    })
 }
 
 fn parse_net(field: &str, value: &str) -> Result<IpNet, ConfigError> {
@@ -2702,6 +2723,34 @@ mod tests {
             Err(message) => message,
             Ok(raw) => raw.validate().expect_err("should be invalid").to_string(),
         }
+    }
+
+    #[test]
+    fn addresses_and_secret_files_say_what_is_wrong() {
+        let e = error_of(&format!(
+            "listen = \"127.0.0.1:99999\"\n{}",
+            with_target("")
+        ));
+        assert!(
+            e.contains("listen") && e.contains("port 99999 is out of range"),
+            "{e}"
+        );
+        let e = error_of(&format!("listen = \"127.0.0.1:http\"\n{}", with_target("")));
+        assert!(e.contains("not a port number"), "{e}");
+        let e = error_of(&format!("listen = \"host:514\"\n{}", with_target("")));
+        assert!(e.contains("not an IP:PORT address"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("token");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = error_of(&format!(
+            "{}[api]\nenabled = true\nadmin_token_file = \"{}\"\n",
+            with_target(""),
+            empty.display()
+        ));
+        assert!(
+            e.contains("api.admin_token_file") && e.contains("is empty"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum Status {
     Warn,
     /// Not applicable, or not possible after an earlier failure.
     Skip,
+    /// Works now, but worth a look (does not fail the run).
+    Warn,
 }
 
 impl Status {
@@ -72,6 +74,7 @@ impl Status {
             Status::Fail => "FAIL",
             Status::Warn => "warn",
             Status::Skip => "skip",
+            Status::Warn => "warn",
         }
     }
 }
@@ -124,12 +127,12 @@ impl Report {
             .unwrap_or(0)
             .max(5);
         let mut out = format!(
-            "{:<w1$}  {:<w2$}  {:<6}DETAIL\n",
+            "{:<w1$}  {:<w2$}  {:<6}  DETAIL\n",
             "SUBJECT", "CHECK", "RESULT"
         );
         for c in &self.checks {
             out.push_str(&format!(
-                "{:<w1$}  {:<w2$}  {:<6}{}\n",
+                "{:<w1$}  {:<w2$}  {:<6}  {}\n",
                 c.subject,
                 c.check,
                 c.status.as_str(),
@@ -138,10 +141,11 @@ impl Report {
         }
         let count = |s| self.checks.iter().filter(|c| c.status == s).count();
         out.push_str(&format!(
-            "\n{} checks: {} passed, {} failed, {} skipped\n",
+            "\n{} checks: {} passed, {} failed, {} warned, {} skipped\n",
             self.checks.len(),
             count(Status::Pass) + count(Status::Warn),
             count(Status::Fail),
+            count(Status::Warn),
             count(Status::Skip)
         ));
         out
@@ -316,6 +320,14 @@ fn spool_disk(cfg: &Config) -> Check {
             )
         }
     };
+    if let Err(why) = crate::preflight::writable_dir(dir) {
+        return row(
+            subject,
+            &what,
+            Status::Fail,
+            format!("{}: {why}", dir.display()),
+        );
+    }
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let targets = cfg.targets.len().max(1) as u64;
     let cap = cfg.spool.max_bytes.saturating_mul(targets);
@@ -332,11 +344,13 @@ fn spool_disk(cfg: &Config) -> Check {
     if free >= need {
         row(subject, &what, Status::Pass, detail)
     } else {
+        // The broker runs, and pauses intake when the disk fills: worth a
+        // look, not a failure (the shipped cap is larger than many disks).
         row(
             subject,
             &what,
-            Status::Fail,
-            format!("{detail}: a long outage would fill the disk before the cap; lower [spool] max_bytes or grow the disk"),
+            Status::Warn,
+            format!("{detail}: a long outage would fill the disk before the cap (intake then pauses, nothing is lost); lower [spool] max_bytes or grow the disk"),
         )
     }
 }

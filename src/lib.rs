@@ -362,12 +362,16 @@ pub async fn run_input(
             .map_err(io_error("cannot start the stdin feed"))?,
         ),
     };
+    let running_targets = targets.views().len();
     info!(
         workers = cfg.workers.get(),
         io_threads = cfg.io_threads.get(),
-        targets = targets.views().len(),
+        targets = running_targets,
         "qbroker running"
     );
+    if running_targets == 0 {
+        warn!("no target yet: every cluster's connection is refused until a target is registered through the API (POST /v1/targets or /v1/rmq/objects) or configured ([[targets]])");
+    }
 
     shutdown.await;
     let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;

@@ -413,9 +413,25 @@ fn stdin_once(
             "no message on stdin: give one line, e.g. echo '<line>' | qbroker stdin --once"
         );
     }
+    // The clusters registered through the API: their events go to their
+    // registered target, as in the running broker.
+    let registered: Vec<String> = match &cfg.store {
+        Some(s) => runtime(&cfg)?
+            .block_on(async {
+                let store = qbroker::store::Store::open(s).await?;
+                let list = store.list().await;
+                store.close().await;
+                list
+            })
+            .context("cannot read the registry")?
+            .into_iter()
+            .map(|r| r.cluster_name)
+            .collect(),
+        None => Vec::new(),
+    };
     let mut verdicts = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        let e = qbroker::stdin::explain(&cfg, r);
+        let e = qbroker::stdin::explain_with(&cfg, &registered, r);
         if records.len() > 1 {
             println!("#{}", i + 1);
         }
@@ -474,9 +490,11 @@ fn stdin_once(
     let report =
         String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     print!("{report}");
+    // An event that reached no target was not delivered, whatever was meant.
     if report.contains("NOT DELIVERED")
         || report.contains("refused")
         || report.contains("not spooled")
+        || report.contains("nothing to deliver")
     {
         return Ok(ExitCode::FAILURE);
     }

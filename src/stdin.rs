@@ -382,12 +382,17 @@ impl Wal {
     /// Open `<dir>/stdin.wal`, returning what a previous process left in it.
     fn open(dir: &std::path::Path) -> std::io::Result<(Wal, Vec<Vec<u8>>)> {
         use std::io::Read as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let path = dir.join("stdin.wal");
+        // Owner-only, as every file the broker writes: audit records name users and paths.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(&path)?;
+        // One written by an older version keeps its mode: tighten it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut left = Vec::new();
         file.read_to_end(&mut left)?;
         let lines = left
@@ -780,7 +785,8 @@ impl Feeder {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        for t in &self.p.config.targets {
+        // Every target that ran, registered ones included.
+        for t in self.p.targets.views() {
             let m = self.p.metrics.target(&t.name);
             let (delivered, refused) = (m.events_delivered.get(), m.events_dead_lettered.get());
             if delivered + refused + m.requests.get() == 0 {
@@ -926,6 +932,12 @@ pub struct Explanation {
 /// Explain what `record` becomes under `cfg`: the event (the same conversion the
 /// parse pool runs, before any enrichment), or why it is filtered or invalid.
 pub fn explain(cfg: &Config, record: &str) -> Explanation {
+    explain_with(cfg, &[], record)
+}
+
+/// [`explain`], knowing the clusters registered through the API (`registered`,
+/// by cluster name), whose events go to their registered target.
+pub fn explain_with(cfg: &Config, registered: &[String], record: &str) -> Explanation {
     let frame = record.as_bytes();
     let mut text = String::new();
     let shown: String = record.chars().take(300).collect();
@@ -937,7 +949,12 @@ pub fn explain(cfg: &Config, record: &str) -> Explanation {
     text.push_str(&format!("message   {shown}{more}\n"));
     let host = parse::frame_hostname(frame);
     let (cluster, target, _) = route(cfg, host);
+    let is_registered = registered.iter().any(|r| r.as_str() == cluster.as_str());
     match (host, target) {
+        (Some(host), _) if is_registered => text.push_str(&format!(
+            "node      {host}: cluster {cluster}, target {} (registered through the API)\n",
+            crate::targets::registered_name(&cluster)
+        )),
         (Some(host), Some(t)) => text.push_str(&format!(
             "node      {host}: cluster {cluster}{}, target {}\n",
             if cfg.cluster_named(&cluster).is_some() {

@@ -116,6 +116,40 @@ fn the_example_configuration_passes_check_config() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("target          varonis (default)"), "{text}");
+
+    // Its commented-out memory ceiling fits the API turned on too.
+    let example = std::fs::read_to_string(repo().join("deploy/qbroker.toml")).unwrap();
+    let mut api_section = false;
+    let edited: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with('[') {
+                api_section = l == "[api]";
+            }
+            if l.starts_with("# max_memory_bytes = ") {
+                l.trim_start_matches("# ").to_string()
+            } else if api_section && l == "enabled = false" {
+                "enabled = true".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert!(edited.contains("\nmax_memory_bytes = ") && edited.contains("[api]"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("q.toml");
+    std::fs::write(&file, edited).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qbroker"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

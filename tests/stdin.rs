@@ -381,3 +381,67 @@ fn once_takes_invalid_utf8_as_the_tcp_path_does() {
     assert!(out.contains("result    event file.create"), "{out}");
     assert!(out.contains("\u{fffd}"), "{out}");
 }
+
+/// `--once` routes as the running broker does: a cluster registered through
+/// the API goes to its registered target (not "dropped"), and a line whose
+/// cluster has no target at all is reported undelivered with exit status 1.
+#[test]
+fn once_uses_the_registry_and_its_exit_status_matches_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let configured = Sink::start();
+    let registered = Sink::start();
+    let registry = dir.path().join("registry.sqlite3");
+    // No default target: only registered clusters have somewhere to go.
+    let config = write_config(dir.path(), &configured.url(), &configured.ca_file);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("default_target = \"sink\"\n", "")
+        + &format!(
+            "[[targets]]\nname = \"other\"\nurl = \"{}\"\nca_file = \"{}\"\n[store]\nurl = \"sqlite://{}\"\n",
+            configured.url(),
+            configured.ca_file.display(),
+            registry.display()
+        );
+    std::fs::write(&config, text).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = qbroker::config::RawConfig::load(&config)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let store = qbroker::store::Store::open(cfg.store.as_ref().unwrap())
+            .await
+            .unwrap();
+        let mut reg = qbroker::store::Registration::new("reg", &registered.url());
+        reg.ca_certificate = Some(std::fs::read_to_string(&registered.ca_file).unwrap());
+        store.insert(&reg).await.unwrap();
+        store.close().await;
+    });
+
+    let (code, out) = once(
+        &config,
+        json_frame("reg-1", "fs_create_file", "/r", "5"),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("target @reg (registered through the API)"),
+        "{out}"
+    );
+    assert!(!out.contains("would be dropped"), "{out}");
+    assert!(out.contains("delivery  target @reg"), "{out}");
+    assert_eq!(registered.events().len(), 1);
+
+    let (code, out) = once(
+        &config,
+        json_frame("lost-1", "fs_create_file", "/l", "6"),
+        &[],
+    );
+    assert!(out.contains("would be dropped"), "{out}");
+    assert!(out.contains("nothing to deliver"), "{out}");
+    assert_eq!(code, 1, "nothing was delivered: {out}");
+    assert!(configured.events().is_empty());
+}
