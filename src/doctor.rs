@@ -1256,9 +1256,9 @@ mod tests {
         r.checks.push(row("target t", "tls", Status::Fail, "bad"));
         assert!(!r.ok());
         let text = r.render();
-        assert!(text.contains("target t  tls    FAIL  bad"), "{text}");
+        assert!(text.contains("target t  tls    FAIL    bad"), "{text}");
         assert!(
-            text.contains("3 checks: 1 passed, 1 failed, 1 skipped"),
+            text.contains("3 checks: 1 passed, 1 failed, 0 warned, 1 skipped"),
             "{text}"
         );
     }
