@@ -414,6 +414,27 @@ pub struct RawTarget {
     /// Cap on a `Retry-After` the target asks for, in seconds. Default 600.
     #[serde(default = "default_retry_after_max_secs")]
     pub retry_after_max_secs: u64,
+    /// AMQP targets (`amqps://host:5671/vhost`): the exchange messages are
+    /// published to. Required for AMQP.
+    pub exchange: Option<String>,
+    /// AMQP: the routing key, a template: `{cluster}`, `{filer_id}`, and `{node}`
+    /// (with `message = "event"` only). Default `{cluster}`.
+    pub routing_key: Option<String>,
+    /// AMQP: the RabbitMQ user qbroker logs in as. Required for AMQP.
+    pub username: Option<String>,
+    /// AMQP: file holding that user's password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// AMQP: message body encoding, `json` (schema qbroker.varonis.v1) or
+    /// `protobuf` (proto/qbroker.proto). Default `json`.
+    pub encoding: Option<String>,
+    /// AMQP: `batch` (one message per batch) or `event` (one message per event).
+    /// Default `batch`.
+    pub message: Option<String>,
+    /// AMQP: heartbeat interval asked of RabbitMQ, in seconds (0: none). Default 30.
+    pub heartbeat_secs: Option<u64>,
+    /// AMQP: messages published and not yet confirmed by RabbitMQ, at most, over
+    /// all the target's lanes; a lane waits for confirms beyond it. Default 1024.
+    pub max_unconfirmed: Option<usize>,
 }
 
 /// `[[clusters]]`: a Qumulo cluster known in advance.
@@ -580,6 +601,17 @@ pub struct RawApi {
     /// authenticate to its target: `basic` (HTTP Basic) or `bearer` (the password
     /// as a bearer token). Default `basic`.
     pub rmq_auth: String,
+    /// What an `/v1/rmq/objects` registration becomes: `amqp` (publish to the
+    /// object's RabbitMQ exchange over amqps://, as the reference broker did) or
+    /// `https` (POST to `rmq_url_template`, for a site that fronts Varonis with
+    /// an HTTPS receiver). Default `amqp`.
+    pub rmq_transport: String,
+    /// Body encoding of the AMQP targets `/v1/rmq/objects` registers: `json` or
+    /// `protobuf`. Applies to registrations made from then on. Default `json`.
+    pub rmq_encoding: String,
+    /// `batch` or `event`: what one message of an `/v1/rmq/objects` AMQP target
+    /// carries. Applies to registrations made from then on. Default `batch`.
+    pub rmq_message: String,
     /// Registered targets at most (each has its spool, egress lanes and, with
     /// REST credentials, an enrichment queue). Default 64.
     pub max_targets: usize,
@@ -607,6 +639,9 @@ impl Default for RawApi {
             restrict_to_own_cluster: true,
             rmq_url_template: "https://{server}:{port}/events".to_string(),
             rmq_auth: "basic".to_string(),
+            rmq_transport: "amqp".to_string(),
+            rmq_encoding: "json".to_string(),
+            rmq_message: "batch".to_string(),
             max_targets: 64,
         }
     }
@@ -774,6 +809,14 @@ impl RawConfig {
                     retry_initial_ms: default_retry_initial_ms(),
                     retry_max_ms: default_retry_max_ms(),
                     retry_after_max_secs: default_retry_after_max_secs(),
+                    exchange: None,
+                    routing_key: None,
+                    username: None,
+                    password_file: None,
+                    encoding: None,
+                    message: None,
+                    heartbeat_secs: None,
+                    max_unconfirmed: None,
                 });
                 self.default_target = Some("default".to_string());
                 self.targets.len() - 1
@@ -1152,6 +1195,16 @@ fn validate_syslog_tls(t: &RawSyslogTls) -> Result<Option<SyslogTlsConfig>, Conf
 }
 
 fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    validate_target_with(i, t, None)
+}
+
+/// `password`: an AMQP target's password when it does not come from its
+/// `password_file` (a registered target's).
+fn validate_target_with(
+    i: usize,
+    t: &RawTarget,
+    password: Option<Secret>,
+) -> Result<TargetConfig, ConfigError> {
     let field = |name: &str| format!("targets[{i}].{name}");
     if t.name.is_empty()
         || !t
@@ -1169,20 +1222,26 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
         .url
         .parse()
         .map_err(|e| invalid(field("url"), format!("not a URL: {e}")))?;
-    let tls = match url.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
+    let (tls, is_amqp) = match url.scheme_str() {
+        Some("https") => (true, false),
+        Some("http") => (false, false),
+        Some("amqps") => (true, true),
+        Some("amqp") => (false, true),
         _ => {
             return Err(invalid(
                 field("url"),
-                "must start with https:// (or http://)",
+                "must start with https:// or amqps:// (or http://, amqp://)",
             ))
         }
     };
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(invalid(
             field("url"),
-            "must not carry credentials (user:password@): use token_file",
+            if is_amqp {
+                "must not carry credentials (user:password@): use username and password_file"
+            } else {
+                "must not carry credentials (user:password@): use token_file"
+            },
         ));
     }
     let host = url
@@ -1192,7 +1251,12 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = url.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = url.port_u16().unwrap_or(match (is_amqp, tls) {
+        (true, true) => 5671,
+        (true, false) => 5672,
+        (false, true) => 443,
+        (false, false) => 80,
+    });
     let path = url
         .path_and_query()
         .map_or("/".to_string(), |p| p.as_str().to_string());
@@ -1223,10 +1287,50 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
             ));
         }
     }
-    if !tls && (token.is_some() || t.client_cert_file.is_some()) {
+    let amqp = if is_amqp {
+        if token.is_some() {
+            return Err(invalid(
+                field("token"),
+                "an AMQP target logs in with username and password_file, not a token",
+            ));
+        }
+        if t.gzip {
+            return Err(invalid(field("gzip"), "applies to HTTPS targets only"));
+        }
+        Some(match password {
+            Some(p) => validate_amqp_with(&field, t, &url, p)?,
+            None => validate_amqp(&field, t, &url)?,
+        })
+    } else {
+        for (name, set) in [
+            ("exchange", t.exchange.is_some()),
+            ("routing_key", t.routing_key.is_some()),
+            ("username", t.username.is_some()),
+            ("password_file", t.password_file.is_some()),
+            ("encoding", t.encoding.is_some()),
+            ("message", t.message.is_some()),
+            ("heartbeat_secs", t.heartbeat_secs.is_some()),
+            ("max_unconfirmed", t.max_unconfirmed.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    field(name),
+                    "applies to AMQP targets (amqps:// URL) only",
+                ));
+            }
+        }
+        None
+    };
+    if !tls && !is_amqp && (token.is_some() || t.client_cert_file.is_some()) {
         return Err(invalid(
             field("url"),
             "a token or client certificate would travel in clear over http://: use https://",
+        ));
+    }
+    if !tls && is_amqp && (t.client_cert_file.is_some() || t.ca_file.is_some()) {
+        return Err(invalid(
+            field("url"),
+            "ca_file and client certificates need TLS: use amqps://",
         ));
     }
     let client_auth = match (&t.client_cert_file, &t.client_key_file) {
@@ -1273,7 +1377,307 @@ fn validate_target(i: usize, t: &RawTarget) -> Result<TargetConfig, ConfigError>
         retry_initial,
         retry_max,
         retry_after_max: Duration::from_secs(t.retry_after_max_secs),
+        amqp,
     })
+}
+
+/// The AMQP settings of a `[[targets]]` entry whose URL is `amqps://` or `amqp://`.
+fn validate_amqp(
+    field: &dyn Fn(&str) -> String,
+    t: &RawTarget,
+    url: &http::Uri,
+) -> Result<AmqpTarget, ConfigError> {
+    if url.query().is_some() {
+        return Err(invalid(
+            field("url"),
+            "an AMQP URL takes no query: use the target's fields",
+        ));
+    }
+    if t.exchange.is_none() {
+        return Err(invalid(field("exchange"), "required for an AMQP target"));
+    }
+    if t.username.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(field("username"), "required for an AMQP target"));
+    }
+    let path = t
+        .password_file
+        .as_ref()
+        .ok_or_else(|| invalid(field("password_file"), "required for an AMQP target"))?;
+    let password = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            field("password_file"),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(invalid(
+            field("password_file"),
+            format!("{} is empty", path.display()),
+        ));
+    }
+    validate_amqp_with(field, t, url, Secret(password))
+}
+
+/// The AMQP settings of `t`, its password given.
+fn validate_amqp_with(
+    field: &dyn Fn(&str) -> String,
+    t: &RawTarget,
+    url: &http::Uri,
+    password: Secret,
+) -> Result<AmqpTarget, ConfigError> {
+    let vhost = amqp_vhost(url.path()).map_err(|reason| invalid(field("url"), reason))?;
+    let exchange = t
+        .exchange
+        .clone()
+        .ok_or_else(|| invalid(field("exchange"), "required for an AMQP target"))?;
+    check_short_string(&exchange).map_err(|reason| invalid(field("exchange"), reason))?;
+    let username = t
+        .username
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| invalid(field("username"), "required for an AMQP target"))?;
+    let encoding = match t.encoding.as_deref() {
+        None | Some("json") => Encoding::Json,
+        Some("protobuf") => Encoding::Protobuf,
+        Some(other) => {
+            return Err(invalid(
+                field("encoding"),
+                format!("{other:?} is not one of json, protobuf"),
+            ))
+        }
+    };
+    let message = match t.message.as_deref() {
+        None | Some("batch") => MessageMode::Batch,
+        Some("event") => MessageMode::Event,
+        Some(other) => {
+            return Err(invalid(
+                field("message"),
+                format!("{other:?} is not one of batch, event"),
+            ))
+        }
+    };
+    let routing_key = t
+        .routing_key
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_string());
+    check_routing_key(&routing_key, message)
+        .map_err(|reason| invalid(field("routing_key"), reason))?;
+    let heartbeat_secs = t.heartbeat_secs.unwrap_or(30);
+    let heartbeat_secs = u16::try_from(heartbeat_secs)
+        .map_err(|_| invalid(field("heartbeat_secs"), "must be 0 to 65535"))?;
+    let max_unconfirmed = t.max_unconfirmed.unwrap_or(DEFAULT_MAX_UNCONFIRMED);
+    if max_unconfirmed == 0 || max_unconfirmed > 1_000_000 {
+        return Err(invalid(field("max_unconfirmed"), "must be 1 to 1000000"));
+    }
+    Ok(AmqpTarget {
+        vhost,
+        username,
+        password,
+        exchange,
+        routing_key,
+        encoding,
+        message,
+        heartbeat_secs,
+        max_unconfirmed,
+    })
+}
+
+/// The routing key when none is configured: the cluster name.
+pub const DEFAULT_ROUTING_KEY: &str = "{cluster}";
+/// `max_unconfirmed` when not configured.
+pub const DEFAULT_MAX_UNCONFIRMED: usize = 1024;
+
+/// The vhost an AMQP URL's path names: percent-decoded, `/` when the path is
+/// empty or `/` alone (the RabbitMQ default; `%2f` names it too).
+pub fn amqp_vhost(path: &str) -> Result<String, String> {
+    let raw = path.strip_prefix('/').unwrap_or(path);
+    if raw.is_empty() {
+        return Ok("/".to_string());
+    }
+    if raw.contains('/') {
+        return Err("the path is the vhost: write a '/' inside it as %2f".to_string());
+    }
+    let vhost = percent_decode(raw)?;
+    check_short_string(&vhost)?;
+    Ok(vhost)
+}
+
+/// `%XX` escapes decoded; the result must be UTF-8.
+pub fn percent_decode(raw: &str) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("has a bad percent escape")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".to_string())
+}
+
+/// An AMQP short string: at most 255 bytes.
+fn check_short_string(s: &str) -> Result<(), String> {
+    if s.len() > 255 {
+        return Err("must be at most 255 bytes".to_string());
+    }
+    Ok(())
+}
+
+/// A routing key template: only `{cluster}`, `{filer_id}` and (per-event
+/// messages) `{node}`.
+pub fn check_routing_key(template: &str, message: MessageMode) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or("has a '{' without its '}'")?;
+        match &rest[open..open + close + 1] {
+            "{cluster}" | "{filer_id}" => {}
+            "{node}" if message == MessageMode::Event => {}
+            "{node}" => {
+                return Err(
+                    "{node} needs message = \"event\" (a batch holds the events of several nodes)"
+                        .to_string(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "{other} is not one of {{cluster}}, {{filer_id}}, {{node}}"
+                ))
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("has a '}' without its '{'".to_string());
+    }
+    check_short_string(template)
+}
+
+#[cfg(test)]
+mod amqp_tests {
+    use super::*;
+
+    fn target(url: &str, extra: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let text = format!(
+            "[[targets]]\nname = \"r\"\nurl = \"{url}\"\nexchange = \"x\"\nusername = \"u\"\npassword_file = \"{}\"\n{extra}",
+            pw.display()
+        );
+        RawConfig::parse(&text)?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amqp_urls_give_host_port_and_vhost() {
+        let cfg = target("amqps://rmq.example:5671/varonis", "").unwrap();
+        let t = &cfg.targets[0];
+        let a = t.amqp.as_ref().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("rmq.example", 5671, true)
+        );
+        assert_eq!(a.vhost, "varonis");
+        assert_eq!(a.password.expose(), "s3cret");
+        assert_eq!(a.routing_key, "{cluster}");
+        assert_eq!(
+            (a.encoding, a.message),
+            (Encoding::Json, MessageMode::Batch)
+        );
+        let t = &target("amqps://h/%2f", "").unwrap().targets[0];
+        assert_eq!(
+            (t.port, t.amqp.as_ref().unwrap().vhost.as_str()),
+            (5671, "/")
+        );
+        let t = &target("amqp://h", "").unwrap().targets[0];
+        assert_eq!(
+            (t.port, t.tls, t.amqp.as_ref().unwrap().vhost.as_str()),
+            (5672, false, "/")
+        );
+        let t = &target(
+            "amqps://h/a%20b",
+            "encoding = \"protobuf\"\nmessage = \"event\"\nrouting_key = \"q.{cluster}.{node}\"",
+        )
+        .unwrap()
+        .targets[0];
+        let a = t.amqp.as_ref().unwrap();
+        assert_eq!(
+            (a.vhost.as_str(), a.encoding, a.message),
+            ("a b", Encoding::Protobuf, MessageMode::Event)
+        );
+    }
+
+    #[test]
+    fn amqp_errors_name_the_field() {
+        let err = |url: &str, extra: &str| target(url, extra).unwrap_err();
+        assert!(err("amqps://h/v", "encoding = \"xml\"").starts_with("targets[0].encoding:"));
+        let e = err("amqps://h/v", "message = \"all\"");
+        assert!(e.starts_with("targets[0].message:"), "{e}");
+        assert!(err("amqps://h/v", "routing_key = \"{node}\"")
+            .starts_with("targets[0].routing_key: {node} needs message"));
+        assert!(
+            err("amqps://h/v", "routing_key = \"{host}\"").starts_with("targets[0].routing_key:")
+        );
+        assert!(err("amqps://h/v", "token = \"t\"").starts_with("targets[0].token:"));
+        assert!(err("amqps://h/v", "gzip = true").starts_with("targets[0].gzip:"));
+        assert!(err("amqps://h/a/b", "").starts_with("targets[0].url:"));
+        assert!(err("amqps://u:p@h/v", "").contains("username and password_file"));
+        assert!(err("amqp://h/v", "ca_file = \"/x.pem\"").contains("use amqps://"));
+        let no_exchange = RawConfig::parse("[[targets]]\nname = \"r\"\nurl = \"amqps://h/v\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            no_exchange.starts_with("targets[0].exchange:"),
+            "{no_exchange}"
+        );
+        let https_with_exchange = RawConfig::parse(
+            "[[targets]]\nname = \"r\"\nurl = \"https://h/v\"\nexchange = \"x\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(https_with_exchange.starts_with("targets[0].exchange: applies to AMQP"));
+    }
+
+    #[test]
+    fn registered_amqp_targets_take_their_login_and_query() {
+        let pw = Secret::new("p");
+        let login = || RegisteredAmqp {
+            exchange: "x",
+            username: "u",
+            password: &pw,
+        };
+        let cfg = registered_amqp_target(
+            "@c",
+            "amqps://10.0.0.1:5671/%2F?encoding=protobuf&message=event",
+            login(),
+        )
+        .unwrap();
+        let a = cfg.amqp.unwrap();
+        assert_eq!(
+            (a.vhost.as_str(), a.encoding, a.message),
+            ("/", Encoding::Protobuf, MessageMode::Event)
+        );
+        assert_eq!(cfg.name, "@c");
+        assert!(registered_amqp_target("@c", "amqp://10.0.0.1/v", login())
+            .unwrap_err()
+            .contains("amqps://"));
+        assert!(registered_amqp_target("@c", "amqps://10.0.0.1/v?colour=red", login()).is_err());
+    }
 }
 
 fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {
@@ -1352,6 +1756,28 @@ fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {
             ))
         }
     };
+    let rmq_amqp = match a.rmq_transport.as_str() {
+        "amqp" => true,
+        "https" => false,
+        other => {
+            return Err(invalid(
+                "api.rmq_transport",
+                format!("{other:?} is not one of amqp, https"),
+            ))
+        }
+    };
+    if !matches!(a.rmq_encoding.as_str(), "json" | "protobuf") {
+        return Err(invalid(
+            "api.rmq_encoding",
+            format!("{:?} is not one of json, protobuf", a.rmq_encoding),
+        ));
+    }
+    if !matches!(a.rmq_message.as_str(), "batch" | "event") {
+        return Err(invalid(
+            "api.rmq_message",
+            format!("{:?} is not one of batch, event", a.rmq_message),
+        ));
+    }
     if a.max_targets == 0 || a.max_targets > 10_000 {
         return Err(invalid("api.max_targets", "must be 1 to 10000"));
     }
@@ -1375,6 +1801,8 @@ fn validate_api(a: &RawApi) -> Result<Option<ApiServerConfig>, ConfigError> {
         restrict_to_own_cluster: a.restrict_to_own_cluster,
         rmq_url_template: a.rmq_url_template.clone(),
         rmq_auth,
+        rmq_amqp,
+        rmq_query: format!("encoding={}&message={}", a.rmq_encoding, a.rmq_message),
         max_targets: a.max_targets,
     }))
 }
@@ -1517,7 +1945,91 @@ pub fn api_url(url: &str) -> Result<(String, u16), String> {
 /// `[store] target_in_flight` and `target_gzip`). The error says what is wrong
 /// with the URL without quoting it.
 pub fn registered_target(name: &str, url: &str) -> Result<TargetConfig, String> {
-    let raw = RawTarget {
+    let raw = registered_raw(url);
+    let mut cfg = validate_target(0, &raw).map_err(|e| match e {
+        ConfigError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    if !cfg.tls {
+        return Err(
+            "must start with https://: the target's credentials would travel in clear".to_string(),
+        );
+    }
+    cfg.name = name.to_string();
+    Ok(cfg)
+}
+
+/// The login of a registered AMQP target, and its exchange.
+pub struct RegisteredAmqp<'a> {
+    pub exchange: &'a str,
+    pub username: &'a str,
+    pub password: &'a Secret,
+}
+
+/// The configuration of an AMQP target registered through the API:
+/// `amqps://HOST[:PORT]/VHOST` with, optionally, the query
+/// `?encoding=json|protobuf&message=batch|event&routing_key=TEMPLATE` (what
+/// `api.rmq_encoding` and `api.rmq_message` put there), and the defaults of a
+/// `[[targets]]` entry. Plain `amqp://` is refused: the password would travel
+/// in clear. The error does not quote the URL.
+pub fn registered_amqp_target(
+    name: &str,
+    url: &str,
+    login: RegisteredAmqp<'_>,
+) -> Result<TargetConfig, String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    if !base.starts_with("amqps://") {
+        return Err(
+            "url: must start with amqps://: the RabbitMQ password would travel in clear"
+                .to_string(),
+        );
+    }
+    let mut raw = registered_raw(base);
+    raw.exchange = Some(login.exchange.to_string());
+    raw.username = Some(login.username.to_string());
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).map_err(|e| format!("url: {k}: {e}"))?;
+        match k {
+            "encoding" => raw.encoding = Some(v),
+            "message" => raw.message = Some(v),
+            "routing_key" => raw.routing_key = Some(v),
+            other => {
+                return Err(format!(
+                    "url: the query has {other:?}: only encoding, message and routing_key"
+                ))
+            }
+        }
+    }
+    if login.exchange.is_empty() {
+        return Err("exchange: required (the RabbitMQ exchange to publish to)".to_string());
+    }
+    if login.username.is_empty() || login.password.expose().is_empty() {
+        return Err("username and password: RabbitMQ needs both".to_string());
+    }
+    let mut cfg =
+        validate_target_with(0, &raw, Some(login.password.clone())).map_err(|e| match e {
+            ConfigError::Invalid { field, reason } => {
+                format!("{}: {reason}", field.trim_start_matches("targets[0]."))
+            }
+            other => other.to_string(),
+        })?;
+    cfg.name = name.to_string();
+    cfg.url = url.to_string();
+    Ok(cfg)
+}
+
+/// A `[[targets]]` entry with `url` and every other field at its default, for
+/// registered targets.
+fn registered_raw(url: &str) -> RawTarget {
+    RawTarget {
         // Registered names (`@<cluster>`) are outside the `[[targets]]` alphabet.
         name: "registered".to_string(),
         url: url.to_string(),
@@ -1533,18 +2045,15 @@ pub fn registered_target(name: &str, url: &str) -> Result<TargetConfig, String> 
         retry_initial_ms: default_retry_initial_ms(),
         retry_max_ms: default_retry_max_ms(),
         retry_after_max_secs: default_retry_after_max_secs(),
-    };
-    let mut cfg = validate_target(0, &raw).map_err(|e| match e {
-        ConfigError::Invalid { reason, .. } => reason,
-        other => other.to_string(),
-    })?;
-    if !cfg.tls {
-        return Err(
-            "must start with https://: the target's credentials would travel in clear".to_string(),
-        );
+        exchange: None,
+        routing_key: None,
+        username: None,
+        password_file: None,
+        encoding: None,
+        message: None,
+        heartbeat_secs: None,
+        max_unconfirmed: None,
     }
-    cfg.name = name.to_string();
-    Ok(cfg)
 }
 
 fn validate_cluster_api(i: usize, c: &RawCluster) -> Result<Option<ApiConfig>, ConfigError> {
@@ -1932,6 +2441,10 @@ pub struct ApiServerConfig {
     pub restrict_to_own_cluster: bool,
     pub rmq_url_template: String,
     pub rmq_auth: RmqAuth,
+    /// `rmq_transport = "amqp"`.
+    pub rmq_amqp: bool,
+    /// The query of a registered AMQP target's URL: `rmq_encoding`, `rmq_message`.
+    pub rmq_query: String,
     pub max_targets: usize,
 }
 
@@ -2055,6 +2568,60 @@ pub struct TargetConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub retry_after_max: Duration,
+    /// Set for an AMQP target (`amqps://` or `amqp://` URL); `path`, `token` and
+    /// `gzip` do not apply to it.
+    pub amqp: Option<AmqpTarget>,
+}
+
+/// An AMQP target's settings, validated.
+#[derive(Debug, Clone)]
+pub struct AmqpTarget {
+    pub vhost: String,
+    pub username: String,
+    pub password: Secret,
+    pub exchange: String,
+    /// The template (see [`check_routing_key`]).
+    pub routing_key: String,
+    pub encoding: Encoding,
+    pub message: MessageMode,
+    pub heartbeat_secs: u16,
+    pub max_unconfirmed: usize,
+}
+
+/// How an AMQP message body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The batch JSON of schema `qbroker.varonis.v1`, as HTTPS targets get it.
+    Json,
+    /// `proto/qbroker.proto`.
+    Protobuf,
+}
+
+/// What one AMQP message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageMode {
+    Batch,
+    Event,
+}
+
+impl Encoding {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+}
+
+impl MessageMode {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageMode::Batch => "batch",
+            MessageMode::Event => "event",
+        }
+    }
 }
 
 impl TargetConfig {

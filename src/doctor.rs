@@ -9,7 +9,9 @@
 //!   enabled, in JSON, pointed at this broker, and connected.
 //! - Each target: DNS, TCP, the TLS chain (with egress's own
 //!   [`tls_config`](crate::egress::client::tls_config)), and a test POST of an
-//!   empty batch with the target's headers and token.
+//!   empty batch with the target's headers and token; for an AMQP target the
+//!   login, vhost and (passive) exchange, then a `mandatory` test publish of
+//!   an empty batch that warns when no queue is bound for the routing key.
 //! - This host: the syslog port is free or held by a qbroker, and the spool's
 //!   disk has room for the spool caps.
 //!
@@ -59,7 +61,8 @@ pub enum Status {
     Fail,
     /// Not applicable, or not possible after an earlier failure.
     Skip,
-    /// Works now, but worth a look (does not fail the run).
+    /// Works now, but worth a look (does not fail the run): a spool cap over
+    /// the free disk, an AMQP target with nothing bound for its routing key.
     Warn,
 }
 
@@ -162,8 +165,16 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     };
     let mut checks = vec![port, spool_disk(cfg)];
     checks.extend(spool_losses(&cfg.spool.dir));
-    let targets =
-        futures_util::future::join_all(cfg.targets.iter().map(|t| check_target(t, opts))).await;
+    let targets = futures_util::future::join_all(cfg.targets.iter().enumerate().map(|(i, t)| {
+        // A cluster routed to the target, for an AMQP target's routing key.
+        let cluster = cfg
+            .clusters
+            .iter()
+            .find(|c| c.target == i)
+            .map(|c| c.name.clone());
+        check_target(t, opts, cluster)
+    }))
+    .await;
     let clusters = futures_util::future::join_all(
         cfg.clusters
             .iter()
@@ -401,12 +412,17 @@ fn spool_losses(dir: &Path) -> Vec<Check> {
 // ---------------------------------------------------------------------------
 // Targets.
 
-async fn check_target(t: &TargetConfig, opts: &Options) -> Vec<Check> {
+async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>) -> Vec<Check> {
     let subject = format!("target {}", t.name);
     let timeout = opts.timeout;
     let mut out = Vec::new();
+    let steps: &[&str] = if t.amqp.is_some() {
+        &["dns", "tcp", "tls", "amqp", "publish"]
+    } else {
+        &["dns", "tcp", "tls", "post"]
+    };
     let skip_rest = |out: &mut Vec<Check>, from: usize, why: &str| {
-        for check in ["dns", "tcp", "tls", "post"].iter().skip(from) {
+        for check in steps.iter().skip(from) {
             out.push(row(&subject, check, Status::Skip, why));
         }
     };
@@ -478,6 +494,12 @@ async fn check_target(t: &TargetConfig, opts: &Options) -> Vec<Check> {
     ));
 
     if !t.tls {
+        if t.amqp.is_some() {
+            out.push(row(&subject, "tls", Status::Skip, "amqp:// target: no TLS"));
+            drop(tcp);
+            out.extend(amqp_checks(&subject, t, opts, cluster).await);
+            return out;
+        }
         out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
         out.push(post_check(&subject, t, opts, TokioIo::new(tcp)).await);
         return out;
@@ -551,8 +573,54 @@ async fn check_target(t: &TargetConfig, opts: &Options) -> Vec<Check> {
         Status::Pass,
         format!("chain verified against {roots}, {version}{client_cert}"),
     ));
+    if t.amqp.is_some() {
+        drop(tls);
+        out.extend(amqp_checks(&subject, t, opts, cluster).await);
+        return out;
+    }
     out.push(post_check(&subject, t, opts, TokioIo::new(tls)).await);
     out
+}
+
+/// An AMQP target: log in, open the vhost, declare the exchange passively
+/// (`amqp`); then a `mandatory` test publish of an empty batch that tells
+/// whether a queue is bound for the routing key (`publish`: warn when not).
+async fn amqp_checks(
+    subject: &str,
+    t: &TargetConfig,
+    opts: &Options,
+    cluster: Option<String>,
+) -> Vec<Check> {
+    use crate::egress::amqp::Probe;
+    let tls = if t.tls {
+        match crate::egress::client::tls_config(t) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return vec![
+                    row(subject, "amqp", Status::Fail, e.to_string()),
+                    row(subject, "publish", Status::Skip, "needs amqp"),
+                ]
+            }
+        }
+    } else {
+        None
+    };
+    let publish = opts
+        .post
+        .then(|| cluster.unwrap_or_else(|| "qbroker-doctor".to_string()));
+    let probe = crate::egress::amqp::probe(t, tls, publish, opts.timeout).await;
+    probe
+        .into_iter()
+        .map(|(check, result)| {
+            let (status, detail) = match result {
+                Probe::Pass(d) => (Status::Pass, d),
+                Probe::Warn(d) => (Status::Warn, d),
+                Probe::Fail(d) => (Status::Fail, d),
+                Probe::Skip(d) => (Status::Skip, d),
+            };
+            row(subject, check, status, detail)
+        })
+        .collect()
 }
 
 async fn post_check<IO>(subject: &str, t: &TargetConfig, opts: &Options, io: IO) -> Check
@@ -1188,9 +1256,9 @@ mod tests {
         r.checks.push(row("target t", "tls", Status::Fail, "bad"));
         assert!(!r.ok());
         let text = r.render();
-        assert!(text.contains("target t  tls    FAIL  bad"), "{text}");
+        assert!(text.contains("target t  tls    FAIL    bad"), "{text}");
         assert!(
-            text.contains("3 checks: 1 passed, 1 failed, 1 skipped"),
+            text.contains("3 checks: 1 passed, 1 failed, 0 warned, 1 skipped"),
             "{text}"
         );
     }

@@ -20,7 +20,8 @@
 //!   (ACL diff), off the hot path; the batcher keeps each file's events in order
 //!   behind a lookup.
 //! - [`spool`]: the durable per-target log of sealed batches.
-//! - [`egress`]: HTTPS delivery of spooled batches, with retries.
+//! - [`egress`]: delivery of spooled batches, with retries: AMQP 0-9-1 to
+//!   Varonis's RabbitMQ (publisher confirms) or HTTPS POSTs.
 //!
 //! Beside the data path: [`targets`] (the running target set: each target's
 //! spool, egress lanes and sealer, and every cluster's route to one, changed

@@ -169,7 +169,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+                // lapin's own lines are Rust debug strings of what egress::amqp
+                // already reports in words (connection lost, refused login).
+                tracing_subscriber::EnvFilter::new(if quiet {
+                    "warn,lapin=off"
+                } else {
+                    "info,lapin=off"
+                })
             }),
         )
         .with_writer(std::io::stderr)
@@ -250,13 +256,28 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
-            "target          {}{default}: {} in_flight={} gzip={}",
-            t.name,
-            t.url_for_logs(),
-            t.in_flight,
-            t.gzip
-        );
+        match &t.amqp {
+            Some(a) => println!(
+                "target          {}{default}: {} (AMQP, vhost {:?}, exchange {:?}, routing_key {:?}, user {:?}, encoding {}, one message per {}) in_flight={} max_unconfirmed={}",
+                t.name,
+                t.url_for_logs(),
+                a.vhost,
+                a.exchange,
+                a.routing_key,
+                a.username,
+                a.encoding.as_str(),
+                a.message.as_str(),
+                t.in_flight,
+                a.max_unconfirmed
+            ),
+            None => println!(
+                "target          {}{default}: {} in_flight={} gzip={}",
+                t.name,
+                t.url_for_logs(),
+                t.in_flight,
+                t.gzip
+            ),
+        }
     }
     if let Some(api) = &cfg.api {
         println!(

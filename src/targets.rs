@@ -127,6 +127,10 @@ pub struct TargetView {
     /// Requests in flight at most, and whether batches are gzipped.
     pub in_flight: usize,
     pub gzip: bool,
+    /// RabbitMQ blocks publishing (an AMQP target's memory or disk alarm).
+    pub blocked: bool,
+    /// Why the last failed attempt failed, and when (Unix ms).
+    pub last_error: Option<(String, i64)>,
 }
 
 /// A registration that cannot run (bad PEM, bad URL).
@@ -186,6 +190,19 @@ fn cluster_of(name: &str) -> Option<String> {
 /// The endpoint of a registration.
 pub fn endpoint_of(reg: &Registration) -> Result<Endpoint, Invalid> {
     let name = registered_name(&reg.cluster_name);
+    if reg.url.starts_with("amqp") {
+        // An AMQP target: its RabbitMQ login, exchange and CA.
+        let cfg = crate::egress::amqp::registered(&name, reg).map_err(Invalid)?;
+        let tls = TlsMaterial {
+            ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
+            client: match (&reg.client_certificate, &reg.client_key) {
+                (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
+                _ => None,
+            },
+        };
+        return Endpoint::with_pem(cfg, &tls, Authorization::None)
+            .map_err(|e| Invalid(e.to_string()));
+    }
     let cfg = crate::config::registered_target(&name, &reg.url)
         .map_err(|e| Invalid(format!("url: {e}")))?;
     let auth = match (&reg.token, &reg.basic_username, &reg.basic_password) {
@@ -680,6 +697,8 @@ impl Targets {
                     gzip: live.egress.endpoint().cfg.gzip,
                     spool: live.spool.stats(),
                     failing: m.failing.get() != 0,
+                    blocked: m.blocked.get() != 0,
+                    last_error: m.last_error(),
                     last_success_unix_ms: m.last_success_unix_ms.get(),
                 }
             })

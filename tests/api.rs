@@ -442,7 +442,13 @@ fn rmq_objects_flow_end_to_end() {
     let sink = Sink::start();
     let qumulo = QumuloApi::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&config_text(&sink, dir.path(), &qumulo_config(&qumulo, "")));
+    // The HTTPS mapping (a site that fronts Varonis with an HTTPS receiver);
+    // the AMQP one, the default, is tested in tests/amqp.rs.
+    let broker = Broker::start(&config_text(
+        &sink,
+        dir.path(),
+        &qumulo_config(&qumulo, "rmq_transport = \"https\""),
+    ));
     let api = Api::new(&broker);
     let credentials = json!({"username": API_USER, "password": API_PASSWORD,
                              "cluster": format!("127.0.0.1:{}", qumulo.addr.port())});
@@ -834,7 +840,7 @@ fn api_secrets_stay_out_of_answers_logs_and_files() {
     let config = config_text(&sink, &dir.path().join("data"), "").replace(
         "[[targets]]",
         &format!(
-            "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\nqumulo_hosts = [\"127.0.0.1\"]\nqumulo_ca_file = \"{}\"\n[[targets]]",
+            "[api]\nenabled = true\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\nqumulo_hosts = [\"127.0.0.1\"]\nqumulo_ca_file = \"{}\"\nrmq_transport = \"https\"\n[[targets]]",
             admin_file.display(),
             qumulo.ca_file.display()
         ),

@@ -50,6 +50,22 @@ pub enum Scenario {
     /// SIGTERM; start it again on the same data directory, end the outage:
     /// nothing may be lost
     RestartAtCap,
+    /// AMQP (--egress amqp unless amqp-event is asked for): 2 clusters x 3
+    /// nodes at 10,000 events/s; RabbitMQ is killed (-9) mid-run and started
+    /// again 5 s later; nothing may be lost
+    RabbitmqRestart,
+    /// AMQP: as rabbitmq-restart, but a memory alarm blocks publishing for the
+    /// middle third instead; nothing may be lost
+    RabbitmqBlocked,
+}
+
+/// What happens to the benchmark's RabbitMQ during a window of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RabbitFault {
+    /// kill -9 at the start, started again at the end
+    Restart,
+    /// a memory alarm (high watermark 0) from the start to the end
+    Blocked,
 }
 
 /// What a scenario runs.
@@ -66,6 +82,8 @@ pub struct Plan {
     pub acl_ppm: u32,
     /// delay of every REST API answer
     pub api_delay: Duration,
+    /// a RabbitMQ fault, relative to the start of sending (AMQP scenarios)
+    pub rabbit: Option<(RabbitFault, Window)>,
     /// restart-at-cap: the sink answers 503 from the start until the broker,
     /// stopped at its spool cap, was started again
     pub restart_at_cap: bool,
@@ -83,6 +101,8 @@ impl Scenario {
             Scenario::Outage => "outage",
             Scenario::Enrich => "enrich",
             Scenario::EnrichSlowApi => "enrich-slow-api",
+            Scenario::RabbitmqRestart => "rabbitmq-restart",
+            Scenario::RabbitmqBlocked => "rabbitmq-blocked",
             Scenario::RestartAtCap => "restart-at-cap",
         }
     }
@@ -100,6 +120,7 @@ impl Scenario {
             outage: None,
             acl_ppm: 0,
             api_delay: Duration::ZERO,
+            rabbit: None,
             restart_at_cap: false,
             broker: BrokerOverrides::default(),
         };
@@ -129,6 +150,26 @@ impl Scenario {
                 burst_rate: Some(15_000.0),
                 ..base
             },
+            Scenario::RabbitmqRestart | Scenario::RabbitmqBlocked => {
+                let d = duration.unwrap_or(secs(30));
+                let (fault, len) = if self == Scenario::RabbitmqRestart {
+                    (RabbitFault::Restart, secs(5).min(d / 3))
+                } else {
+                    (RabbitFault::Blocked, d / 3)
+                };
+                Plan {
+                    rate: Some(10_000.0),
+                    duration: d,
+                    rabbit: Some((
+                        fault,
+                        Window {
+                            start: (d - len) / 2,
+                            len,
+                        },
+                    )),
+                    ..base
+                }
+            }
             Scenario::RestartAtCap => Plan {
                 nodes: 2,
                 rate: Some(5_000.0),
@@ -264,9 +305,34 @@ impl SpoolFsync {
     }
 }
 
+/// What carries the batches from qbroker to the sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// HTTPS POSTs to the verifying sink
+    #[default]
+    Https,
+    /// AMQP to a private RabbitMQ, one message per batch; the sink consumes
+    Amqp,
+    /// AMQP, one message per event
+    AmqpEvent,
+}
+
+impl Egress {
+    pub fn name(self) -> &'static str {
+        match self {
+            Egress::Https => "https",
+            Egress::Amqp => "amqp",
+            Egress::AmqpEvent => "amqp-event",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub scenario: Scenario,
+    /// what carries the batches to the sink
+    pub egress: Egress,
     pub duration: Option<Duration>,
     /// the qbroker binary; default: next to this executable
     pub broker: Option<PathBuf>,
@@ -297,6 +363,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             scenario: Scenario::Steady,
+            egress: Egress::Https,
             duration: None,
             broker: None,
             workers: None,
@@ -909,6 +976,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     )
     .await?;
 
+    // AMQP: a RabbitMQ of the run's own; the verifier consumes its queue.
+    let mut rabbit = None;
+    let mut consumer = None;
+    let egress = match (opts.egress, plan.rabbit) {
+        (Egress::Https, Some(_)) => Egress::Amqp,
+        (e, _) => e,
+    };
+    if egress != Egress::Https {
+        let r = crate::amqp::RabbitMq::start(&work.join("rabbitmq")).await?;
+        consumer = Some(crate::amqp::consume(&r.url(), verifier.clone()).await?);
+        rabbit = Some(r);
+    }
+
     let listen = free_port()?;
     let metrics = free_port()?;
     let config = broker_config(
@@ -923,6 +1003,24 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         shm_spool.as_deref(),
     );
     let mut config = config;
+    if let Some(r) = &rabbit {
+        let password_file = work.join("rabbit.password");
+        std::fs::write(&password_file, crate::amqp::PASSWORD)?;
+        let message = if egress == Egress::AmqpEvent {
+            "event"
+        } else {
+            "batch"
+        };
+        let head = config
+            .split("[[targets]]")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        config = format!(
+            "{head}[[targets]]\nname = \"sink\"\n{}",
+            r.target_config(&password_file, message)
+        );
+    }
     if let Some(api) = &api {
         // One request at a time: the sink then sees batches in spool order, in
         // which each file's events are (it checks each object's versions in order).
@@ -1000,6 +1098,30 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             faults.outage(w.len);
         });
     }
+    // The RabbitMQ fault runs beside the senders: the node is killed and
+    // started again, or the alarm set and cleared, within the window.
+    let rabbit_fault = match (plan.rabbit, rabbit.take()) {
+        (Some((fault, w)), Some(mut r)) => Some(tokio::spawn(async move {
+            tokio::time::sleep(w.start).await;
+            let on = match fault {
+                RabbitFault::Restart => {
+                    r.kill();
+                    Ok(())
+                }
+                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0"]),
+            };
+            tokio::time::sleep(w.len).await;
+            let off = match fault {
+                RabbitFault::Restart => r.launch().await,
+                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0.4"]),
+            };
+            (r, on.and(off))
+        })),
+        (_, r) => {
+            rabbit = r;
+            None
+        }
+    };
 
     let pb = if opts.progress {
         let pb = ProgressBar::with_draw_target(
@@ -1105,14 +1227,19 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
 
     // drain: until everything expected arrived, or progress stops
+    if let Some(f) = rabbit_fault {
+        let (r, result) = f.await?;
+        result.context("the RabbitMQ fault")?;
+        rabbit = Some(r);
+    }
     let drain_start = Instant::now();
     let totals = send.totals();
     let mut last = verifier.delivered() + verifier.acl_records();
     // when the delivered count last grew (it may have stopped before now)
     let mut last_delivery = (last > 0).then(Instant::now);
-    let drain_timeout = match plan.outage {
-        Some(w) => opts.drain_timeout.max(w.len),
-        None => opts.drain_timeout,
+    let drain_timeout = match (plan.outage, plan.rabbit) {
+        (Some(w), _) | (None, Some((_, w))) => opts.drain_timeout.max(w.len),
+        (None, None) => opts.drain_timeout,
     };
     loop {
         let d = verifier.delivered() + verifier.acl_records();
@@ -1154,8 +1281,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let responses = sink.counters.snapshot();
     sink.stop().await;
+    if let Some(c) = consumer {
+        c.abort();
+    }
+    if let Some(mut r) = rabbit {
+        tokio::task::spawn_blocking(move || r.stop()).await?;
+    }
     let setup = Setup {
         scenario: opts.scenario.name().to_string(),
+        egress: egress.name().to_string(),
         clusters: plan.clusters,
         nodes_per_cluster: plan.nodes,
         format: opts.format,

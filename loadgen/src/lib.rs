@@ -13,12 +13,15 @@
 //! - [`sink`]: the HTTPS Varonis endpoint around the verifier, with faults.
 //! - [`report`]: the benchmark report, for people and as JSON.
 //! - [`bench`]: runs qbroker, the sink and the senders together on loopback.
+//! - [`amqp`]: a private RabbitMQ and the verifying sink as its consumer
+//!   (`bench --egress amqp`).
 //! - [`acl`]: namespace objects whose ACL and owner change, and the Qumulo
 //!   REST API stand-in that serves them (for qbroker's enrichment).
 
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod amqp;
 pub mod bench;
 pub mod discard;
 pub mod gen;

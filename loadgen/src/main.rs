@@ -199,6 +199,11 @@ struct DiscardArgs {
 struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     scenario: Scenario,
+    /// what carries the batches: https (the verifying HTTPS sink), amqp or
+    /// amqp-event (a private RabbitMQ, started here, whose queue the sink
+    /// consumes; a message per batch or per event)
+    #[arg(long, value_enum, default_value_t = loadgen::bench::Egress::Https)]
+    egress: loadgen::bench::Egress,
     /// seconds of sending (default: the scenario's, 10 s; outage 60 s;
     /// restart-at-cap 8 s)
     #[arg(long)]
@@ -266,7 +271,8 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,lapin=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -535,6 +541,7 @@ async fn discard(a: DiscardArgs) -> anyhow::Result<bool> {
 async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
     let opts = BenchOptions {
         scenario: a.scenario,
+        egress: a.egress,
         duration: a.duration.map(|d| secs("duration", d)).transpose()?,
         broker: a.broker,
         workers: a.workers,

@@ -52,6 +52,9 @@ pub struct RestartReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Setup {
     pub scenario: String,
+    /// what carried the batches: `https`, `amqp` (a message per batch) or
+    /// `amqp-event` (a message per event)
+    pub egress: String,
     pub clusters: u16,
     pub nodes_per_cluster: u16,
     pub format: Format,
@@ -249,7 +252,11 @@ impl Report {
         let mut o = String::new();
         let s = &self.setup;
         let verdict = if self.ok { "PASS" } else { "FAIL" };
-        let _ = writeln!(o, "loadgen bench: scenario {} -- {verdict}", s.scenario);
+        let _ = writeln!(
+            o,
+            "loadgen bench: scenario {}, egress {} -- {verdict}",
+            s.scenario, s.egress
+        );
         if let Some(e) = &self.enrich {
             let _ = writeln!(
                 o,
@@ -458,6 +465,7 @@ mod tests {
     fn setup() -> Setup {
         Setup {
             scenario: "steady".into(),
+            egress: "https".into(),
             clusters: 1,
             nodes_per_cluster: 1,
             format: Format::Json,

@@ -138,6 +138,45 @@ async fn short_outage_loses_nothing() {
     assert!(r.sink.unavailable > 0, "the sink never answered 503");
 }
 
+/// 3 s at 2,500 events/s over AMQP: qbroker publishes to a private RabbitMQ
+/// (Debian's rabbitmq-server), the sink consumes; everything arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_steady_over_amqp_loses_nothing() {
+    let r = run(BenchOptions {
+        scenario: Scenario::Steady,
+        egress: loadgen::bench::Egress::Amqp,
+        duration: Some(Duration::from_secs(3)),
+        rate: Some(2_500.0),
+        ..BenchOptions::default()
+    })
+    .await;
+    assert_eq!(r.setup.egress, "amqp");
+    assert_eq!(r.sink.requests, 0, "nothing went over HTTPS");
+}
+
+/// rabbitmq-restart, short: RabbitMQ killed (-9) mid-run and started again;
+/// every event arrives. (Not through `run`: two RabbitMQ starts can take
+/// longer than its time limit on a busy machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_loses_nothing() {
+    let r = loadgen::bench::run(BenchOptions {
+        scenario: Scenario::RabbitmqRestart,
+        duration: Some(Duration::from_secs(8)),
+        rate: Some(2_500.0),
+        progress: false,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.ok, "{}", r.render());
+    assert_eq!(r.setup.egress, "amqp");
+    assert!(
+        r.delivered > 0 && r.delivered == r.sent_expected && r.lost == 0,
+        "{}",
+        r.render()
+    );
+}
+
 /// restart-at-cap, 5 s at 5,000 events/s into a 2 MiB spool while the sink
 /// answers 503: SIGTERM once the broker has read every frame, with its spool
 /// at its cap and frames in its work queue; a second broker on the same data

@@ -136,9 +136,13 @@ struct NodeOut {
 struct TargetOut {
     name: String,
     origin: &'static str,
-    /// `ok`, `failing` (the last delivery attempt failed) or `draining`.
+    /// `ok`, `failing` (the last delivery attempt failed), `blocked` (RabbitMQ
+    /// blocks publishing: a memory or disk alarm) or `draining`.
     state: &'static str,
     url: String,
+    /// Why the last failed attempt failed, and when (RFC 3339).
+    last_error: Option<String>,
+    last_error_time: Option<String>,
     spool_batches: u64,
     spool_bytes: u64,
     oldest_batch_age_ms: u64,
@@ -180,12 +184,16 @@ pub async fn clusters(ctx: &Ctx, req: &Request) -> Answer {
                     origin: v.origin.as_str(),
                     state: if v.draining {
                         "draining"
+                    } else if v.blocked {
+                        "blocked"
                     } else if v.failing {
                         "failing"
                     } else {
                         "ok"
                     },
                     url: super::targets::shown_url(&v.url),
+                    last_error: v.last_error.as_ref().map(|(e, _)| e.clone()),
+                    last_error_time: v.last_error.as_ref().and_then(|(_, at)| rfc3339(*at)),
                     spool_batches: v.spool.unacked_records,
                     spool_bytes: v.spool.bytes,
                     oldest_batch_age_ms: v.spool.oldest_unacked_age_ms,

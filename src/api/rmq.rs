@@ -5,9 +5,16 @@
 //! `{"detail": "..."}` errors and the same Qumulo-credential check. The admin
 //! token works too (then `credentials` may be left out).
 //!
-//! The reference registered RabbitMQ targets; qbroker delivers over HTTPS, so an
-//! object becomes a registration this way (`api.rmq_url_template`,
-//! `api.rmq_auth`):
+//! The reference registered RabbitMQ targets, and so does qbroker: by default
+//! (`api.rmq_transport = "amqp"`) an object becomes an AMQP target, published
+//! to over `amqps://{server}:{port}/{vhost}` (TLS with `certificate` as the CA,
+//! pins accepted), to `exchange`, logged in as `username` with `password`,
+//! with `filer_id` in every batch; `api.rmq_encoding` and `api.rmq_message`
+//! choose the body and what a message carries.
+//!
+//! With `api.rmq_transport = "https"` (a site that fronts Varonis with an HTTPS
+//! receiver) an object becomes an HTTPS registration this way
+//! (`api.rmq_url_template`, `api.rmq_auth`):
 //!
 //! | object field | becomes |
 //! |---|---|
@@ -100,7 +107,11 @@ fn fields(r: &Registration) -> Fields {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
-            i64::from(u.port_u16().unwrap_or(443)),
+            i64::from(u.port_u16().unwrap_or(if u.scheme_str() == Some("amqps") {
+                5671
+            } else {
+                443
+            })),
         ),
         Err(_) => (String::new(), 0),
     };
@@ -202,6 +213,32 @@ fn fill(
     } else {
         host.to_string()
     };
+    reg.ca_certificate = pem_of(certificate)?;
+    reg.rmq_vhost = Some(vhost.to_string());
+    reg.rmq_exchange = Some(exchange.to_string());
+    if ctx.api.rmq_amqp {
+        // The reference broker's way: publish to the object's exchange. The
+        // vhost is the path ("/" as %2F), the encoding and message mode the
+        // query, as `api.rmq_encoding` and `api.rmq_message` say now.
+        reg.url = format!("amqps://{host}:{port}/{}?{}", enc(vhost), ctx.api.rmq_query);
+        reg.token = None;
+        reg.basic_username = Some(username.to_string());
+        if let Some(password) = password {
+            reg.basic_password = Some(Secret::new(password));
+        }
+        if username.is_empty()
+            || reg
+                .basic_password
+                .as_ref()
+                .is_none_or(|p| p.expose().is_empty())
+        {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "username and password: RabbitMQ needs both",
+            ));
+        }
+        return Ok(());
+    }
     reg.url = ctx
         .api
         .rmq_url_template
@@ -209,9 +246,6 @@ fn fill(
         .replace("{port}", &port.to_string())
         .replace("{vhost}", &enc(vhost))
         .replace("{exchange}", &enc(exchange));
-    reg.ca_certificate = pem_of(certificate)?;
-    reg.rmq_vhost = Some(vhost.to_string());
-    reg.rmq_exchange = Some(exchange.to_string());
     if let Some(password) = password {
         let (user, pass) = (
             (!username.is_empty()).then(|| username.to_string()),

@@ -1,7 +1,8 @@
 //! `/v1/targets`: qbroker's own registration API. One registration per cluster:
-//! the HTTPS target its events go to (URL, CA certificate, bearer token or
-//! client certificate), its filer id, and its REST API credentials for
-//! enrichment. Secrets are accepted, stored and used, and shown only as
+//! the target its events go to, HTTPS (URL, CA certificate, bearer token or
+//! client certificate) or AMQP (`amqps://HOST:PORT/VHOST` URL, CA certificate,
+//! `exchange`, `username` and `password`), its filer id, and its REST API
+//! credentials for enrichment. Secrets are accepted, stored and used, and shown only as
 //! `"********"`.
 
 use http::StatusCode;
@@ -48,6 +49,10 @@ struct TargetIn {
     client_key: Option<String>,
     filer_id: Option<i64>,
     api: Option<ApiIn>,
+    /// AMQP targets (`amqps://` URL): the exchange, and the RabbitMQ login.
+    exchange: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +71,9 @@ struct TargetPatch {
     filer_id: Option<Option<i64>>,
     #[serde(default, deserialize_with = "some")]
     api: Option<Option<ApiIn>>,
+    exchange: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -321,6 +329,16 @@ pub async fn create(ctx: &Ctx, req: &Request) -> Answer {
     reg.client_certificate = input.client_certificate;
     reg.client_key = input.client_key.map(Secret::new);
     reg.filer_id = input.filer_id;
+    if input.url.starts_with("amqp") {
+        reg.rmq_exchange = input.exchange;
+        reg.basic_username = input.username;
+        reg.basic_password = input.password.map(Secret::new);
+    } else if input.exchange.is_some() || input.username.is_some() || input.password.is_some() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exchange, username and password: for an amqps:// target only",
+        );
+    }
     apply_api(&mut reg, input.api);
     tri!(check(&reg));
     let reg = tri!(insert(ctx, &reg).await);
@@ -372,6 +390,15 @@ pub async fn update(ctx: &Ctx, req: &Request, cluster: &str) -> Answer {
     }
     if let Some(api) = patch.api {
         apply_api(&mut reg, api);
+    }
+    if let Some(v) = patch.exchange {
+        reg.rmq_exchange = Some(v);
+    }
+    if let Some(v) = patch.username {
+        reg.basic_username = Some(v);
+    }
+    if let Some(v) = patch.password {
+        reg.basic_password = Some(Secret::new(v));
     }
     tri!(check(&reg));
     let reg = tri!(saved(ctx, ctx.store.update(&reg).await).await);

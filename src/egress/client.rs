@@ -51,7 +51,7 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("tcp connect: {0}")]
     Tcp(std::io::Error),
-    #[error("tls handshake: {0}")]
+    #[error("tls handshake: {}", super::pin::describe(.0))]
     Tls(std::io::Error),
     #[error("http handshake: {0}")]
     Http(hyper::Error),
@@ -187,9 +187,12 @@ fn build_tls_config(
         reason,
     };
     let mut roots = RootCertStore::empty();
+    // The configured certificates, also accepted as exact pins (see `pin`).
+    let mut pins = Vec::new();
     match ca {
         Some((pem, origin)) => {
             for cert in pem_certs(target, origin, pem)? {
+                pins.push(cert.clone());
                 roots
                     .add(cert)
                     .map_err(|e| tls_err(format!("bad CA certificate in {origin}: {e}")))?;
@@ -209,10 +212,17 @@ fn build_tls_config(
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_root_certificates(roots);
+        .map_err(|e| tls_err(e.to_string()))?;
+    let builder = if pins.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let verifier = super::pin::PinningVerifier::new(pins, roots, provider).map_err(tls_err)?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    };
     let mut config = match client {
         Some(((cert, cert_origin), (key, key_origin))) => {
             let chain = pem_certs(target, cert_origin, cert)?;

@@ -1,10 +1,13 @@
-//! egress: delivers a target's spooled batches over HTTPS.
+//! egress: delivers a target's spooled batches, over AMQP or HTTPS.
 //!
 //! Stage: `in_flight` lanes per target take batches from the target's spool in
-//! order and POST them, each lane over its own kept-alive connection
-//! ([`client`]). A batch is acknowledged to the spool (and leaves it) only once
-//! the target answered 2xx, or once it was refused for good and written to the
-//! dead-letter directory.
+//! order and hand each to the target's transport: [`amqp`] publishes it to
+//! RabbitMQ with publisher confirms (one connection per target, shared by the
+//! lanes); HTTPS POSTs it, each lane over its own kept-alive connection
+//! ([`client`]). The lane is the same for both: a batch is acknowledged to the
+//! spool (and leaves it) only once the target took it (2xx; every message
+//! confirmed and routed), or once it was refused for good and written to the
+//! dead-letter directory (HTTPS only: an AMQP target refuses nothing for good).
 //!
 //! Failures are retried without end, with capped, jittered exponential back-off
 //! ([`retry`]): connect and TLS errors, timeouts, 408, 429 and 5xx (honouring
@@ -16,7 +19,10 @@
 //! Every request carries `Idempotency-Key: <batch_id>`; a batch sent again (after
 //! a timeout, a retry or a restart) keeps its id, so the target can drop the copy.
 
+pub mod amqp;
 pub mod client;
+pub mod encode;
+pub mod pin;
 pub mod retry;
 
 use std::sync::Arc;
@@ -66,6 +72,18 @@ pub enum Authorization {
 /// already in flight included, uses the endpoint current when it starts.
 pub struct Endpoint {
     pub cfg: TargetConfig,
+    transport: Transport,
+}
+
+/// What carries a batch to the target: the lane (spool order, retries,
+/// acknowledgement) is the same for both.
+enum Transport {
+    Https(Https),
+    Amqp(Box<amqp::Publisher>),
+}
+
+/// An HTTPS target: POST per batch.
+struct Https {
     connector: Connector,
     /// The whole `Authorization` header value.
     authorization: Option<Secret>,
@@ -74,8 +92,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A configured target: CA and client certificate from its files, its token.
+    /// A configured target: CA and client certificate from its files, its token
+    /// (HTTPS) or its login (AMQP).
     pub fn from_config(cfg: TargetConfig) -> Result<Endpoint, TlsSetupError> {
+        if cfg.amqp.is_some() {
+            let tls = if cfg.tls {
+                Some(client::tls_config(&cfg)?)
+            } else {
+                None
+            };
+            return Ok(Endpoint::amqp(cfg, tls));
+        }
         let connector = Connector::new(&cfg)?;
         let auth = match &cfg.token {
             Some(t) => Authorization::Bearer(t.clone()),
@@ -90,8 +117,24 @@ impl Endpoint {
         tls: &client::TlsMaterial<'_>,
         auth: Authorization,
     ) -> Result<Endpoint, TlsSetupError> {
+        if cfg.amqp.is_some() {
+            let tls = if cfg.tls {
+                Some(client::tls_config_from_pem(&cfg.name, tls)?)
+            } else {
+                None
+            };
+            return Ok(Endpoint::amqp(cfg, tls));
+        }
         let connector = Connector::with_material(&cfg, tls)?;
         Ok(Endpoint::assemble(cfg, connector, auth))
+    }
+
+    fn amqp(cfg: TargetConfig, tls: Option<rustls::ClientConfig>) -> Endpoint {
+        let publisher = Box::new(amqp::Publisher::new(&cfg, tls));
+        Endpoint {
+            cfg,
+            transport: Transport::Amqp(publisher),
+        }
     }
 
     fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
@@ -112,9 +155,11 @@ impl Endpoint {
         };
         Endpoint {
             cfg,
-            connector,
-            authorization,
-            secrets,
+            transport: Transport::Https(Https {
+                connector,
+                authorization,
+                secrets,
+            }),
         }
     }
 }
@@ -265,7 +310,10 @@ impl Target {
         part: Part,
     ) -> Option<(Part, Part)> {
         let mut changes = self.endpoint.subscribe();
-        let gzipped_body = changes.borrow_and_update().cfg.gzip;
+        let gzipped_body = {
+            let ep = changes.borrow_and_update();
+            ep.cfg.gzip && ep.cfg.amqp.is_none()
+        };
         let body = if gzipped_body {
             let raw = part.body.clone();
             match tokio::task::spawn_blocking(move || gzip(&raw)).await {
@@ -285,7 +333,7 @@ impl Target {
             self.metrics.requests.inc();
             let outcome = match tokio::time::timeout(
                 ep.cfg.timeout,
-                self.attempt(&ep, conn, &part.batch_id, &body, gzipped),
+                self.attempt(&ep, conn, record, &part, &body, gzipped),
             )
             .await
             {
@@ -329,6 +377,7 @@ impl Target {
             };
             match outcome {
                 Outcome::Accepted => {
+                    self.metrics.blocked.set(0);
                     self.metrics.batches_delivered.inc();
                     self.metrics.events_delivered.add(u64::from(part.events));
                     self.metrics.bytes_sent.add(body.len() as u64);
@@ -338,6 +387,10 @@ impl Target {
                 }
                 Outcome::Rejected { .. } => unreachable!("handled above"),
                 Outcome::Retry { reason, after } => {
+                    if let Transport::Amqp(p) = &ep.transport {
+                        self.metrics.blocked.set(i64::from(p.blocked()));
+                    }
+                    self.metrics.set_last_error(&reason);
                     attempt += 1;
                     self.metrics.retries.inc();
                     self.metrics.failing.set(1);
@@ -372,16 +425,38 @@ impl Target {
         &self,
         ep: &Arc<Endpoint>,
         conn: &mut Lane,
-        batch_id: &str,
+        record: &Record,
+        part: &Part,
         body: &Bytes,
         gzipped: bool,
     ) -> Outcome {
+        let batch_id = part.batch_id.as_str();
+        let https = match &ep.transport {
+            Transport::Https(h) => h,
+            Transport::Amqp(publisher) => {
+                // AMQP never splits a batch; a part exists only when an HTTPS
+                // endpoint split it before the target became AMQP.
+                let whole;
+                let sent = if batch_id == record.batch_id {
+                    record
+                } else {
+                    whole = Record {
+                        batch_id: part.batch_id.clone(),
+                        events: part.events,
+                        body: part.body.clone(),
+                        ..record.clone()
+                    };
+                    &whole
+                };
+                return self.publish(publisher, sent).await;
+            }
+        };
         if conn
             .as_ref()
             .is_none_or(|(c, opened_for)| c.is_closed() || !Arc::ptr_eq(opened_for, ep))
         {
             *conn = None;
-            match ep.connector.connect().await {
+            match https.connector.connect().await {
                 Ok(c) => *conn = Some((c, ep.clone())),
                 Err(err) => {
                     *conn = None;
@@ -411,7 +486,7 @@ impl Target {
         if gzipped {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
-        if let Some(auth) = &ep.authorization {
+        if let Some(auth) = &https.authorization {
             request = request.header(header::AUTHORIZATION, auth.expose());
         }
         let request = match request.body(Full::new(body.clone())) {
@@ -448,7 +523,7 @@ impl Target {
         {
             // The answer is logged and may be kept in the dead-letter directory: a
             // target that echoes the request must not get the token written there.
-            Ok(collected) => ep.secrets.iter().fold(
+            Ok(collected) => https.secrets.iter().fold(
                 String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
                 |text, secret| redact(text, Some(secret)),
             ),
@@ -475,6 +550,28 @@ impl Target {
         Outcome::Retry {
             reason: format!("status {code}: {}", snippet(&text)),
             after,
+        }
+    }
+
+    /// One attempt over AMQP: publish and wait for the confirms.
+    async fn publish(&self, publisher: &amqp::Publisher, record: &Record) -> Outcome {
+        match publisher.publish(record).await {
+            Ok(()) => Outcome::Accepted,
+            Err(err) if err.is_permanent() => Outcome::Rejected {
+                status: 0,
+                response: err.to_string(),
+            },
+            Err(err) => {
+                if err.is_connect() {
+                    self.metrics.failures_connect.inc();
+                } else {
+                    self.metrics.failures_status.inc();
+                }
+                Outcome::Retry {
+                    reason: err.to_string(),
+                    after: None,
+                }
+            }
         }
     }
 

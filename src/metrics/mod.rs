@@ -323,6 +323,25 @@ pub struct TargetMetrics {
     pub last_success_unix_ms: Gauge,
     /// 1 while the last attempt failed, 0 once one succeeds.
     pub failing: Gauge,
+    /// 1 while RabbitMQ blocks publishing to an AMQP target (memory or disk alarm).
+    pub blocked: Gauge,
+    /// Why the last failed attempt failed, and when (Unix ms); for the target
+    /// views. Kept after a success, with `failing` telling whether it is current.
+    pub last_error: std::sync::Mutex<Option<(String, i64)>>,
+}
+
+impl TargetMetrics {
+    pub fn set_last_error(&self, reason: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((reason.to_string(), unix_ms()));
+    }
+
+    pub fn last_error(&self) -> Option<(String, i64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Every metric of one broker.
@@ -755,7 +774,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     type Pick = fn(&TargetMetrics) -> i64;
-    let per_target: [(&str, &str, &str, Pick); 13] = [
+    let per_target: [(&str, &str, &str, Pick); 14] = [
         (
             "qbroker_target_requests_total",
             "counter",
@@ -827,6 +846,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             "gauge",
             "1 while the last attempt failed.",
             |t| t.failing.get(),
+        ),
+        (
+            "qbroker_target_blocked",
+            "gauge",
+            "1 while RabbitMQ blocks publishing (memory or disk alarm).",
+            |t| t.blocked.get(),
         ),
         (
             "qbroker_target_last_success_timestamp_seconds",

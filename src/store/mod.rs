@@ -148,6 +148,7 @@ impl Registration {
             && self.basic_password == other.basic_password
             && self.client_certificate == other.client_certificate
             && self.client_key == other.client_key
+            && self.rmq_exchange == other.rmq_exchange
     }
 
     /// Whether the REST API side differs from `other`'s.
