@@ -32,7 +32,8 @@ pub struct TopArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     interval_ms: u64,
     /// Sort rows by: name, rate (events/s, delivered/s), errors (parse
-    /// errors, failing targets first) or backlog (queue share, spool bytes).
+    /// errors, failing targets first) or backlog (queue share, unacknowledged
+    /// batches).
     #[arg(long, value_enum, value_name = "KEY", default_value = "name")]
     sort: SortKey,
     /// Show only the clusters and targets whose name, route or URL contains
@@ -506,7 +507,7 @@ fn sort_targets(rows: &mut [TargetRow], key: SortKey) {
                 .unwrap_or(0.0)
                 .total_cmp(&a.delivered_s.unwrap_or(0.0)),
             SortKey::Errors => (b.state == "failing").cmp(&(a.state == "failing")),
-            SortKey::Backlog => b.spool_bytes.cmp(&a.spool_bytes),
+            SortKey::Backlog => (b.spool_batches, b.spool_bytes).cmp(&(a.spool_batches, a.spool_bytes)),
         }
         .then_with(|| a.name.cmp(&b.name))
     });
