@@ -116,11 +116,10 @@ impl Source {
                 if h.contains(':') && !h.starts_with('[') {
                     (authority, 80)
                 } else {
-                    let port = p
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|&p| p > 0)
-                        .with_context(|| format!("--url {url}: port {p:?} is not 1 to 65535"))?;
+                    let port =
+                        p.parse::<u16>().ok().filter(|&p| p > 0).with_context(|| {
+                            format!("--url {url}: port {p:?} is not 1 to 65535")
+                        })?;
                     (h, port)
                 }
             }
@@ -152,9 +151,9 @@ impl Source {
     /// One snapshot.
     fn get(&self) -> anyhow::Result<Stats> {
         let url = self.url();
-        let body = self
-            .fetch()
-            .with_context(|| format!("cannot read {url} (is the broker running, with metrics_listen there?)"))?;
+        let body = self.fetch().with_context(|| {
+            format!("cannot read {url} (is the broker running, with metrics_listen there?)")
+        })?;
         let stats: Stats = serde_json::from_slice(&body)
             .with_context(|| format!("{url} did not answer a qbroker stats document"))?;
         if stats.schema != SCHEMA {
@@ -380,7 +379,9 @@ impl View {
         if let Some(f) = filter.map(str::to_lowercase).filter(|f| !f.is_empty()) {
             clusters.retain(|c| {
                 c.name.to_lowercase().contains(&f)
-                    || c.route.as_deref().is_some_and(|r| r.to_lowercase().contains(&f))
+                    || c.route
+                        .as_deref()
+                        .is_some_and(|r| r.to_lowercase().contains(&f))
             });
             targets.retain(|t| {
                 t.name.to_lowercase().contains(&f) || t.url.to_lowercase().contains(&f)
@@ -507,7 +508,9 @@ fn sort_targets(rows: &mut [TargetRow], key: SortKey) {
                 .unwrap_or(0.0)
                 .total_cmp(&a.delivered_s.unwrap_or(0.0)),
             SortKey::Errors => (b.state == "failing").cmp(&(a.state == "failing")),
-            SortKey::Backlog => (b.spool_batches, b.spool_bytes).cmp(&(a.spool_batches, a.spool_bytes)),
+            SortKey::Backlog => {
+                (b.spool_batches, b.spool_bytes).cmp(&(a.spool_batches, a.spool_bytes))
+            }
         }
         .then_with(|| a.name.cmp(&b.name))
     });
@@ -1035,19 +1038,48 @@ mod tests {
         let app = app_with(SortKey::Name, "");
         let lines = screen(&app, 120, 24);
         let all = lines.join("\n");
-        assert!(lines[0].starts_with("qbroker 0.1.0  up 12s  clusters 2  targets 2 (1 failing)"), "{all}");
-        assert!(lines[1].starts_with("events/s 1.5k  delivered/s 1.5k  queue 10%  p99 250ms"), "{all}");
+        assert!(
+            lines[0].starts_with("qbroker 0.1.0  up 12s  clusters 2  targets 2 (1 failing)"),
+            "{all}"
+        );
+        assert!(
+            lines[1].starts_with("events/s 1.5k  delivered/s 1.5k  queue 10%  p99 250ms"),
+            "{all}"
+        );
         assert!(all.contains("Clusters (2)  sort: name"), "{all}");
-        for title in ["CLUSTER", "NODES", "FRAMES/S", "EVENTS/S", "FILTERED/S", "ERRORS", "QUEUE", "ROUTE"] {
+        for title in [
+            "CLUSTER",
+            "NODES",
+            "FRAMES/S",
+            "EVENTS/S",
+            "FILTERED/S",
+            "ERRORS",
+            "QUEUE",
+            "ROUTE",
+        ] {
             assert!(all.contains(title), "{title}: {all}");
         }
         // alpha: 4000 frames, 3000 events, 1000 filtered over 2 s.
         let alpha: Vec<&str> = line_with(&lines, "alpha").split_whitespace().collect();
-        assert_eq!(&alpha[..8], ["alpha", "3", "2.0k", "1.5k", "500", "7", "8%", "varonis"], "{all}");
+        assert_eq!(
+            &alpha[..8],
+            ["alpha", "3", "2.0k", "1.5k", "500", "7", "8%", "varonis"],
+            "{all}"
+        );
         let failing: Vec<&str> = line_with(&lines, " failing ").split_whitespace().collect();
         assert_eq!(
             &failing[..9],
-            ["@beta", "failing", "1/4", "3.0M", "42", "3m12s", "0", "connection", "refused"],
+            [
+                "@beta",
+                "failing",
+                "1/4",
+                "3.0M",
+                "42",
+                "3m12s",
+                "0",
+                "connection",
+                "refused"
+            ],
             "{all}"
         );
         // The failing row is red, the ok one is not.
@@ -1059,7 +1091,10 @@ mod tests {
         assert_eq!(buf[(x, y)].fg, Color::Red);
         let y = row_of(&lines, " 2/4 ") as u16;
         assert_ne!(buf[(1, y)].fg, Color::Red);
-        assert!(lines.last().unwrap().contains("q quit  s sort  / filter  c clusters  t targets"));
+        assert!(lines
+            .last()
+            .unwrap()
+            .contains("q quit  s sort  / filter  c clusters  t targets"));
     }
 
     #[test]
@@ -1075,8 +1110,16 @@ mod tests {
         let lines = screen(&app, 120, 24);
         assert!(lines.join("\n").contains("sort: rate"));
         let t = row_of(&lines, "Targets");
-        let varonis = lines.iter().skip(t).position(|l| l.contains(" ok ")).unwrap();
-        let beta = lines.iter().skip(t).position(|l| l.contains("failing")).unwrap();
+        let varonis = lines
+            .iter()
+            .skip(t)
+            .position(|l| l.contains(" ok "))
+            .unwrap();
+        let beta = lines
+            .iter()
+            .skip(t)
+            .position(|l| l.contains("failing"))
+            .unwrap();
         assert!(varonis < beta, "{}", lines.join("\n"));
         // Backlog on clusters: queue share, alpha (8%) first.
         let mut view = View::new(None, &stats(1, 1), SortKey::Backlog, None);
@@ -1094,7 +1137,10 @@ mod tests {
         for c in "/alp".chars() {
             app.key(KeyCode::Char(c), KeyModifiers::NONE);
         }
-        assert!(screen(&app, 120, 24).last().unwrap().contains("filter: alp_"));
+        assert!(screen(&app, 120, 24)
+            .last()
+            .unwrap()
+            .contains("filter: alp_"));
         app.key(KeyCode::Enter, KeyModifiers::NONE);
         let all = screen(&app, 120, 24).join("\n");
         assert!(all.contains("Clusters (1 of 2)"), "{all}");
@@ -1152,15 +1198,26 @@ mod tests {
     #[test]
     fn urls() {
         let s = Source::parse("http://127.0.0.1:9514").unwrap();
-        assert_eq!((s.host.as_str(), s.port, s.path.as_str()), ("127.0.0.1", 9514, "/stats"));
-        assert_eq!(Source::parse("http://[::1]:9/stats").unwrap().url(), "http://[::1]:9/stats");
+        assert_eq!(
+            (s.host.as_str(), s.port, s.path.as_str()),
+            ("127.0.0.1", 9514, "/stats")
+        );
+        assert_eq!(
+            Source::parse("http://[::1]:9/stats").unwrap().url(),
+            "http://[::1]:9/stats"
+        );
         assert_eq!(Source::parse("http://h").unwrap().port, 80);
-        let err = Source::parse("https://127.0.0.1:9514").unwrap_err().to_string();
+        let err = Source::parse("https://127.0.0.1:9514")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only http://"), "{err}");
         assert!(Source::parse("127.0.0.1:9514").is_err());
         assert!(Source::parse("http://h:99999").is_err());
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").unwrap(),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            )
+            .unwrap(),
             b"abc"
         );
         assert!(parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").is_err());

@@ -129,14 +129,18 @@ fn stats_json_has_the_clusters_and_targets_with_their_counters() {
     assert!(!s.to_string().contains("secret"), "{s:#}");
     assert!(down["url"].as_str().unwrap().ends_with("/events"));
     // A reason, when the broker knows one; never a made-up one.
-    assert!(down.get("last_error").is_none_or(|e| e.is_null() || e.is_string()));
+    assert!(down
+        .get("last_error")
+        .is_none_or(|e| e.is_null() || e.is_string()));
 
     // Counters, not rates: they only go up between two snapshots.
     let later = stats(&broker);
     assert!(later["uptime_ms"].as_u64() >= s["uptime_ms"].as_u64());
     assert_eq!(named(&later["clusters"], "alpha").unwrap()["events"], 100);
     // /metrics is still served beside it.
-    assert!(broker.metrics_text().contains("qbroker_cluster_frames_total"));
+    assert!(broker
+        .metrics_text()
+        .contains("qbroker_cluster_frames_total"));
 }
 
 #[test]
@@ -168,13 +172,26 @@ fn top_once_prints_cluster_and_target_rows() {
     assert!(text.contains("clusters 2  targets 2 (1 failing)"), "{text}");
     assert_eq!(
         row(&text, "CLUSTER"),
-        ["CLUSTER", "NODES", "FRAMES/S", "EVENTS/S", "FILTERED/S", "ERRORS", "QUEUE", "ROUTE"]
+        [
+            "CLUSTER",
+            "NODES",
+            "FRAMES/S",
+            "EVENTS/S",
+            "FILTERED/S",
+            "ERRORS",
+            "QUEUE",
+            "ROUTE"
+        ]
     );
     let a = row(&text, "alpha");
     assert_eq!((a[1].as_str(), a[7].as_str()), ("1", "sink"), "{text}");
     assert_ne!(a[3], "0", "alpha's events/s: {text}");
     let g = row(&text, "gamma");
-    assert_eq!((g[1].as_str(), g[3].as_str(), g[7].as_str()), ("1", "0", "down"), "{text}");
+    assert_eq!(
+        (g[1].as_str(), g[3].as_str(), g[7].as_str()),
+        ("1", "0", "down"),
+        "{text}"
+    );
     assert_eq!(
         row(&text, "TARGET")[..7],
         ["TARGET", "STATE", "IN-FL", "SPOOL", "BATCHES", "OLDEST", "DELIV/S"]
@@ -190,18 +207,41 @@ fn top_once_prints_cluster_and_target_rows() {
     }
 
     // Filter and sort.
-    let out = top(&["--once", "--interval-ms", "100", "--url", &url, "--filter", "GAM"]);
+    let out = top(&[
+        "--once",
+        "--interval-ms",
+        "100",
+        "--url",
+        &url,
+        "--filter",
+        "GAM",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     row(&text, "gamma");
     assert!(!text.lines().any(|l| l.starts_with("alpha")), "{text}");
-    let out = top(&["--once", "--interval-ms", "100", "--url", &url, "--sort", "backlog"]);
+    let out = top(&[
+        "--once",
+        "--interval-ms",
+        "100",
+        "--url",
+        &url,
+        "--sort",
+        "backlog",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     let targets = text.split("TARGET").nth(1).unwrap();
-    assert!(targets.find("down").unwrap() < targets.find("sink").unwrap(), "{text}");
+    assert!(
+        targets.find("down").unwrap() < targets.find("sink").unwrap(),
+        "{text}"
+    );
 
     // No broker there: a clear error, exit 1.
-    let out = top(&["--once", "--url", &format!("http://127.0.0.1:{}", closed_port())]);
+    let out = top(&[
+        "--once",
+        "--url",
+        &format!("http://127.0.0.1:{}", closed_port()),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot read http://127.0.0.1:"), "{err}");
@@ -220,7 +260,10 @@ struct Tmux {
 
 impl Tmux {
     fn new() -> Tmux {
-        let ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+        let ok = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
         assert!(
             ok,
             "tmux not found: this test runs qbroker top in a real terminal; install the Debian \
@@ -262,8 +305,22 @@ fn top_runs_in_a_real_terminal_and_quits_on_q() {
         "RUST_LOG=warn {QBROKER} top --interval-ms 200 --url http://{}",
         broker.metrics
     );
-    let out = tmux.run(&["new-session", "-d", "-s", "top", "-x", "120", "-y", "40", &command]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let screen = loop {
@@ -276,10 +333,16 @@ fn top_runs_in_a_real_terminal_and_quits_on_q() {
         {
             break screen;
         }
-        assert!(Instant::now() < deadline, "qbroker top did not draw:\n{screen}");
+        assert!(
+            Instant::now() < deadline,
+            "qbroker top did not draw:\n{screen}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(screen.contains("q quit  s sort  / filter  c clusters  t targets"), "{screen}");
+    assert!(
+        screen.contains("q quit  s sort  / filter  c clusters  t targets"),
+        "{screen}"
+    );
     assert!(screen.contains("Clusters (2)"), "{screen}");
 
     // `s` sorts the focused table; `q` quits and the terminal is given back.
@@ -287,7 +350,9 @@ fn top_runs_in_a_real_terminal_and_quits_on_q() {
     assert!(out.status.success());
     wait_for(Duration::from_secs(10), || {
         let out = tmux.run(&["capture-pane", "-p", "-t", "top"]);
-        String::from_utf8_lossy(&out.stdout).contains("sort: rate").then_some(())
+        String::from_utf8_lossy(&out.stdout)
+            .contains("sort: rate")
+            .then_some(())
     });
     let out = tmux.run(&["send-keys", "-t", "top", "q"]);
     assert!(out.status.success());
