@@ -111,21 +111,27 @@ impl Source {
         if authority.contains('@') {
             bail!("--url {url}: the metrics listener takes no credentials");
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                if h.contains(':') && !h.starts_with('[') {
-                    (authority, 80)
-                } else {
-                    let port =
-                        p.parse::<u16>().ok().filter(|&p| p > 0).with_context(|| {
-                            format!("--url {url}: port {p:?} is not 1 to 65535")
-                        })?;
-                    (h, port)
-                }
-            }
-            _ => (authority, 80),
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .with_context(|| format!("--url {url}: port {p:?} is not 1 to 65535"))
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (h, after) = rest
+                .split_once(']')
+                .with_context(|| format!("--url {url}: no ] after the IPv6 address"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, port(p)?),
+                None if after.is_empty() => (h, 80),
+                None => bail!("--url {url}: {after:?} after the IPv6 address"),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, port(p)?),
+                None => (authority, 80),
+            }
+        };
         if host.is_empty() {
             bail!("--url {url}: no host");
         }
@@ -885,6 +891,10 @@ fn interactive(
     sort: SortKey,
     filter: String,
 ) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("not a terminal: run qbroker top in one, or use --once for text");
+    }
     // Snapshots are read on their own thread: a slow broker never stalls the keys.
     let (tx, rx) = mpsc::channel();
     let reader = source.clone();
@@ -901,7 +911,13 @@ fn interactive(
     let mut app = App::new(source.url(), sort, filter);
     // Raw mode and the alternate screen; the panic hook it installs puts the
     // terminal back before the message is printed.
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(err) => {
+            ratatui::restore();
+            return Err(err).context("cannot set up the terminal");
+        }
+    };
     let result = (|| -> anyhow::Result<()> {
         loop {
             while let Ok(read) = rx.try_recv() {
@@ -1207,6 +1223,16 @@ mod tests {
             "http://[::1]:9/stats"
         );
         assert_eq!(Source::parse("http://h").unwrap().port, 80);
+        assert_eq!(
+            Source::parse("http://[::1]").unwrap().url(),
+            "http://[::1]:80/stats"
+        );
+        assert_eq!(
+            Source::parse("http://localhost:9514/x/").unwrap().url(),
+            "http://localhost:9514/x/stats"
+        );
+        assert!(Source::parse("http://:9514").is_err());
+        assert!(Source::parse("http://u:p@h:1").is_err());
         let err = Source::parse("https://127.0.0.1:9514")
             .unwrap_err()
             .to_string();

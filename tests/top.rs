@@ -246,6 +246,11 @@ fn top_once_prints_cluster_and_target_rows() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot read http://127.0.0.1:"), "{err}");
     assert!(err.contains("is the broker running"), "{err}");
+    // Without --once and without a terminal: say so.
+    let out = top(&["--url", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a terminal"), "{err}");
     // Not http.
     let out = top(&["--once", "--url", &format!("https://{}", broker.metrics)]);
     let err = String::from_utf8_lossy(&out.stderr);
