@@ -152,15 +152,22 @@ fn top_once_prints_cluster_and_target_rows() {
     let url = format!("http://{}", broker.metrics);
 
     // More of alpha while top measures: a rate above 0.
-    let feeder = std::thread::spawn(move || {
-        for i in 100..400u64 {
-            let frame = json_frame("alpha-1", "fs_write_data", "/share/f", &file_id(1, i));
-            alpha.write_all(&framed(&frame, false)).unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        alpha
-    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 100u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                let frame = json_frame("alpha-1", "fs_write_data", "/share/f", &file_id(1, i));
+                alpha.write_all(&framed(&frame, false)).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            alpha
+        })
+    };
     let out = top(&["--once", "--interval-ms", "500", "--url", &url]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _alpha = feeder.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
