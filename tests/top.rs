@@ -137,6 +137,31 @@ fn stats_json_has_the_clusters_and_targets_with_their_counters() {
     let later = stats(&broker);
     assert!(later["uptime_ms"].as_u64() >= s["uptime_ms"].as_u64());
     assert_eq!(named(&later["clusters"], "alpha").unwrap()["events"], 100);
+    // docs/troubleshooting.md shows every field, and no other.
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/troubleshooting.md"
+    ))
+    .unwrap();
+    let example = guide
+        .split("### `qbroker top` and `GET /stats`")
+        .nth(1)
+        .and_then(|rest| rest.split("```json\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the /stats example in docs/troubleshooting.md");
+    let example: Value = serde_json::from_str(example).expect("the example is JSON");
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.retain(|k| k != "last_error");
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&example), keys(&s));
+    for part in ["queue", "latency"] {
+        assert_eq!(keys(&example[part]), keys(&s[part]), "{part}");
+    }
+    assert_eq!(keys(&example["clusters"][0]), keys(alpha));
+    assert_eq!(keys(&example["targets"][0]), keys(down));
     // /metrics is still served beside it.
     assert!(broker
         .metrics_text()
