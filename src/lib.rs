@@ -29,9 +29,9 @@
 //! cluster, the reference broker's `/v1/rmq/objects`, health, stats),
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
-//! latency, the `/metrics` endpoint), [`deadletter`] (where bad input is kept),
-//! [`model`] (types that cross stages), [`preflight`] (what `run` would
-//! refuse, for `check-config`), [`replay`] (refused batches back
+//! latency, the `/metrics` and `/stats` endpoints), [`deadletter`] (where bad
+//! input is kept), [`model`] (types that cross stages), [`preflight`] (what
+//! `run` would refuse, for `check-config`), [`replay`] (refused batches back
 //! from the dead-letter directory into their spool), [`sync`] (the hand-written
 //! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
 //! doctor`: checks of the clusters, the targets and the host).
@@ -202,6 +202,7 @@ pub async fn run_input(
     api_listener: Option<std::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     // Before anything is started: a bad certificate or key stops the start.
@@ -290,6 +291,14 @@ pub async fn run_input(
             metrics::render(&m, &gauges)
         })
     };
+    let stats: metrics::server::Render = {
+        let (m, g, t) = (metrics.clone(), gate.clone(), targets.clone());
+        Arc::new(move || {
+            let uptime_ms = started.elapsed().as_millis() as u64;
+            serde_json::to_string(&metrics::stats::collect(&m, &g, &t, uptime_ms))
+                .unwrap_or_default()
+        })
+    };
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
     let metrics_server = match metrics_listener {
         Some(listener) => {
@@ -301,6 +310,7 @@ pub async fn run_input(
             Some(tokio::spawn(metrics::server::serve(
                 listener,
                 render.clone(),
+                stats,
                 metrics_stop_rx,
             )))
         }

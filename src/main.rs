@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use qbroker::config::{Overrides, RawConfig};
 
+mod top;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -45,6 +47,11 @@ enum Command {
     /// batches/) back into their target's spool, to be sent again once the
     /// cause is fixed; run it with the broker stopped.
     Replay(Box<ReplayArgs>),
+    /// A live view of the running broker (per cluster: nodes, frames/s,
+    /// events/s, parse errors, queue share, route; per target: state, spool,
+    /// oldest unacknowledged batch, delivered/s), read from its `/stats`;
+    /// with --once, one view as text.
+    Top(Box<top::TopArgs>),
 }
 
 #[derive(clap::Args)]
@@ -163,7 +170,7 @@ fn main() -> ExitCode {
     // The commands a person runs by hand say only what goes wrong, unless RUST_LOG says otherwise.
     let quiet = match &cli.command {
         Command::Stdin(a) => a.once,
-        Command::Doctor(_) => true,
+        Command::Doctor(_) | Command::Top(_) => true,
         _ => false,
     };
     tracing_subscriber::fmt()
@@ -187,6 +194,7 @@ fn main() -> ExitCode {
         Command::Stdin(args) => stdin(*args),
         Command::Doctor(args) => doctor(*args),
         Command::Replay(args) => replay(*args),
+        Command::Top(args) => top::top(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! metrics: counters per stage, per cluster, per node and per target, end-to-end
-//! latency, and their Prometheus text rendering.
+//! latency, their Prometheus text rendering, and the same figures as JSON for
+//! `qbroker top` ([`stats`], `GET /stats`).
 //!
 //! Hot paths add to plain atomics once per chunk or per batch, never per event:
 //! workers sum a chunk's outcomes locally and add them at the end. The latency
@@ -7,6 +8,7 @@
 
 pub mod ratelimit;
 pub mod server;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,8 +1,10 @@
 //! server: the plain-HTTP observability endpoint (`--metrics-listen`).
 //!
-//! `GET /metrics` answers the Prometheus text format; `GET /healthz` answers
-//! `{"status":"ok"}` while the broker runs. Nothing here is secret: the page
-//! holds counters and names, never credentials.
+//! `GET /metrics` answers the Prometheus text format; `GET /stats` the same
+//! counters and gauges per cluster and per target as one JSON document, for
+//! `qbroker top` ([`super::stats`]); `GET /healthz` answers `{"status":"ok"}`
+//! while the broker runs. Nothing here is secret: the pages hold counters and
+//! names, never credentials.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +23,16 @@ use tracing::{debug, info, warn};
 /// Renders the current page.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serve until `stop` turns true.
-pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
+/// Serve until `stop` turns true: `render` answers `/metrics`, `stats` (JSON)
+/// answers `/stats`.
+pub async fn serve(
+    listener: TcpListener,
+    render: Render,
+    stats: Render,
+    mut stop: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, "serving /metrics and /healthz");
+        info!(listen = %addr, "serving /metrics, /stats and /healthz");
     }
     loop {
         let accepted = tokio::select! {
@@ -40,11 +48,11 @@ pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Recei
                 continue;
             }
         };
-        let render = render.clone();
+        let (render, stats) = (render.clone(), stats.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let render = render.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &render)) }
+                let (render, stats) = (render.clone(), stats.clone());
+                async move { Ok::<_, Infallible>(respond(&req, &render, &stats)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -57,9 +65,10 @@ pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Recei
     }
 }
 
-fn respond(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, render: &Render, stats: &Render) -> Response<Full<Bytes>> {
     let (status, kind, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", render()),
+        (&Method::GET, "/stats") => (StatusCode::OK, "application/json", stats()),
         (&Method::GET, "/healthz") => (
             StatusCode::OK,
             "application/json",

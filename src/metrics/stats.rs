@@ -1,0 +1,256 @@
+//! stats: `GET /stats`, the broker's counters and gauges as one JSON document,
+//! for `qbroker top` and scripts.
+//!
+//! Counts are cumulative since start, not rates: a client takes two snapshots
+//! and divides the differences by the difference of `uptime_ms`. The document
+//! holds what `/metrics` renders for clusters and targets (the same bounded
+//! sets: one entry per cluster and per running target), plus each cluster's
+//! route and share of the work queue, and each target's state. Nothing here is
+//! secret: URLs lose their query and credentials.
+//!
+//! `schema` changes only when a field changes meaning or goes away; fields
+//! are added without a change of `schema`, so readers ignore fields they do
+//! not know.
+
+use serde::{Deserialize, Serialize};
+
+use super::Metrics;
+use crate::sync::gate::Gate;
+use crate::targets::Targets;
+
+/// The `schema` of the document this broker serves.
+pub const SCHEMA: &str = "qbroker.stats/1";
+
+/// The whole document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// The broker's version (`qbroker --version`).
+    pub version: String,
+    /// Milliseconds since the broker started: the clock for rates.
+    pub uptime_ms: u64,
+    /// When the snapshot was taken, Unix milliseconds.
+    pub time_unix_ms: i64,
+    pub queue: QueueStats,
+    /// End-to-end latency (receipt of a frame to acknowledgement of its
+    /// batch) over all clusters, since start.
+    pub latency: LatencyStats,
+    pub clusters: Vec<ClusterStats>,
+    pub targets: Vec<TargetStats>,
+}
+
+/// The work queue (the admission gate).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueueStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub capacity_messages: u64,
+    pub capacity_bytes: u64,
+    /// Readers paused on a full queue now.
+    pub waiting_readers: u64,
+}
+
+/// Latency quantiles in microseconds, and how many events they cover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyStats {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub count: u64,
+}
+
+/// One cluster: counters since start, and gauges now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStats {
+    pub name: String,
+    /// Open connections of the cluster's nodes.
+    pub nodes_connected: i64,
+    /// Node names seen since start.
+    pub nodes: u64,
+    pub frames: u64,
+    pub bytes: u64,
+    /// Events produced.
+    pub events: u64,
+    /// Frames dropped by the filter.
+    pub filtered: u64,
+    /// Frames that could not be parsed (kept in the dead-letter file).
+    pub parse_errors: u64,
+    /// Batches sealed.
+    pub batches: u64,
+    pub events_lost: u64,
+    /// Frames and bytes of the cluster in the work queue now.
+    pub queue_messages: u64,
+    pub queue_bytes: u64,
+    /// The target its batches go to now; `null` when it is not connected.
+    pub route: Option<String>,
+    /// 0 when none yet.
+    pub last_event_unix_ms: i64,
+}
+
+/// One running target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TargetStats {
+    pub name: String,
+    /// `config`, `registry` or `leftover`.
+    pub origin: String,
+    /// `ok`, `failing` (the last delivery attempt failed) or `draining`
+    /// (deleted; delivering what its spool holds).
+    pub state: String,
+    /// Why the last attempt failed, when known and the target is failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The URL without query or credentials.
+    pub url: String,
+    /// Requests in flight now, and at most (`in_flight` of the target).
+    pub in_flight: i64,
+    pub in_flight_max: u64,
+    /// Bytes of the spool's segment files.
+    pub spool_bytes: u64,
+    /// Spooled batches not yet acknowledged.
+    pub spool_batches: u64,
+    pub oldest_unacked_age_ms: u64,
+    pub batches_delivered: u64,
+    pub events_delivered: u64,
+    pub bytes_sent: u64,
+    pub retries: u64,
+    /// Failed attempts: connect or TLS, timeout, non-2xx status.
+    pub failures: u64,
+    pub batches_dead_lettered: u64,
+    /// 0 when none yet.
+    pub last_success_unix_ms: i64,
+}
+
+/// A URL without its query, fragment and `user:password@`.
+fn shown_url(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Take a snapshot. Cost: one pass over the clusters and the targets, each
+/// lock held briefly, as `/metrics` does.
+pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> Stats {
+    let usage = gate.usage();
+    let (quantiles, count) = m.latency_quantiles(&[0.5, 0.99, 1.0]);
+    let q = |i: usize| quantiles.get(i).map_or(0, |&(_, us)| us);
+    let clusters = m
+        .clusters()
+        .into_iter()
+        .map(|c| {
+            let (queue_messages, queue_bytes) = targets
+                .gate_id(&c.name)
+                .map_or((0, 0), |id| gate.cluster_usage(id));
+            ClusterStats {
+                name: c.name.to_string(),
+                nodes_connected: c.connections.get(),
+                nodes: c.nodes().len() as u64,
+                frames: c.frames.get(),
+                bytes: c.bytes.get(),
+                events: c.events_total(),
+                filtered: c.filtered.iter().map(super::Counter::get).sum(),
+                parse_errors: c.parse_errors_total(),
+                batches: c.batches.get(),
+                events_lost: c.events_lost.get(),
+                queue_messages: queue_messages as u64,
+                queue_bytes: queue_bytes as u64,
+                route: targets.route_of(&c.name),
+                last_event_unix_ms: c.last_event_unix_ms.get(),
+            }
+        })
+        .collect();
+    let targets = targets
+        .views()
+        .into_iter()
+        .map(|v| {
+            let t = m.target(&v.name);
+            TargetStats {
+                origin: v.origin.as_str().to_string(),
+                state: if v.draining {
+                    "draining"
+                } else if v.failing {
+                    "failing"
+                } else {
+                    "ok"
+                }
+                .to_string(),
+                last_error: None,
+                url: shown_url(&v.url),
+                in_flight: t.in_flight.get(),
+                in_flight_max: v.in_flight as u64,
+                spool_bytes: v.spool.bytes,
+                spool_batches: v.spool.unacked_records,
+                oldest_unacked_age_ms: v.spool.oldest_unacked_age_ms,
+                batches_delivered: t.batches_delivered.get(),
+                events_delivered: t.events_delivered.get(),
+                bytes_sent: t.bytes_sent.get(),
+                retries: t.retries.get(),
+                failures: t.failures_connect.get()
+                    + t.failures_timeout.get()
+                    + t.failures_status.get(),
+                batches_dead_lettered: t.batches_dead_lettered.get(),
+                last_success_unix_ms: v.last_success_unix_ms,
+                name: v.name,
+            }
+        })
+        .collect();
+    Stats {
+        schema: SCHEMA.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms,
+        time_unix_ms: super::unix_ms(),
+        queue: QueueStats {
+            messages: usage.msgs as u64,
+            bytes: usage.bytes as u64,
+            capacity_messages: usage.cap_msgs as u64,
+            capacity_bytes: usage.cap_bytes as u64,
+            waiting_readers: usage.waiters as u64,
+        },
+        latency: LatencyStats {
+            p50_us: q(0),
+            p99_us: q(1),
+            max_us: q(2),
+            count,
+        },
+        clusters,
+        targets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_query_and_credentials() {
+        assert_eq!(
+            shown_url("https://u:p@h.example:8443/path?token=x#f"),
+            "https://h.example:8443/path"
+        );
+        assert_eq!(shown_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(shown_url("https://h"), "https://h");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_last_error_is_optional() {
+        let json = serde_json::json!({
+            "schema": SCHEMA, "version": "0", "uptime_ms": 1, "time_unix_ms": 2,
+            "queue": QueueStats::default(), "latency": LatencyStats::default(),
+            "clusters": [], "targets": [{
+                "name": "t", "origin": "config", "state": "ok", "url": "https://h",
+                "in_flight": 0, "in_flight_max": 4, "spool_bytes": 0, "spool_batches": 0,
+                "oldest_unacked_age_ms": 0, "batches_delivered": 0, "events_delivered": 0,
+                "bytes_sent": 0, "retries": 0, "failures": 0, "batches_dead_lettered": 0,
+                "last_success_unix_ms": 0, "something_new": true
+            }],
+        });
+        let stats: Stats = serde_json::from_value(json).unwrap();
+        assert_eq!(stats.targets[0].last_error, None);
+    }
+}
