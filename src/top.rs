@@ -475,13 +475,16 @@ impl View {
                         age(t.oldest_ms)
                     },
                     rate(t.delivered_s),
-                    t.last_error.clone().unwrap_or_else(|| "-".to_string()),
+                    t.last_error
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), |e| shorten(e, LAST_ERROR_WIDTH)),
                 ]
             })
             .collect()
     }
 
-    /// `--once`: the header and two tables.
+    /// `--once`: the header and two tables. (The whole last error is in
+    /// `/v1/clusters` and the log.)
     fn text(&self) -> String {
         let [first, second] = self.summary();
         let mut out = format!("{first}\n{second}\n\n");
@@ -490,6 +493,19 @@ impl View {
         out.push_str(&text_table(&TARGET_COLUMNS, &self.target_cells()));
         out
     }
+}
+
+/// Characters of a target's last error shown, so that a row fits 80 columns.
+const LAST_ERROR_WIDTH: usize = 22;
+
+/// `text` cut to `width` characters, the cut marked with `…`.
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 fn sort_clusters(rows: &mut [ClusterRow], key: SortKey) {

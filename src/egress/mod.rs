@@ -377,6 +377,9 @@ impl Target {
             };
             match outcome {
                 Outcome::Accepted => {
+                    if self.metrics.failing.get() != 0 {
+                        info!(target = %self.name, "delivery resumed");
+                    }
                     self.metrics.blocked.set(0);
                     self.metrics.batches_delivered.inc();
                     self.metrics.events_delivered.add(u64::from(part.events));

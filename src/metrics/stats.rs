@@ -180,7 +180,11 @@ pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> S
                     "ok"
                 }
                 .to_string(),
-                last_error: None,
+                last_error: v
+                    .last_error
+                    .as_ref()
+                    .filter(|_| v.failing)
+                    .map(|(e, _)| e.clone()),
                 url: shown_url(&v.url),
                 in_flight: t.in_flight.get(),
                 in_flight_max: v.in_flight as u64,
