@@ -37,7 +37,7 @@ fn stream_frames(
                 break;
             }
             i += 1;
-            if i % 50 == 0 {
+            if i.is_multiple_of(50) {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }

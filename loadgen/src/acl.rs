@@ -94,7 +94,7 @@ pub enum Change {
 }
 
 pub fn is_dir(object: u64) -> bool {
-    object % 4 == 0
+    object.is_multiple_of(4)
 }
 
 /// The object id of a node's object.

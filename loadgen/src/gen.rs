@@ -1267,7 +1267,7 @@ impl GenCore {
     /// Whether slot `slot` of a node's stream is an expected event.
     pub fn slot_is_expected(&self, cluster: u16, node: u16, slot: u64) -> bool {
         if self.is_burst(cluster, node) {
-            return slot % 4 != 0;
+            return !slot.is_multiple_of(4);
         }
         let mut r = Rng::new(key(&[
             self.cfg.seed,
