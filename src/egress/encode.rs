@@ -52,6 +52,8 @@ pub enum EncodeError {
     Json(#[from] serde_json::Error),
     #[error("routing key {0:?} is longer than 255 bytes once filled in")]
     RoutingKey(String),
+    #[error("the batch is not JSON of schema qbroker.varonis.v1: {0}")]
+    Shape(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -59,13 +61,82 @@ struct BatchHead<'a> {
     #[serde(borrow)]
     schema: Option<std::borrow::Cow<'a, str>>,
     filer_id: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     events: Vec<&'a RawValue>,
+}
+
+/// The fields before `"events"` of a batch (what the batcher writes first:
+/// schema, cluster, filer_id, batch_id), parsed without reading the events:
+/// one message per batch in JSON sends the body as it is, so only its head is
+/// needed, and scanning a whole batch of events for it cost as much as the
+/// rest of the AMQP path together. The body must be an object whose last
+/// member is the `"events"` array.
+fn head_only(body: &[u8]) -> Result<BatchHead<'_>, EncodeError> {
+    let at = events_key(body).ok_or(EncodeError::Shape("no \"events\" member"))?;
+    let tail = body[at..].trim_ascii_end();
+    if !tail.ends_with(b"]}") {
+        return Err(EncodeError::Shape(
+            "the events array is not the last member",
+        ));
+    }
+    // `{"schema":…,"batch_id":"…",` + `}`: the members before events.
+    let mut head = body[..at].trim_ascii_end().to_vec();
+    if head.last() == Some(&b',') {
+        head.pop();
+    }
+    head.push(b'}');
+    let parsed: BatchHead<'_> = serde_json::from_slice(&head)?;
+    Ok(BatchHead {
+        schema: parsed
+            .schema
+            .map(|c| std::borrow::Cow::Owned(c.into_owned())),
+        filer_id: parsed.filer_id,
+        events: Vec::new(),
+    })
+}
+
+/// Where the member `"events"` of the top-level object starts: the first
+/// string at depth 1 spelled `"events"` and followed by a colon (strings and
+/// their escapes are skipped, so a cluster name holding those letters does not
+/// count).
+fn events_key(body: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"events\"";
+    let (mut depth, mut i) = (0u32, 0usize);
+    while i < body.len() {
+        match body[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'"' => {
+                if depth == 1 && body[i..].starts_with(KEY) {
+                    let after = body[i + KEY.len()..].trim_ascii_start();
+                    if after.first() == Some(&b':') {
+                        return Some(i);
+                    }
+                }
+                // Skip the string.
+                i += 1;
+                while i < body.len() {
+                    match body[i] {
+                        b'\\' => i += 1,
+                        b'"' => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The messages of `record` for a target with settings `s`.
 pub fn messages(record: &Record, s: &AmqpTarget) -> Result<(Envelope, Vec<Outgoing>), EncodeError> {
-    let head: BatchHead<'_> = serde_json::from_slice(&record.body)?;
+    let head: BatchHead<'_> = match (s.message, s.encoding) {
+        (MessageMode::Batch, Encoding::Json) => head_only(&record.body)?,
+        _ => serde_json::from_slice(&record.body)?,
+    };
     let envelope = Envelope {
         cluster: record.cluster.clone(),
         filer_id: head.filer_id,
@@ -99,7 +170,7 @@ pub fn messages(record: &Record, s: &AmqpTarget) -> Result<(Envelope, Vec<Outgoi
                 message_id: record.batch_id.clone(),
                 routing_key: key(None)?,
                 body,
-                events: head.events.len() as u32,
+                events: record.events,
             });
         }
         MessageMode::Event => {
@@ -480,6 +551,39 @@ mod tests {
         let ace = &e.acl.as_ref().unwrap().added[0];
         assert_eq!(ace.trustee.as_ref().unwrap().uid, Some(501));
         assert_eq!(ace.rights, ["READ"]);
+    }
+
+    #[test]
+    fn the_head_is_read_without_the_events_and_strings_do_not_fool_it() {
+        let s = settings(Encoding::Json, MessageMode::Batch, "{cluster}.{filer_id}");
+        // A cluster name that spells the events key, escaped quotes and all.
+        let cluster = r#"x\"events\":[{"#;
+        let body = format!(
+            r#"{{"schema":"qbroker.varonis.v1","cluster":"{cluster}","filer_id":null,"batch_id":"b\"2", "events" : [{EVENT_A}]}} "#
+        );
+        let mut r = record();
+        r.body = Bytes::from(body);
+        r.events = 1;
+        let (env, msgs) = messages(&r, &s).unwrap();
+        assert_eq!(env.filer_id, None);
+        assert_eq!(env.schema, "qbroker.varonis.v1");
+        assert_eq!((msgs[0].events, msgs[0].routing_key.as_str()), (1, "east."));
+        assert_eq!(msgs[0].body, r.body);
+        assert_eq!(events_key(b"{\"schema\":\"events\"}"), None);
+        assert_eq!(events_key(br#"{"a":{"events":[]},"events":[]}"#), Some(19));
+    }
+
+    #[test]
+    fn a_batch_cut_short_or_without_events_is_an_error_in_every_mode() {
+        let s = settings(Encoding::Json, MessageMode::Batch, "{cluster}");
+        let mut r = record();
+        let cut = r.body.len() - 10;
+        r.body = r.body.slice(..cut);
+        assert!(matches!(messages(&r, &s), Err(EncodeError::Shape(_))));
+        r.body = Bytes::from_static(br#"{"schema":"qbroker.varonis.v1","batch_id":"b1"}"#);
+        assert!(matches!(messages(&r, &s), Err(EncodeError::Shape(_))));
+        r.body = Bytes::from_static(br#"{"filer_id":"seven","events":[]}"#);
+        assert!(matches!(messages(&r, &s), Err(EncodeError::Json(_))));
     }
 
     #[test]
