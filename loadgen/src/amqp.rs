@@ -4,8 +4,9 @@
 //! verifying sink as a consumer: a queue bound to the exchange qbroker
 //! publishes to, every message's body checked by the same [`Verifier`] as
 //! the HTTPS sink's requests (`message_id`, less a per-event message's
-//! `-<index>`, as the idempotency key). Per-event messages share their batch's
-//! id, so the report counts them as duplicate batches (not a failure).
+//! `-<index>`, as the idempotency key). A message delivered twice (the same
+//! `message_id`) counts as a duplicate batch; the messages of one batch's
+//! events do not.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -324,6 +325,7 @@ async fn drain(_conn: Connection, mut consumer: lapin::Consumer, verifier: &Veri
             let content_type = p.content_type().as_ref().map(|s| s.as_str());
             // Per-event messages: `<batch id>-<index>` (a batch id is a UUID,
             // five dash-separated groups); the verifier wants the batch id.
+            let message_id = p.message_id().as_ref().map(|s| s.as_str());
             let id = p.message_id().as_ref().map(|s| {
                 let s = s.as_str();
                 match s.rsplit_once('-') {
@@ -341,6 +343,7 @@ async fn drain(_conn: Connection, mut consumer: lapin::Consumer, verifier: &Veri
                     content_type,
                     content_encoding: None,
                     idempotency_key: id,
+                    delivery_id: message_id,
                 },
                 &d.data,
             );

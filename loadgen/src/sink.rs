@@ -566,6 +566,7 @@ async fn handle(
             content_type: content_type.as_deref(),
             content_encoding: content_encoding.as_deref(),
             idempotency_key: idempotency_key.as_deref(),
+            delivery_id: None,
         };
         verifier.check_batch(&meta, &body)
     })

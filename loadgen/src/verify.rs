@@ -259,6 +259,11 @@ pub struct BatchMeta<'a> {
     pub content_type: Option<&'a str>,
     pub content_encoding: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
+    /// The id of what was delivered, when that is not the whole batch (an
+    /// AMQP message per event: `<batch id>-<index>`). A second delivery of the
+    /// same id is a redelivery; siblings of one batch are not. None: the
+    /// batch id.
+    pub delivery_id: Option<&'a str>,
 }
 
 /// Why a batch was refused (the sink answers with the status).
@@ -358,6 +363,8 @@ struct Checked {
     unexpected: u64,
     foreign: u64,
     problems: Vec<String>,
+    /// This delivery's id was seen before.
+    redelivered: bool,
 }
 
 impl Checked {
@@ -672,6 +679,7 @@ impl Verifier {
             unexpected: 0,
             foreign: 0,
             problems: Vec::new(),
+            redelivered: self.redelivered(meta.delivery_id.unwrap_or(&env.batch_id)),
         };
         if env.schema != SCHEMA {
             c.schema_errors += 1;
@@ -712,7 +720,7 @@ impl Verifier {
             );
         }
         let n = env.events.len();
-        self.apply(&env.batch_id, n as u64, c);
+        self.apply(meta.delivery_id.unwrap_or(&env.batch_id), n as u64, c);
         Ok(n)
     }
 
@@ -750,7 +758,7 @@ impl Verifier {
             .and_then(|id| object_of(&id).map(|o| (id, o)));
         if let Some((id, object)) = object {
             // Held behind its enrichment: not in seq order with the rest.
-            if !self.redelivered(&env.batch_id) {
+            if !c.redelivered {
                 self.check_acl_event(env, &ev, id, object, c);
             }
             return;
@@ -859,9 +867,9 @@ impl Verifier {
             .contains(batch_id)
     }
 
-    fn apply(&self, batch_id: &str, n_events: u64, c: Checked) {
+    fn apply(&self, delivery_id: &str, n_events: u64, c: Checked) {
         let mut st = self.state.lock().expect("verifier lock");
-        let redelivered = !st.batch_ids.insert(batch_id.to_string());
+        let redelivered = !st.batch_ids.insert(delivery_id.to_string());
         st.batches += 1;
         st.duplicate_batches += redelivered as u64;
         st.events_received += n_events;
@@ -1156,6 +1164,7 @@ mod tests {
             content_type: Some("application/json"),
             content_encoding: None,
             idempotency_key: Some(key),
+            delivery_id: None,
         }
     }
 
@@ -1222,6 +1231,30 @@ mod tests {
         assert_eq!(s.gaps[0], (v.core().hostname(0, 1), 4, 5));
         // without totals only the inner gap counts
         assert_eq!(v.summary(None).lost, 1);
+    }
+
+    #[test]
+    fn messages_of_one_batch_are_not_duplicate_batches_but_a_message_again_is() {
+        let v = verifier(Format::Json);
+        for seq in 0..3u64 {
+            let id = format!("b-{seq}");
+            let m = BatchMeta {
+                delivery_id: Some(&id),
+                ..meta("b")
+            };
+            v.check_batch(&m, &batch_for(v.core(), "b", &[seq]))
+                .unwrap();
+        }
+        assert_eq!(v.summary(None).duplicate_batches, 0);
+        let m = BatchMeta {
+            delivery_id: Some("b-1"),
+            ..meta("b")
+        };
+        v.check_batch(&m, &batch_for(v.core(), "b", &[1])).unwrap();
+        let s = v.summary(Some(&totals(3)));
+        assert_eq!((s.duplicate_batches, s.duplicated), (1, 1));
+        assert_eq!(s.duplicated_in_redelivered_batches, 1);
+        assert!(s.failures().is_empty(), "{:?}", s.failures());
     }
 
     #[test]
