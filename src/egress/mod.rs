@@ -520,25 +520,29 @@ impl Target {
             SystemTime::now(),
             ep.cfg.retry_after_max,
         );
-        let text = match Limited::new(response.into_body(), RESPONSE_LIMIT)
+        // Read to the end, so that the connection can carry the next request.
+        let collected = match Limited::new(response.into_body(), RESPONSE_LIMIT)
             .collect()
             .await
         {
-            // The answer is logged and may be kept in the dead-letter directory: a
-            // target that echoes the request must not get the token written there.
-            Ok(collected) => https.secrets.iter().fold(
-                String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-                |text, secret| redact(text, Some(secret)),
-            ),
+            Ok(collected) => Some(collected.to_bytes()),
             Err(_) => {
                 // Too long or cut off: the connection cannot carry another request.
                 *conn = None;
-                String::new()
+                None
             }
         };
         if status.is_success() {
             return Outcome::Accepted;
         }
+        // The answer is logged and may be kept in the dead-letter directory: a
+        // target that echoes the request must not get the token written there.
+        let text = collected.map_or_else(String::new, |bytes| {
+            https.secrets.iter().fold(
+                String::from_utf8_lossy(&bytes).into_owned(),
+                |text, secret| redact(text, Some(secret)),
+            )
+        });
         self.metrics.failures_status.inc();
         let code = status.as_u16();
         if code == 429 {
