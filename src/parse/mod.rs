@@ -406,7 +406,9 @@ fn convert_bytes(
         Err(reason) => return Ok(Outcome::Filtered(reason)),
     };
     let time_ms = h.ts.resolve(ctx.received_unix_ms)?;
-    if std::str::from_utf8(frame).is_err() {
+    // SIMD validation (simdutf8): std's took 3 % of the broker's CPU at 50k
+    // frames/s, for frames that are almost all ASCII.
+    if simdutf8::basic::from_utf8(frame).is_err() {
         return Err(Step::NotUtf8);
     }
     let m = event::map(kind, &rec)?;
