@@ -35,7 +35,7 @@ pub mod order;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -234,6 +234,8 @@ pub struct Link {
     jobs: mpsc::Sender<Job>,
     /// Jobs handed over and not yet completed back (for the shutdown drain).
     outstanding: AtomicUsize,
+    /// Told when `outstanding` falls to zero (shared by every link).
+    settled: Arc<Settled>,
     batcher: OnceLock<Weak<Batcher>>,
     pub metrics: Arc<EnrichMetrics>,
     pub queue_max_events: usize,
@@ -256,8 +258,16 @@ impl Link {
             self.metrics.jobs.inc();
             true
         } else {
-            self.outstanding.fetch_sub(1, Ordering::Relaxed);
+            self.done_one();
             false
+        }
+    }
+
+    fn done_one(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock: a drain between its check and its wait cannot miss it.
+            let _held = lock(&self.settled.lock);
+            self.settled.changed.notify_all();
         }
     }
 
@@ -270,8 +280,15 @@ impl Link {
         if let Some(b) = self.batcher.get().and_then(Weak::upgrade) {
             b.complete(c);
         }
-        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.done_one();
     }
+}
+
+/// Where the shutdown drain waits for the links' jobs to come back.
+#[derive(Default)]
+struct Settled {
+    lock: Mutex<()>,
+    changed: Condvar,
 }
 
 struct ClusterCtx {
@@ -386,6 +403,7 @@ pub struct Enricher {
     done_tx: Mutex<Option<Done>>,
     runtime: tokio::runtime::Handle,
     done: Mutex<Option<JoinHandle<()>>>,
+    settled: Arc<Settled>,
 }
 
 /// A cluster's REST API as the registry gives it: the CA as PEM text.
@@ -425,6 +443,7 @@ impl Enricher {
             done_tx: Mutex::new(Some(done_tx)),
             runtime: tokio::runtime::Handle::current(),
             done: Mutex::new(Some(done)),
+            settled: Arc::default(),
         };
         for c in cfg.clusters.iter().filter(|_| e.enabled) {
             let Some(api) = &c.api else { continue };
@@ -477,6 +496,7 @@ impl Enricher {
             cluster: name.clone(),
             jobs: tx,
             outstanding: AtomicUsize::new(0),
+            settled: self.settled.clone(),
             batcher: OnceLock::new(),
             metrics: self.metrics.clone(),
             queue_max_events: e.queue_max_events,
@@ -539,12 +559,23 @@ impl Enricher {
     pub fn drain(&self, wait: Duration) {
         let deadline = Instant::now() + wait;
         let links: Vec<Arc<Link>> = lock(&self.links).values().map(|(l, _)| l.clone()).collect();
-        while Instant::now() < deadline
-            && links
+        let busy = || {
+            links
                 .iter()
-                .any(|l| l.outstanding.load(Ordering::Relaxed) > 0)
-        {
-            std::thread::sleep(Duration::from_millis(5));
+                .any(|l| l.outstanding.load(Ordering::Acquire) > 0)
+        };
+        let mut held = lock(&self.settled.lock);
+        while busy() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            held = self
+                .settled
+                .changed
+                .wait_timeout(held, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
