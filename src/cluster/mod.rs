@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::model::ClusterShared;
 use crate::sync::gate::Gate;
 
-pub use supervisor::{Attach, Supervisor};
+pub use supervisor::Supervisor;
 
 /// The connections that hold a cluster in the table. A [`Lease`] is taken
 /// under the registry's lock when a connection is routed to the cluster, and

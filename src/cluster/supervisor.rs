@@ -1,10 +1,9 @@
 //! Supervisor: the actor of one cluster.
 //!
-//! It owns the readers of the cluster's plain-TCP node connections: they run as
-//! futures in its context, on its arbiter's thread. A TLS connection cannot move
-//! between threads once its handshake is done, so its reader runs on the arbiter
-//! that did the handshake; the supervisor adopts it ([`Adopt`]: it is counted and
-//! tracked, and told when it ends). All readers of the cluster, on whatever
+//! Its readers (one per node connection) run on the io thread the listener
+//! gave each connection, so that a cluster's nodes are spread over the io
+//! threads; the supervisor adopts each ([`Adopt`]: it is counted and tracked,
+//! and told when it ends). All readers of the cluster, on whatever
 //! thread, number their chunks from one [`Sequence`]. A reader that fails or
 //! panics ends only its own connection (the node reconnects, as Qumulo nodes do
 //! on their own); it is counted and logged, and the supervisor and the broker go
@@ -12,15 +11,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
-use futures_util::FutureExt;
 use tracing::{debug, error, info};
 
-use crate::ingest::reader::{self, End, Handoff};
+use crate::ingest::reader::End;
 use crate::metrics::Metrics;
 use crate::model::ClusterShared;
 
@@ -123,37 +120,7 @@ impl Actor for Supervisor {
     }
 }
 
-/// Take over a connection whose cluster is this one.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Attach(pub Handoff);
-
-impl Handler<Attach> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, Attach(handoff): Attach, ctx: &mut Context<Self>) {
-        let id = self.next_reader;
-        self.next_reader += 1;
-        self.readers.insert(
-            id,
-            ReaderInfo {
-                peer: handoff.peer,
-                node: handoff.node.clone(),
-                since: Instant::now(),
-            },
-        );
-        let fut = reader::run(handoff, self.cluster.clone(), self.sequence.clone());
-        // Plain TCP: the reader is a future of this actor, on this thread.
-        ctx.spawn(
-            AssertUnwindSafe(fut)
-                .catch_unwind()
-                .into_actor(self)
-                .map(move |result, act, _ctx| act.reader_ended(id, result)),
-        );
-    }
-}
-
-/// Track a reader that runs on another arbiter (a TLS connection); answers what
+/// Track a reader (it runs on an io thread of its own choosing); answers what
 /// the reader needs of the cluster and the reader's id for [`Ended`].
 #[derive(Message)]
 #[rtype(result = "Adopted")]

@@ -13,12 +13,12 @@
 //! HOSTNAME that is not 1 to 255 printable ASCII characters (RFC 5424) is not
 //! used: it would become a metric label.
 //!
-//! Plain TCP: the first frame is read here, and the socket moves (as a std
-//! socket) to the supervisor's arbiter, whose actor runs its reader. TLS
-//! (`[syslog_tls]`): a TLS session cannot move between threads, so the socket
-//! moves before the handshake, to the next arbiter in turn, which does the
-//! handshake, reads the first frame and runs the reader; the cluster's
-//! supervisor adopts it (counts and tracks it, and is told when it ends).
+//! Each accepted socket moves (as a std socket) to the next `io_threads`
+//! arbiter in turn, which does the TLS handshake (`[syslog_tls]`), reads the
+//! first frame and runs the reader; the cluster's supervisor adopts it (counts
+//! and tracks it, and is told when it ends). So the nodes of one cluster are
+//! spread over the io threads, plain TCP and TLS alike; a TLS session could
+//! not move between threads after its handshake anyway.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -36,10 +36,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use super::framing::{Decoder, Next};
-use super::reader::{self, ConnGuard, Handoff, ReaderDeps, SourceLimit};
+use super::reader::{self, ConnGuard, ReaderDeps, SourceLimit};
 use crate::batch::Batches;
 use crate::cluster::supervisor::{Adopt, Ended};
-use crate::cluster::{Attach, Lease, Refused, Registry, Supervisor};
+use crate::cluster::{Lease, Refused, Registry, Supervisor};
 use crate::config::canonical_ip;
 use crate::metrics::RateLimit;
 use crate::parse;
@@ -237,35 +237,33 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: &Shared) {
                 let Some(guard) = admit(peer, shared) else {
                     continue;
                 };
+                // Every connection runs on the next io thread, plain or TLS: a
+                // cluster's nodes are spread over them (its supervisor only
+                // numbers and tracks them).
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(err) => {
+                        error!(peer = %peer, error = %err, "cannot hand the connection over");
+                        continue;
+                    }
+                };
+                let arbiter = &shared.arbiters[next_arbiter % shared.arbiters.len()];
+                next_arbiter = next_arbiter.wrapping_add(1);
+                let (deps, registry) = (shared.ctx.deps.clone(), shared.registry.clone());
                 match &kind {
                     Kind::Plain => {
-                        actix_rt::spawn(handshake(
-                            stream,
-                            peer,
-                            guard,
-                            shared.ctx.deps.clone(),
-                            shared.registry.clone(),
-                        ));
+                        arbiter.spawn(plain_connection(stream, peer, guard, deps, registry));
                     }
                     Kind::Tls {
                         acceptor,
                         handshake_timeout,
                     } => {
-                        let stream = match stream.into_std() {
-                            Ok(s) => s,
-                            Err(err) => {
-                                error!(peer = %peer, error = %err, "cannot hand the connection over");
-                                continue;
-                            }
-                        };
-                        let arbiter = &shared.arbiters[next_arbiter % shared.arbiters.len()];
-                        next_arbiter = next_arbiter.wrapping_add(1);
                         arbiter.spawn(tls_connection(
                             stream,
                             peer,
                             guard,
-                            shared.ctx.deps.clone(),
-                            shared.registry.clone(),
+                            deps,
+                            registry,
                             acceptor.clone(),
                             *handshake_timeout,
                         ));
@@ -426,48 +424,26 @@ fn log_connected(cluster: &str, node: &str, peer: SocketAddr, tls: bool) {
     }
 }
 
-/// Plain TCP: read until the first frame tells the connection's cluster, then
-/// hand it over.
-async fn handshake(
-    mut stream: TcpStream,
+/// Plain TCP: on the arbiter that runs it, the first frame and the reader,
+/// adopted by the cluster's supervisor.
+async fn plain_connection(
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     guard: ConnGuard,
     deps: ReaderDeps,
     registry: Arc<Mutex<Registry>>,
 ) {
-    let Some((host, buf)) = first_frame(&mut stream, peer, &deps).await else {
-        return;
-    };
-    let Some((name, addr, node, lease)) = route(host, peer, &deps, &registry) else {
-        return;
-    };
-    let stream = match stream.into_std() {
+    let mut tcp = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(err) => {
-            error!(peer = %peer, error = %err, "cannot hand the connection over");
+            error!(peer = %peer, error = %err, "cannot take the connection over");
             return;
         }
     };
-    let pending = buf.len();
-    let handoff = Handoff {
-        stream,
-        peer,
-        node: node.clone(),
-        buf,
-        deps,
-        guard,
-        lease,
+    let Some((host, buf)) = first_frame(&mut tcp, peer, &deps).await else {
+        return;
     };
-    log_connected(&name, &node, peer, false);
-    match tokio::time::timeout(ATTACH_TIMEOUT, addr.send(Attach(handoff))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            error!(cluster = %name, peer = %peer, error = %err, bytes = pending, "supervisor gone: connection closed")
-        }
-        Err(_) => {
-            error!(cluster = %name, peer = %peer, bytes = pending, "supervisor did not take the connection in time: connection closed")
-        }
-    }
+    adopt_and_read(tcp, peer, host, buf, guard, deps, &registry, false).await;
 }
 
 /// TLS: on the arbiter that runs it, the handshake, the first frame, and the
@@ -514,7 +490,24 @@ async fn tls_connection(
     let Some((host, buf)) = first_frame(&mut tls, peer, &deps).await else {
         return;
     };
-    let Some((name, addr, node, _lease)) = route(host, peer, &deps, &registry) else {
+    adopt_and_read(tls, peer, host, buf, guard, deps, &registry, true).await;
+}
+
+/// Route the connection to its cluster, have the cluster's supervisor adopt
+/// it, and read it here until it ends; the supervisor is told how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn adopt_and_read<S: AsyncRead + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    host: Option<String>,
+    buf: BytesMut,
+    guard: ConnGuard,
+    deps: ReaderDeps,
+    registry: &Mutex<Registry>,
+    tls: bool,
+) {
+    // The lease holds the cluster in the table while the connection lasts.
+    let Some((name, addr, node, _lease)) = route(host, peer, &deps, registry) else {
         return;
     };
     let adopt = Adopt {
@@ -523,15 +516,19 @@ async fn tls_connection(
     };
     let adopted = match tokio::time::timeout(ATTACH_TIMEOUT, addr.send(adopt)).await {
         Ok(Ok(adopted)) => adopted,
-        _ => {
-            error!(cluster = %name, peer = %peer, "supervisor did not adopt the TLS connection: connection closed");
+        Ok(Err(err)) => {
+            error!(cluster = %name, peer = %peer, error = %err, bytes = buf.len(), "supervisor gone: connection closed");
+            return;
+        }
+        Err(_) => {
+            error!(cluster = %name, peer = %peer, bytes = buf.len(), "supervisor did not take the connection in time: connection closed");
             return;
         }
     };
-    log_connected(&name, &node, peer, true);
+    log_connected(&name, &node, peer, tls);
     let id = adopted.id;
     let read = reader::read_stream(
-        tls,
+        stream,
         node,
         buf,
         deps,

@@ -25,14 +25,13 @@
 //! memory the queue pins stays within a third over the bytes it counts.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, warn};
@@ -147,18 +146,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// A connection whose cluster is known, with what was already read from it.
-pub struct Handoff {
-    pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
-    pub node: Arc<str>,
-    pub buf: BytesMut,
-    pub deps: ReaderDeps,
-    pub guard: ConnGuard,
-    /// Holds the cluster in the table while the connection lasts.
-    pub lease: crate::cluster::Lease,
-}
-
 /// Why a reader ended.
 #[derive(Debug)]
 pub enum End {
@@ -201,26 +188,8 @@ struct Reader {
     progressed: bool,
 }
 
-/// Read a plain-TCP connection until it ends or the broker stops.
-pub async fn run(h: Handoff, cluster: Arc<ClusterShared>, sequence: Arc<Sequence>) -> End {
-    let Handoff {
-        stream,
-        peer: _,
-        node,
-        buf,
-        deps,
-        guard,
-        lease: _lease,
-    } = h;
-    let stream = match TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(err) => return End::Error(err),
-    };
-    read_stream(stream, node, buf, deps, guard, cluster, sequence).await
-}
-
-/// Read any byte stream (plain TCP, or TLS on the arbiter that did its
-/// handshake) until it ends or the broker stops. `buf` holds what was read
+/// Read a connection (plain TCP, or TLS after its handshake), on the io thread
+/// it was given, until it ends or the broker stops. `buf` holds what was read
 /// while finding the cluster.
 pub async fn read_stream<S: AsyncRead + Unpin>(
     mut stream: S,
