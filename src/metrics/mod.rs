@@ -312,6 +312,9 @@ pub struct TargetMetrics {
     pub bytes_sent: Counter,
     pub retries: Counter,
     pub failures_connect: Counter,
+    /// TLS handshakes that failed (an untrusted or expired certificate, a
+    /// name mismatch, a client certificate refused); not in `failures_connect`.
+    pub failures_tls: Counter,
     pub failures_timeout: Counter,
     pub failures_status: Counter,
     pub throttled: Counter,
@@ -872,11 +875,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         &mut out,
         "qbroker_target_failures_total",
         "counter",
-        "Failed attempts, by kind: connect (TCP, TLS or the connection), timeout (no answer within timeout_secs), status (a non-2xx answer).",
+        "Failed attempts, by kind: connect (TCP or the connection), tls (the TLS handshake: certificate not trusted, expired or for another name; client certificate refused), timeout (no answer within timeout_secs), status (a non-2xx answer).",
     );
     for (target, t) in &targets {
         for (kind, c) in [
             ("connect", &t.failures_connect),
+            ("tls", &t.failures_tls),
             ("timeout", &t.failures_timeout),
             ("status", &t.failures_status),
         ] {

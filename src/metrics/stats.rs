@@ -114,7 +114,7 @@ pub struct TargetStats {
     pub events_delivered: u64,
     pub bytes_sent: u64,
     pub retries: u64,
-    /// Failed attempts: connect or TLS, timeout, non-2xx status.
+    /// Failed attempts: connect, TLS handshake, timeout, non-2xx status.
     pub failures: u64,
     pub batches_dead_lettered: u64,
     /// 0 when none yet.
@@ -196,6 +196,7 @@ pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> S
                 bytes_sent: t.bytes_sent.get(),
                 retries: t.retries.get(),
                 failures: t.failures_connect.get()
+                    + t.failures_tls.get()
                     + t.failures_timeout.get()
                     + t.failures_status.get(),
                 batches_dead_lettered: t.batches_dead_lettered.get(),
