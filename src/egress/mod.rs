@@ -68,6 +68,28 @@ pub enum Authorization {
     },
 }
 
+impl Authorization {
+    /// The whole `Authorization` header value, and the credentials to scrub
+    /// from answers before they are logged or kept.
+    pub fn header(self) -> (Option<Secret>, Vec<Secret>) {
+        use base64::Engine as _;
+        match self {
+            Authorization::None => (None, Vec::new()),
+            Authorization::Bearer(t) => {
+                (Some(Secret::new(format!("Bearer {}", t.expose()))), vec![t])
+            }
+            Authorization::Basic { username, password } => {
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                (
+                    Some(Secret::new(format!("Basic {pair}"))),
+                    vec![password, Secret::new(pair)],
+                )
+            }
+        }
+    }
+}
+
 /// Where a target's batches go and how: its URL, TLS settings and credentials.
 /// Replaced at run time ([`Egress::update`]); every attempt, retries of a batch
 /// already in flight included, uses the endpoint current when it starts.
@@ -139,21 +161,7 @@ impl Endpoint {
     }
 
     fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
-        use base64::Engine as _;
-        let (authorization, secrets) = match auth {
-            Authorization::None => (None, Vec::new()),
-            Authorization::Bearer(t) => {
-                (Some(Secret::new(format!("Bearer {}", t.expose()))), vec![t])
-            }
-            Authorization::Basic { username, password } => {
-                let pair = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose()));
-                (
-                    Some(Secret::new(format!("Basic {pair}"))),
-                    vec![password, Secret::new(pair)],
-                )
-            }
-        };
+        let (authorization, secrets) = auth.header();
         Endpoint {
             cfg,
             transport: Transport::Https(Https {
