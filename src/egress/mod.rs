@@ -305,7 +305,8 @@ impl Target {
                 parts.push(first);
             }
         }
-        self.broker.record_latency(&record.received, unix_us());
+        self.broker
+            .record_latency(&record.cluster, &record.received, unix_us());
         self.metrics.in_flight.add(-1);
         self.spool.ack(record.id);
     }
