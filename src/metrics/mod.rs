@@ -408,8 +408,10 @@ pub struct TargetMetrics {
     pub bytes_sent: Counter,
     pub retries: Counter,
     pub failures_connect: Counter,
-    /// TLS handshakes that failed (an untrusted or expired certificate, a
-    /// name mismatch, a client certificate refused); not in `failures_connect`.
+    /// TLS handshakes that failed (the target's certificate untrusted,
+    /// expired or for another name); not in `failures_connect`. A client
+    /// certificate the target refuses shows as a connect failure under TLS
+    /// 1.3, whose refusal comes after the handshake.
     pub failures_tls: Counter,
     pub failures_timeout: Counter,
     pub failures_status: Counter,
@@ -982,7 +984,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         &mut out,
         "qbroker_target_failures_total",
         "counter",
-        "Failed attempts, by kind: connect (TCP or the connection), tls (the TLS handshake: certificate not trusted, expired or for another name; client certificate refused), timeout (no answer within timeout_secs), status (a non-2xx answer).",
+        "Failed attempts, by kind: connect (TCP or the connection), tls (the TLS handshake: the target's certificate not trusted, expired or for another name), timeout (no answer within timeout_secs), status (a non-2xx answer).",
     );
     for (target, t) in &targets {
         for (kind, c) in [
