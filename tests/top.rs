@@ -61,7 +61,12 @@ fn traffic(broker: &Broker, sink: &Sink) -> (TcpStream, TcpStream) {
         let s = stats(broker);
         let down = named(&s["targets"], "down")?;
         let gamma = named(&s["clusters"], "gamma")?;
+        // The broker counts a batch's latency once the sink's answer is
+        // back, a moment after the sink has the events.
+        let alpha = named(&s["clusters"], "alpha")?;
         (sink.events().len() == 100
+            && alpha["latency"]["count"] == 100
+            && named(&s["targets"], "sink")?["spool_batches"] == 0
             && down["state"] == "failing"
             && down["spool_batches"].as_u64()? >= 1
             && gamma["events"] == 10)
