@@ -435,6 +435,12 @@ pub struct RawTarget {
     /// AMQP: messages published and not yet confirmed by RabbitMQ, at most, over
     /// all the target's lanes; a lane waits for confirms beyond it. Default 1024.
     pub max_unconfirmed: Option<usize>,
+    /// Accept credentials over a link without TLS: a `token` or `token_file`
+    /// with an `http://` URL, a RabbitMQ password with an `amqp://` one. They
+    /// travel in clear: only for a lab, or a link encrypted by other means.
+    /// Default false: such a target is refused, naming the credential.
+    #[serde(default)]
+    pub plaintext_credentials: bool,
 }
 
 /// `[[clusters]]`: a Qumulo cluster known in advance.
@@ -817,6 +823,7 @@ impl RawConfig {
                     message: None,
                     heartbeat_secs: None,
                     max_unconfirmed: None,
+                    plaintext_credentials: false,
                 });
                 self.default_target = Some("default".to_string());
                 self.targets.len() - 1
@@ -1321,10 +1328,28 @@ fn validate_target_with(
         }
         None
     };
-    if !tls && !is_amqp && (token.is_some() || t.client_cert_file.is_some()) {
+    if !tls && !is_amqp && t.client_cert_file.is_some() {
         return Err(invalid(
-            field("url"),
-            "a token or client certificate would travel in clear over http://: use https://",
+            field("client_cert_file"),
+            "a client certificate needs TLS: use https://",
+        ));
+    }
+    if !tls && token.is_some() && !t.plaintext_credentials {
+        return Err(invalid(
+            field(if t.token.is_some() { "token" } else { "token_file" }),
+            "the token would travel in clear over http://: use https:// (or, for a lab, plaintext_credentials = true)",
+        ));
+    }
+    if !tls && is_amqp && !t.plaintext_credentials {
+        return Err(invalid(
+            field("password_file"),
+            "the RabbitMQ password would travel in clear over amqp://: use amqps:// (or, for a lab, plaintext_credentials = true)",
+        ));
+    }
+    if tls && t.plaintext_credentials {
+        return Err(invalid(
+            field("plaintext_credentials"),
+            "applies to http:// and amqp:// URLs only",
         ));
     }
     if !tls && is_amqp && (t.client_cert_file.is_some() || t.ca_file.is_some()) {
@@ -1600,7 +1625,9 @@ mod amqp_tests {
             (t.port, t.amqp.as_ref().unwrap().vhost.as_str()),
             (5671, "/")
         );
-        let t = &target("amqp://h", "").unwrap().targets[0];
+        let t = &target("amqp://h", "plaintext_credentials = true")
+            .unwrap()
+            .targets[0];
         assert_eq!(
             (t.port, t.tls, t.amqp.as_ref().unwrap().vhost.as_str()),
             (5672, false, "/")
@@ -1615,6 +1642,45 @@ mod amqp_tests {
         assert_eq!(
             (a.vhost.as_str(), a.encoding, a.message),
             ("a b", Encoding::Protobuf, MessageMode::Event)
+        );
+    }
+
+    #[test]
+    fn credentials_over_a_link_without_tls_need_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "hunter2\n").unwrap();
+        let http = |extra: &str| {
+            RawConfig::parse(&format!(
+                "[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\n{extra}\n"
+            ))
+            .unwrap()
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        let err = http(&format!("token_file = \"{}\"", token.display())).unwrap_err();
+        assert!(
+            err.starts_with("targets[0].token_file:") && err.contains("in clear"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = http("client_cert_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"").unwrap_err();
+        assert!(err.starts_with("targets[0].client_cert_file:"), "{err}");
+        // Said explicitly: accepted.
+        let cfg = http("token = \"t0k\"\nplaintext_credentials = true").unwrap();
+        assert!(!cfg.targets[0].tls && cfg.targets[0].token.is_some());
+        // The RabbitMQ password over amqp://.
+        let err = target("amqp://h/v", "").unwrap_err();
+        assert!(
+            err.starts_with("targets[0].password_file:") && err.contains("in clear"),
+            "{err}"
+        );
+        assert!(target("amqp://h/v", "plaintext_credentials = true").is_ok());
+        // Meaningless with TLS: refused rather than ignored.
+        let err = target("amqps://h/v", "plaintext_credentials = true").unwrap_err();
+        assert!(
+            err.starts_with("targets[0].plaintext_credentials:"),
+            "{err}"
         );
     }
 
@@ -2053,6 +2119,7 @@ fn registered_raw(url: &str) -> RawTarget {
         message: None,
         heartbeat_secs: None,
         max_unconfirmed: None,
+        plaintext_credentials: false,
     }
 }
 
@@ -2977,7 +3044,9 @@ mod tests {
         let err =
             error_of("[[targets]]\nname = \"v\"\nurl = \"http://h/x\"\ntoken = \"hunter2\"\n");
         assert!(
-            err.contains("in clear") && !err.contains("hunter2"),
+            err.starts_with("targets[0].token:")
+                && err.contains("in clear")
+                && !err.contains("hunter2"),
             "{err}"
         );
         let err = error_of("[[targets]]\nname = \"v\"\nurl = \"ht tps://hunter2\"\n");

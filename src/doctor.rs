@@ -2,18 +2,26 @@
 //! pass/fail table.
 //!
 //! - Each configured cluster with REST credentials (`[[clusters]]` `api_url` or
-//!   `api_host`; the registry of issue 6 does not exist yet): log in with the
-//!   enrichment's [`ApiClient`], then read the audit settings (Qumulo 7.9+:
-//!   `/v2/audit/destinations/` and each one's `/status`; older: the legacy
-//!   `/v1/audit/syslog/config` and `/status`) and check that audit logging is
-//!   enabled, in JSON, pointed at this broker, and connected.
-//! - Each target: DNS, TCP, the TLS chain (with egress's own
-//!   [`tls_config`](crate::egress::client::tls_config)), and a test POST of an
-//!   empty batch with the target's headers and token; for an AMQP target the
-//!   login, vhost and (passive) exchange, then a `mandatory` test publish of
-//!   an empty batch that warns when no queue is bound for the routing key.
+//!   `api_host`): log in with the enrichment's [`ApiClient`], then read the
+//!   audit settings (Qumulo 7.9+: `/v2/audit/destinations/` and each one's
+//!   `/status`; older: the legacy `/v1/audit/syslog/config` and `/status`) and
+//!   check that audit logging is enabled, in JSON, pointed at this broker, and
+//!   connected.
+//! - Each target the broker would use: the `[[targets]]` of the file, and
+//!   those registered through the API (`/v1/targets`, `/v1/rmq/objects`), read
+//!   from the registry (`[store]`: the SQLite file or the shared database) as
+//!   `qbroker run` reads it, each named `target @<cluster> (registered)`.
+//!   DNS, TCP, the TLS chain (with egress's own TLS configuration: the
+//!   target's CA file, or the registered CA certificate), and a test POST of
+//!   an empty batch with the target's headers and credentials; for an AMQP
+//!   target the login, vhost and (passive) exchange, then a `mandatory` test
+//!   publish of an empty batch that warns when no queue is bound for the
+//!   routing key. A registration `run` could not use fails as it stands.
 //! - This host: the syslog port is free or held by a qbroker, and the spool's
 //!   disk has room for the spool caps.
+//! - The API, when `[api]` is on: its certificate (unreadable or expired
+//!   fails, expiring within 30 days warns) and its port (free, or held by
+//!   the running broker: the listener there presents that certificate).
 //!
 //! "This broker", for the clusters' server address: the `--advertise`
 //! addresses when given (a name or an IP, and a port, default `listen`'s);
@@ -36,9 +44,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{ClusterConfig, Config, TargetConfig};
+use crate::config::{ApiServerConfig, ClusterConfig, Config, Secret, TargetConfig};
 use crate::enrich::client::{ApiClient, ApiError};
 use crate::metrics::EnrichMetrics;
+use crate::store::{Registration, Store};
 
 /// What the checks need besides the configuration.
 #[derive(Debug, Clone)]
@@ -163,16 +172,33 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     } else {
         syslog_port(cfg, opts.timeout).await
     };
-    let mut checks = vec![port, spool_disk(cfg)];
+    let (registry, registered) = read_registry(cfg, opts.timeout).await;
+    let mut checks = vec![port, spool_disk(cfg, registered.len())];
     checks.extend(spool_losses(&cfg.spool.dir));
-    let targets = futures_util::future::join_all(cfg.targets.iter().enumerate().map(|(i, t)| {
-        // A cluster routed to the target, for an AMQP target's routing key.
-        let cluster = cfg
-            .clusters
-            .iter()
-            .find(|c| c.target == i)
-            .map(|c| c.name.clone());
-        check_target(t, opts, cluster)
+    if let Some(api) = &cfg.api {
+        checks.extend(api_listener(cfg, api, opts.timeout).await);
+    }
+    checks.extend(registry);
+    let mut under_test: Vec<Result<Tested, Vec<Check>>> = cfg
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            // A cluster routed to the target, for an AMQP target's routing key.
+            let cluster = cfg
+                .clusters
+                .iter()
+                .find(|c| c.target == i)
+                .map(|c| c.name.clone());
+            Ok(Tested::configured(t, cluster))
+        })
+        .collect();
+    under_test.extend(registered.iter().map(Tested::registered));
+    let targets = futures_util::future::join_all(under_test.into_iter().map(|t| async move {
+        match t {
+            Ok(t) => check_target(&t, opts).await,
+            Err(rows) => rows,
+        }
     }))
     .await;
     let clusters = futures_util::future::join_all(
@@ -295,7 +321,8 @@ fn used_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn spool_disk(cfg: &Config) -> Check {
+/// `registered`: the targets registered through the API, a spool each.
+fn spool_disk(cfg: &Config, registered: usize) -> Check {
     let subject = "host";
     let dir = &cfg.spool.dir;
     let what = format!("spool disk {}", dir.display());
@@ -327,7 +354,7 @@ fn spool_disk(cfg: &Config) -> Check {
         );
     }
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let targets = cfg.targets.len().max(1) as u64;
+    let targets = (cfg.targets.len() + registered).max(1) as u64;
     let cap = cfg.spool.max_bytes.saturating_mul(targets);
     let used = used_bytes(dir);
     let need = cap.saturating_sub(used);
@@ -410,10 +437,370 @@ fn spool_losses(dir: &Path) -> Vec<Check> {
 }
 
 // ---------------------------------------------------------------------------
+// The registry and the API.
+
+/// The registrations `qbroker run` would start targets for, read as it reads
+/// them (`[store]`), and a row saying how that went. Nothing without a
+/// registry (no `[api]`, no `[store] url`). A SQLite file that does not exist
+/// yet is not created.
+async fn read_registry(cfg: &Config, timeout: Duration) -> (Vec<Check>, Vec<Registration>) {
+    let Some(store) = &cfg.store else {
+        return (Vec::new(), Vec::new());
+    };
+    let subject = "registry";
+    // Never the URL itself: it may carry the database password.
+    let what = match crate::store::sqlite_path(store) {
+        Some(path) => {
+            if !path.exists() {
+                return (
+                    vec![row(
+                        subject,
+                        "read",
+                        Status::Pass,
+                        format!(
+                            "{} does not exist yet: nothing registered through the API",
+                            path.display()
+                        ),
+                    )],
+                    Vec::new(),
+                );
+            }
+            path.display().to_string()
+        }
+        None => "the shared MariaDB/MySQL registry ([store] url)".to_string(),
+    };
+    let read = async {
+        let store = Store::open(store).await?;
+        let all = store.list().await;
+        store.close().await;
+        all
+    };
+    // Opening waits up to 10 s for a connection; reading is one query.
+    match tokio::time::timeout(timeout + Duration::from_secs(10), read).await {
+        Ok(Ok(all)) => {
+            let names: Vec<&str> = all.iter().map(|r| r.cluster_name.as_str()).collect();
+            let detail = if all.is_empty() {
+                format!("{what}: nothing registered through the API")
+            } else {
+                format!(
+                    "{what}: {} target(s) registered through the API (clusters {})",
+                    all.len(),
+                    names.join(", ")
+                )
+            };
+            (vec![row(subject, "read", Status::Pass, detail)], all)
+        }
+        Ok(Err(e)) => (
+            vec![row(
+                subject,
+                "read",
+                Status::Fail,
+                format!("{what}: {e}; its registered targets are not checked"),
+            )],
+            Vec::new(),
+        ),
+        Err(_) => (
+            vec![row(
+                subject,
+                "read",
+                Status::Fail,
+                format!(
+                    "{what}: no answer within {timeout:?}; its registered targets are not checked"
+                ),
+            )],
+            Vec::new(),
+        ),
+    }
+}
+
+/// A certificate expiring sooner than this warns.
+const CERT_WARN_DAYS: i64 = 30;
+
+/// The API listener: its certificate and its port.
+async fn api_listener(cfg: &Config, api: &ApiServerConfig, timeout: Duration) -> Vec<Check> {
+    let subject = "api";
+    let (cert_path, key_path, self_signed) = crate::api::cert::paths(api, &cfg.data_dir);
+    let mut pinned = None;
+    let cert = if self_signed && !cert_path.exists() {
+        row(
+            subject,
+            "certificate",
+            Status::Pass,
+            format!(
+                "no api.cert_file: a self-signed certificate is made at the first start ({})",
+                cert_path.display()
+            ),
+        )
+    } else {
+        match crate::api::cert::load(&cert_path, &key_path) {
+            Err(e) => row(
+                subject,
+                "certificate",
+                Status::Fail,
+                format!("{e} (api.cert_file, api.key_file)"),
+            ),
+            Ok((_, chain)) => {
+                let leaf = chain.first().cloned();
+                let checked = leaf
+                    .as_ref()
+                    .map(|l| certificate_row(subject, &cert_path, l));
+                pinned = leaf;
+                checked
+                    .unwrap_or_else(|| row(subject, "certificate", Status::Fail, "no certificate"))
+            }
+        }
+    };
+    vec![cert, api_port(api.listen, pinned, timeout).await]
+}
+
+/// The certificate row: expired fails, expiring within [`CERT_WARN_DAYS`]
+/// warns.
+fn certificate_row(
+    subject: &str,
+    path: &Path,
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+) -> Check {
+    let what = format!(
+        "{} (sha256 {})",
+        path.display(),
+        crate::api::cert::fingerprint(leaf)
+    );
+    let not_after = match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, c)) => c.validity().not_after.timestamp(),
+        Err(e) => {
+            return row(
+                subject,
+                "certificate",
+                Status::Fail,
+                format!("{}: not a readable X.509 certificate: {e}", path.display()),
+            )
+        }
+    };
+    let now = crate::metrics::unix_ms() / 1000;
+    let date = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
+    );
+    let days = (not_after - now).div_euclid(86_400);
+    if not_after <= now {
+        row(
+            subject,
+            "certificate",
+            Status::Fail,
+            format!("{what} expired on {date}: clients refuse it; renew it (api.cert_file, api.key_file; the service reads them at start)"),
+        )
+    } else if days < CERT_WARN_DAYS {
+        row(
+            subject,
+            "certificate",
+            Status::Warn,
+            format!("{what} expires on {date}, in {days} day(s): renew it (api.cert_file, api.key_file; the service reads them at start)"),
+        )
+    } else {
+        row(
+            subject,
+            "certificate",
+            Status::Pass,
+            format!("{what} valid until {date} ({days} days)"),
+        )
+    }
+}
+
+/// The API port: free, or held by this broker's API (the listener there
+/// presents `pinned`, the API's certificate).
+async fn api_port(
+    listen: SocketAddr,
+    pinned: Option<rustls::pki_types::CertificateDer<'static>>,
+    timeout: Duration,
+) -> Check {
+    let subject = "api";
+    let what = format!("port {listen}");
+    if listen.port() == 0 {
+        return row(
+            subject,
+            &what,
+            Status::Skip,
+            "listen has port 0 (a test setting)",
+        );
+    }
+    let free = match std::net::TcpListener::bind(listen) {
+        Ok(_) => return row(subject, &what, Status::Pass, "free: qbroker can bind it"),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => false,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let probe = probe_addr(listen);
+            !matches!(
+                tokio::time::timeout(timeout, TcpStream::connect(probe)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(e) => return row(subject, &what, Status::Fail, format!("cannot bind: {e}")),
+    };
+    if free {
+        return row(
+            subject,
+            &what,
+            Status::Pass,
+            "free (this user may not bind a port below 1024; the service has CAP_NET_BIND_SERVICE)",
+        );
+    }
+    let ours = match pinned {
+        Some(cert) => presents(probe_addr(listen), cert, timeout).await,
+        None => false,
+    };
+    if ours {
+        row(
+            subject,
+            &what,
+            Status::Pass,
+            "in use by qbroker: the listener there presents the API certificate",
+        )
+    } else {
+        row(
+            subject,
+            &what,
+            Status::Fail,
+            format!(
+                "in use by another program (it does not present the API certificate): see `ss -ltnp 'sport = :{}'`; move it, or set api.listen elsewhere",
+                listen.port()
+            ),
+        )
+    }
+}
+
+/// Whether a TLS server at `addr` completes a handshake with exactly `cert`.
+async fn presents(
+    addr: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    timeout: Duration,
+) -> bool {
+    let body = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(cert.as_ref())
+    };
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let material = crate::egress::client::TlsMaterial {
+        ca_pem: Some(pem.as_bytes()),
+        client: None,
+    };
+    let Ok(config) = crate::egress::client::tls_config_from_pem("api", &material) else {
+        return false;
+    };
+    // A pinned certificate is accepted whatever name it holds.
+    let name = ServerName::IpAddress(addr.ip().into());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = async {
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        connector.connect(name, tcp).await.ok()
+    };
+    matches!(tokio::time::timeout(timeout, handshake).await, Ok(Some(_)))
+}
+
+// ---------------------------------------------------------------------------
 // Targets.
 
-async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>) -> Vec<Check> {
-    let subject = format!("target {}", t.name);
+/// A target as the checks see it: its settings, its TLS client
+/// configuration and its credentials, from the file or the registry.
+struct Tested {
+    subject: String,
+    cfg: TargetConfig,
+    /// The TLS client configuration, when the target uses TLS; why it cannot
+    /// be built (a CA file that cannot be read, a PEM that does not parse).
+    tls: Option<Result<rustls::ClientConfig, String>>,
+    /// What the chain is checked against, for the hints.
+    roots: String,
+    /// The whole `Authorization` header of an HTTPS target's requests.
+    authorization: Option<Secret>,
+    /// Where the credentials come from, for the hint on a 401 or 403.
+    credentials: &'static str,
+    /// A client certificate is sent.
+    client_cert: bool,
+    /// A cluster routed to the target, for an AMQP target's routing key.
+    cluster: Option<String>,
+}
+
+impl Tested {
+    /// A `[[targets]]` entry.
+    fn configured(t: &TargetConfig, cluster: Option<String>) -> Tested {
+        Tested {
+            subject: format!("target {}", t.name),
+            tls: t
+                .tls
+                .then(|| crate::egress::client::tls_config(t).map_err(|e| e.to_string())),
+            roots: match &t.ca_file {
+                Some(p) => format!("ca_file {}", p.display()),
+                None => "the system roots".to_string(),
+            },
+            authorization: t
+                .token
+                .as_ref()
+                .map(|tok| Secret::new(format!("Bearer {}", tok.expose()))),
+            credentials: if t.client_auth.is_some() {
+                "token / token_file, client certificate"
+            } else {
+                "token / token_file"
+            },
+            client_cert: t.client_auth.is_some(),
+            cfg: t.clone(),
+            cluster,
+        }
+    }
+
+    /// A registration, as `qbroker run` would start it; the rows of a
+    /// registration it could not use.
+    fn registered(reg: &Registration) -> Result<Tested, Vec<Check>> {
+        let name = crate::targets::registered_name(&reg.cluster_name);
+        let subject = format!("target {name} (registered)");
+        let invalid = |why: String| {
+            vec![row(
+                &subject,
+                "registration",
+                Status::Fail,
+                format!(
+                    "cluster {:?}: the broker cannot use this registration: {why}; fix it through the API (PATCH /v1/targets/{})",
+                    reg.cluster_name, reg.cluster_name
+                ),
+            )]
+        };
+        let (cfg, auth, material) = match (
+            crate::targets::target_config_of(reg),
+            crate::targets::authorization_of(reg),
+            crate::targets::tls_material_of(reg),
+        ) {
+            (Ok(c), Ok(a), Ok(m)) => (c, a, m),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(invalid(e.0)),
+        };
+        let tls = cfg.tls.then(|| {
+            crate::egress::client::tls_config_from_pem(&name, &material).map_err(|e| e.to_string())
+        });
+        let (authorization, _) = auth.header();
+        Ok(Tested {
+            subject,
+            tls,
+            roots: if reg.ca_certificate.is_some() {
+                "the registered ca_certificate".to_string()
+            } else {
+                "the system roots".to_string()
+            },
+            authorization,
+            credentials: if reg.client_certificate.is_some() {
+                "the registered token or username and password, client certificate"
+            } else {
+                "the registered token or username and password"
+            },
+            client_cert: material.client.is_some(),
+            cfg,
+            cluster: Some(reg.cluster_name.clone()),
+        })
+    }
+}
+
+async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
+    let t = &tested.cfg;
+    let subject = tested.subject.clone();
     let timeout = opts.timeout;
     let mut out = Vec::new();
     let steps: &[&str] = if t.amqp.is_some() {
@@ -493,21 +880,21 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
         format!("connected to {addr} in {} ms", took.as_millis()),
     ));
 
-    if !t.tls {
-        if t.amqp.is_some() {
+    let config = match &tested.tls {
+        None if t.amqp.is_some() => {
             out.push(row(&subject, "tls", Status::Skip, "amqp:// target: no TLS"));
             drop(tcp);
-            out.extend(amqp_checks(&subject, t, opts, cluster).await);
+            out.extend(amqp_checks(&subject, tested, None, opts).await);
             return out;
         }
-        out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
-        out.push(post_check(&subject, t, opts, TokioIo::new(tcp)).await);
-        return out;
-    }
-    let config = match crate::egress::client::tls_config(t) {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(row(&subject, "tls", Status::Fail, e.to_string()));
+        None => {
+            out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
+            out.push(post_check(tested, opts, TokioIo::new(tcp)).await);
+            return out;
+        }
+        Some(Ok(c)) => c.clone(),
+        Some(Err(e)) => {
+            out.push(row(&subject, "tls", Status::Fail, e.clone()));
             skip_rest(&mut out, 3, "needs tls");
             return out;
         }
@@ -525,11 +912,8 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
             return out;
         }
     };
-    let roots = match &t.ca_file {
-        Some(p) => format!("ca_file {}", p.display()),
-        None => "the system roots".to_string(),
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let roots = &tested.roots;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
     let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -562,7 +946,7 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
     let version = session
         .protocol_version()
         .map_or("?".to_string(), |v| format!("{v:?}"));
-    let client_cert = if t.client_auth.is_some() {
+    let client_cert = if tested.client_cert {
         ", client certificate sent"
     } else {
         ""
@@ -575,10 +959,10 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
     ));
     if t.amqp.is_some() {
         drop(tls);
-        out.extend(amqp_checks(&subject, t, opts, cluster).await);
+        out.extend(amqp_checks(&subject, tested, Some(config), opts).await);
         return out;
     }
-    out.push(post_check(&subject, t, opts, TokioIo::new(tls)).await);
+    out.push(post_check(tested, opts, TokioIo::new(tls)).await);
     out
 }
 
@@ -587,28 +971,18 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
 /// whether a queue is bound for the routing key (`publish`: warn when not).
 async fn amqp_checks(
     subject: &str,
-    t: &TargetConfig,
+    tested: &Tested,
+    tls: Option<rustls::ClientConfig>,
     opts: &Options,
-    cluster: Option<String>,
 ) -> Vec<Check> {
     use crate::egress::amqp::Probe;
-    let tls = if t.tls {
-        match crate::egress::client::tls_config(t) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                return vec![
-                    row(subject, "amqp", Status::Fail, e.to_string()),
-                    row(subject, "publish", Status::Skip, "needs amqp"),
-                ]
-            }
-        }
-    } else {
-        None
-    };
-    let publish = opts
-        .post
-        .then(|| cluster.unwrap_or_else(|| "qbroker-doctor".to_string()));
-    let probe = crate::egress::amqp::probe(t, tls, publish, opts.timeout).await;
+    let publish = opts.post.then(|| {
+        tested
+            .cluster
+            .clone()
+            .unwrap_or_else(|| "qbroker-doctor".to_string())
+    });
+    let probe = crate::egress::amqp::probe(&tested.cfg, tls, publish, opts.timeout).await;
     probe
         .into_iter()
         .map(|(check, result)| {
@@ -623,15 +997,16 @@ async fn amqp_checks(
         .collect()
 }
 
-async fn post_check<IO>(subject: &str, t: &TargetConfig, opts: &Options, io: IO) -> Check
+async fn post_check<IO>(tested: &Tested, opts: &Options, io: IO) -> Check
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let (subject, t) = (tested.subject.as_str(), &tested.cfg);
     if !opts.post {
         return row(subject, "post", Status::Skip, "--no-post");
     }
     let started = Instant::now();
-    match tokio::time::timeout(opts.timeout, post(t, io)).await {
+    match tokio::time::timeout(opts.timeout, post(t, tested.authorization.as_ref(), io)).await {
         Ok(Ok((status, _))) if (200..300).contains(&status) => row(
             subject,
             "post",
@@ -646,12 +1021,8 @@ where
             "post",
             Status::Fail,
             format!(
-                "HTTP {status}: the target refused the credentials (token / token_file{}): {}",
-                if t.client_auth.is_some() {
-                    ", client certificate"
-                } else {
-                    ""
-                },
+                "HTTP {status}: the target refused the credentials ({}): {}",
+                tested.credentials,
                 snippet(&text)
             ),
         ),
@@ -677,7 +1048,11 @@ fn snippet(text: &str) -> String {
 }
 
 /// POST an empty batch of the egress schema, with egress's headers.
-async fn post<IO>(t: &TargetConfig, io: IO) -> Result<(u16, String), String>
+async fn post<IO>(
+    t: &TargetConfig,
+    authorization: Option<&Secret>,
+    io: IO,
+) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -700,11 +1075,8 @@ where
         .header(http::header::CONTENT_LENGTH, body.len())
         .header(http::header::USER_AGENT, crate::egress::USER_AGENT)
         .header("idempotency-key", batch_id.as_str());
-    if let Some(token) = &t.token {
-        request = request.header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", token.expose()),
-        );
+    if let Some(auth) = authorization {
+        request = request.header(http::header::AUTHORIZATION, auth.expose());
     }
     let request = request
         .body(Full::new(Bytes::from(body)))

@@ -39,9 +39,10 @@ enum Command {
     /// (confirmMessages and useTransactions protocol); with --once, explain
     /// (and deliver) lines given by hand.
     Stdin(Box<StdinArgs>),
-    /// Check the clusters' audit settings (REST API), each target (DNS, TCP,
-    /// TLS, a test POST) and this host (syslog port, spool disk); exit 1 if
-    /// any check fails.
+    /// Check the clusters' audit settings (REST API), each target of the file
+    /// and of the registry (DNS, TCP, TLS, a test POST), the API (certificate,
+    /// port) and this host (syslog port, spool disk); exit 1 if any check
+    /// fails.
     Doctor(Box<DoctorArgs>),
     /// Put batches a target refused for good (the dead-letter directory's
     /// batches/) back into their target's spool, to be sent again once the

@@ -189,49 +189,60 @@ fn cluster_of(name: &str) -> Option<String> {
 
 /// The endpoint of a registration.
 pub fn endpoint_of(reg: &Registration) -> Result<Endpoint, Invalid> {
+    let cfg = target_config_of(reg)?;
+    let auth = authorization_of(reg)?;
+    let tls = tls_material_of(reg)?;
+    Endpoint::with_pem(cfg, &tls, auth).map_err(|e| Invalid(e.to_string()))
+}
+
+/// The target settings of a registration (URL, and for AMQP its exchange and
+/// login), named [`registered_name`].
+pub fn target_config_of(reg: &Registration) -> Result<crate::config::TargetConfig, Invalid> {
     let name = registered_name(&reg.cluster_name);
     if reg.url.starts_with("amqp") {
         // An AMQP target: its RabbitMQ login, exchange and CA.
-        let cfg = crate::egress::amqp::registered(&name, reg).map_err(Invalid)?;
-        let tls = TlsMaterial {
-            ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
-            client: match (&reg.client_certificate, &reg.client_key) {
-                (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
-                _ => None,
-            },
-        };
-        return Endpoint::with_pem(cfg, &tls, Authorization::None)
-            .map_err(|e| Invalid(e.to_string()));
+        return crate::egress::amqp::registered(&name, reg).map_err(Invalid);
     }
-    let cfg = crate::config::registered_target(&name, &reg.url)
-        .map_err(|e| Invalid(format!("url: {e}")))?;
-    let auth = match (&reg.token, &reg.basic_username, &reg.basic_password) {
+    crate::config::registered_target(&name, &reg.url).map_err(|e| Invalid(format!("url: {e}")))
+}
+
+/// How a registered HTTPS target's requests authenticate (an AMQP target logs
+/// in with its [`target_config_of`] login instead: `None`).
+pub fn authorization_of(reg: &Registration) -> Result<Authorization, Invalid> {
+    if reg.url.starts_with("amqp") {
+        return Ok(Authorization::None);
+    }
+    match (&reg.token, &reg.basic_username, &reg.basic_password) {
         // A username beside a token is only kept (an rmq registration in bearer mode).
-        (Some(t), _, None) => Authorization::Bearer(t.clone()),
-        (None, Some(u), Some(p)) => Authorization::Basic {
+        (Some(t), _, None) => Ok(Authorization::Bearer(t.clone())),
+        (None, Some(u), Some(p)) => Ok(Authorization::Basic {
             username: u.clone(),
             password: p.clone(),
-        },
-        (None, None, None) => Authorization::None,
+        }),
+        (None, None, None) => Ok(Authorization::None),
+        _ => Err(Invalid(
+            "token, and username with password, do not go together".to_string(),
+        )),
+    }
+}
+
+/// A registration's CA certificate and client certificate, as PEM text.
+pub fn tls_material_of(reg: &Registration) -> Result<TlsMaterial<'_>, Invalid> {
+    let client = match (&reg.client_certificate, &reg.client_key) {
+        (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
+        (None, None) => None,
+        // An AMQP registration with half a client certificate uses none.
+        _ if reg.url.starts_with("amqp") => None,
         _ => {
             return Err(Invalid(
-                "token, and username with password, do not go together".to_string(),
+                "client_certificate and client_key go together".to_string(),
             ))
         }
     };
-    let tls = TlsMaterial {
+    Ok(TlsMaterial {
         ca_pem: reg.ca_certificate.as_deref().map(str::as_bytes),
-        client: match (&reg.client_certificate, &reg.client_key) {
-            (Some(c), Some(k)) => Some((c.as_bytes(), k.expose().as_bytes())),
-            (None, None) => None,
-            _ => {
-                return Err(Invalid(
-                    "client_certificate and client_key go together".to_string(),
-                ))
-            }
-        },
-    };
-    Endpoint::with_pem(cfg, &tls, auth).map_err(|e| Invalid(e.to_string()))
+        client,
+    })
 }
 
 /// The REST API of a registration, for enrichment and the credential check.

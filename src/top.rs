@@ -277,6 +277,9 @@ struct ClusterRow {
     parse_errors: u64,
     /// Of the work queue's capacity, 0 to 1.
     queue_share: f64,
+    /// p99 end-to-end latency of the events delivered between the two
+    /// snapshots (since start with one snapshot); `None` when there were none.
+    p99_us: Option<u64>,
     route: Option<String>,
 }
 
@@ -288,6 +291,7 @@ struct TargetRow {
     in_flight: i64,
     in_flight_max: u64,
     spool_bytes: u64,
+    unacked_bytes: u64,
     spool_batches: u64,
     oldest_ms: u64,
     delivered_s: Option<f64>,
@@ -355,6 +359,11 @@ impl View {
                     filtered_s: rate(c.filtered, p.map(|p| p.filtered)),
                     parse_errors: c.parse_errors,
                     queue_share: share(c.queue_messages, cap),
+                    p99_us: window_p99(
+                        &c.latency_buckets,
+                        p.map(|p| p.latency_buckets.as_slice()),
+                        c.latency.max_us,
+                    ),
                     route: c.route.clone(),
                 }
             })
@@ -371,6 +380,7 @@ impl View {
                     in_flight: t.in_flight,
                     in_flight_max: t.in_flight_max,
                     spool_bytes: t.spool_bytes,
+                    unacked_bytes: t.spool_unacked_bytes,
                     spool_batches: t.spool_batches,
                     oldest_ms: t.oldest_unacked_age_ms,
                     delivered_s: rate(t.events_delivered, p.map(|p| p.events_delivered)),
@@ -453,6 +463,7 @@ impl View {
                     rate(c.filtered_s),
                     count(c.parse_errors),
                     percent(c.queue_share),
+                    c.p99_us.map_or_else(|| "-".to_string(), age_us),
                     c.route.clone().unwrap_or_else(|| "-".to_string()),
                 ]
             })
@@ -468,6 +479,7 @@ impl View {
                     t.state.clone(),
                     format!("{}/{}", t.in_flight, t.in_flight_max),
                     bytes(t.spool_bytes),
+                    bytes(t.unacked_bytes),
                     count(t.spool_batches),
                     if t.spool_batches == 0 {
                         "-".to_string()
@@ -496,7 +508,22 @@ impl View {
 }
 
 /// Characters of a target's last error shown, so that a row fits 80 columns.
-const LAST_ERROR_WIDTH: usize = 22;
+const LAST_ERROR_WIDTH: usize = 13;
+
+/// The p99 latency of the events counted in `cur` and not in `prev` (both a
+/// cluster's `latency_buckets`), or in `cur` alone without `prev`; never
+/// above `max_us`, the largest since start.
+fn window_p99(cur: &[(u32, u64)], prev: Option<&[(u32, u64)]>, max_us: u64) -> Option<u64> {
+    let before: std::collections::BTreeMap<u32, u64> =
+        prev.unwrap_or_default().iter().copied().collect();
+    let window: Vec<(u32, u64)> = cur
+        .iter()
+        .map(|&(i, n)| (i, n.saturating_sub(before.get(&i).copied().unwrap_or(0))))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    let p99 = qbroker::metrics::buckets_quantile(&window, 0.99)?;
+    Some(if max_us > 0 { p99.min(max_us) } else { p99 })
+}
 
 /// `text` cut to `width` characters, the cut marked with `…`.
 fn shorten(text: &str, width: usize) -> String {
@@ -531,7 +558,7 @@ fn sort_targets(rows: &mut [TargetRow], key: SortKey) {
                 .total_cmp(&a.delivered_s.unwrap_or(0.0)),
             SortKey::Errors => (b.state == "failing").cmp(&(a.state == "failing")),
             SortKey::Backlog => {
-                (b.spool_batches, b.spool_bytes).cmp(&(a.spool_batches, a.spool_bytes))
+                (b.spool_batches, b.unacked_bytes).cmp(&(a.spool_batches, a.unacked_bytes))
             }
         }
         .then_with(|| a.name.cmp(&b.name))
@@ -614,26 +641,30 @@ enum Align {
 /// first column takes what is left).
 type Column = (&'static str, Align, u16);
 
-const CLUSTER_COLUMNS: [Column; 8] = [
+const CLUSTER_COLUMNS: [Column; 9] = [
     ("CLUSTER", Align::Left, 0),
     ("NODES", Align::Right, 5),
     ("FRAMES/S", Align::Right, 8),
     ("EVENTS/S", Align::Right, 8),
-    ("FILTERED/S", Align::Right, 10),
+    ("FILT/S", Align::Right, 6),
     ("ERRORS", Align::Right, 6),
     ("QUEUE", Align::Right, 5),
+    ("P99", Align::Right, 6),
     ("ROUTE", Align::Left, 18),
 ];
 
-const TARGET_COLUMNS: [Column; 8] = [
+/// SPOOL: the bytes of the spool's files; UNACKED: of them, what is left to
+/// deliver; BATCHES: unacknowledged batches.
+const TARGET_COLUMNS: [Column; 9] = [
     ("TARGET", Align::Left, 0),
     ("STATE", Align::Left, 8),
     ("IN-FL", Align::Right, 5),
     ("SPOOL", Align::Right, 6),
+    ("UNACKED", Align::Right, 7),
     ("BATCHES", Align::Right, 7),
     ("OLDEST", Align::Right, 6),
     ("DELIV/S", Align::Right, 7),
-    ("LAST ERROR", Align::Left, 24),
+    ("LAST ERROR", Align::Left, 16),
 ];
 
 /// Columns two spaces apart, as wide as their widest cell; the last one
@@ -989,6 +1020,12 @@ mod tests {
                     parse_errors: 7,
                     queue_messages: 80,
                     route: Some("varonis".to_string()),
+                    // 20 ms and 250 ms (buckets 18 and 32), 9 to 1.
+                    latency_buckets: vec![(18, 90 * scale), (32, 10 * scale)],
+                    latency: LatencyStats {
+                        max_us: 300_000,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
                 ClusterStats {
@@ -1022,6 +1059,7 @@ mod tests {
                     in_flight: 1,
                     in_flight_max: 4,
                     spool_bytes: 3 << 20,
+                    spool_unacked_bytes: 2 << 20,
                     spool_batches: 42,
                     oldest_unacked_age_ms: 192_000,
                     ..Default::default()
@@ -1080,24 +1118,22 @@ mod tests {
         );
         assert!(all.contains("Clusters (2)  sort: name"), "{all}");
         for title in [
-            "CLUSTER",
-            "NODES",
-            "FRAMES/S",
-            "EVENTS/S",
-            "FILTERED/S",
-            "ERRORS",
-            "QUEUE",
-            "ROUTE",
+            "CLUSTER", "NODES", "FRAMES/S", "EVENTS/S", "FILT/S", "ERRORS", "QUEUE", "P99",
+            "ROUTE", "UNACKED",
         ] {
             assert!(all.contains(title), "{title}: {all}");
         }
-        // alpha: 4000 frames, 3000 events, 1000 filtered over 2 s.
+        // alpha: 4000 frames, 3000 events, 1000 filtered over 2 s; of the
+        // 200 events delivered meanwhile, 20 took 250 ms: p99 is that
+        // bucket's bound (256 ms); beta delivered none.
         let alpha: Vec<&str> = line_with(&lines, "alpha").split_whitespace().collect();
         assert_eq!(
-            &alpha[..8],
-            ["alpha", "3", "2.0k", "1.5k", "500", "7", "8%", "varonis"],
+            &alpha[..9],
+            ["alpha", "3", "2.0k", "1.5k", "500", "7", "8%", "256ms", "varonis"],
             "{all}"
         );
+        let beta: Vec<&str> = line_with(&lines, " beta ").split_whitespace().collect();
+        assert_eq!(&beta[6..9], ["2%", "-", "@beta"], "{all}");
         let failing: Vec<&str> = line_with(&lines, " failing ").split_whitespace().collect();
         assert_eq!(
             &failing[..9],
@@ -1106,11 +1142,11 @@ mod tests {
                 "failing",
                 "1/4",
                 "3.0M",
+                "2.0M",
                 "42",
                 "3m12s",
                 "0",
-                "connection",
-                "refused"
+                "connection"
             ],
             "{all}"
         );

@@ -594,6 +594,20 @@ fn bad_requests_get_clear_4xx_answers() {
         "{}",
         r.body
     );
+    // Credentials over plain HTTP or AMQP: refused, naming the field, never
+    // echoing the credential; there is no opt-in through the API.
+    for body in [
+        br#"{"cluster_name": "a", "url": "http://h/x", "token": "hunter2"}"#.to_vec(),
+        br#"{"cluster_name": "a", "url": "amqp://h/v", "exchange": "x", "username": "u", "password": "hunter2"}"#.to_vec(),
+    ] {
+        let r = post(body);
+        assert_eq!(r.status, 422, "{}", r.body);
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("url") && detail.contains("in clear") && !detail.contains("hunter2"),
+            "{detail}"
+        );
+    }
     let r = post(
         br#"{"cluster_name": "a", "url": "https://h/x", "ca_certificate": "not a pem"}"#.to_vec(),
     );

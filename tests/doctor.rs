@@ -446,3 +446,189 @@ fn doctor_reports_an_invalid_configuration() {
         "{out}"
     );
 }
+
+/// A self-signed API certificate for 127.0.0.1 valid until `not_after`
+/// (year, month, day), and its key: the two file paths.
+fn api_cert(
+    dir: &std::path::Path,
+    name: &str,
+    not_after: (i32, u8, u8),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// The civil date (UTC) `days` from now.
+fn date_in(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Howard Hinnant's days-to-civil.
+    let z = now.div_euclid(86_400) + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
+}
+
+/// Targets registered through the API (in the registry `qbroker run`
+/// reads) get the same rows as the file's, named as registered; a
+/// registered target whose TLS handshake fails fails the run. The API's
+/// certificate and port have their rows.
+#[test]
+fn doctor_checks_registered_targets_and_the_api() {
+    use qbroker::config::Secret;
+    use qbroker::store::Registration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let stranger = common::Pki::new();
+    let port = free_port();
+    let api_port = free_port();
+    let closed = free_port();
+    let (cert, key) = api_cert(dir.path(), "soon", date_in(10));
+    let write_config = |cert: &std::path::Path, key: &std::path::Path| {
+        let text = format!(
+            "metrics_listen = \"127.0.0.1:0\"\n{}{}[api]\nenabled = true\nlisten = \"127.0.0.1:{api_port}\"\nadmin_token = \"an-admin-token-0123456789\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            base_config(dir.path(), port, 4 << 20),
+            target("ok", &sink.url(), &sink.ca_file, ""),
+            cert.display(),
+            key.display()
+        );
+        let config = dir.path().join("qbroker.toml");
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+    let config = write_config(&cert, &key);
+
+    // Register as the API does: into the registry the configuration names.
+    let cfg = qbroker::config::RawConfig::load(&config)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = qbroker::store::Store::open(cfg.store.as_ref().unwrap())
+            .await
+            .unwrap();
+        let mut east = Registration::new("east", &sink.url());
+        east.ca_certificate = Some(std::fs::read_to_string(&sink.ca_file).unwrap());
+        east.token = Some(Secret::new("reg-t0k"));
+        let mut north = Registration::new("north", &sink.url());
+        north.ca_certificate = east.ca_certificate.clone();
+        north.basic_username = Some("varonis".to_string());
+        north.basic_password = Some(Secret::new("pa55"));
+        // Trusts a CA that did not sign the sink's certificate.
+        let mut west = Registration::new("west", &sink.url());
+        west.ca_certificate = Some(stranger.ca_pem.clone());
+        let mut rmq = Registration::new("rmq", &format!("amqps://127.0.0.1:{closed}/v"));
+        rmq.rmq_exchange = Some("qumulo".to_string());
+        rmq.basic_username = Some("u".to_string());
+        rmq.basic_password = Some(Secret::new("p"));
+        for reg in [east, north, west, rmq] {
+            store.insert(&reg).await.unwrap();
+        }
+        store.close().await;
+    });
+
+    let (code, out) = doctor(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    let expect = |subject: &str, check: &str, status: &str, words: &str| {
+        expect_in(&out, subject, check, status, words)
+    };
+    expect("registry", "read", "pass", "4 target(s) registered");
+    // Each registered target has a spool too.
+    expect(
+        "host",
+        &format!("spool disk {}", dir.path().join("data/spool").display()),
+        "pass",
+        "x 5 target(s)",
+    );
+    for check in ["dns", "tcp", "tls", "post"] {
+        expect("target ok", check, "pass", "");
+        expect("target @east (registered)", check, "pass", "");
+        expect("target @north (registered)", check, "pass", "");
+    }
+    expect(
+        "target @east (registered)",
+        "tls",
+        "pass",
+        "the registered ca_certificate",
+    );
+    expect(
+        "target @west (registered)",
+        "tls",
+        "FAIL",
+        "invalid peer certificate",
+    );
+    expect("target @west (registered)", "post", "skip", "needs tls");
+    expect("target @rmq (registered)", "tcp", "FAIL", "refused");
+    for check in ["tls", "amqp", "publish"] {
+        expect("target @rmq (registered)", check, "skip", "needs tcp");
+    }
+    expect("api", "certificate", "warn", "in 9 day(s)");
+    expect("api", &format!("port 127.0.0.1:{api_port}"), "pass", "free");
+    // The test POSTs carried each registration's credentials.
+    let mut auth: Vec<String> = sink
+        .requests()
+        .iter()
+        .filter_map(|r| r.authorization.clone())
+        .collect();
+    auth.sort();
+    assert_eq!(auth, ["Basic dmFyb25pczpwYTU1", "Bearer reg-t0k"], "{out}");
+
+    // Another program on the API port; then the broker itself.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", api_port)).unwrap();
+    let (_, out) = doctor(&config, &["--no-post"]);
+    let (status, detail) = row(&out, "api", &format!("port 127.0.0.1:{api_port}"));
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(detail.contains("in use by another program"), "{detail}");
+    drop(squatter);
+    let broker = common::BrokerProcess::spawn(&config);
+    common::wait_for(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", api_port))
+            .ok()
+            .map(|_| ())
+    });
+    let (_, out) = doctor(&config, &["--no-post"]);
+    let (status, detail) = row(&out, "api", &format!("port 127.0.0.1:{api_port}"));
+    assert_eq!(status, "pass", "{out}");
+    assert!(detail.contains("in use by qbroker"), "{detail}");
+    drop(broker);
+
+    // An expired certificate fails; so does one that cannot be read.
+    let (old_cert, old_key) = api_cert(dir.path(), "old", (2021, 1, 1));
+    let config = write_config(&old_cert, &old_key);
+    let (code, out) = doctor(&config, &["--no-post"]);
+    assert_eq!(code, 1, "{out}");
+    expect_in(&out, "api", "certificate", "FAIL", "expired on");
+    let config = write_config(&dir.path().join("missing.pem"), &old_key);
+    let (code, out) = doctor(&config, &["--no-post"]);
+    assert_eq!(code, 1, "{out}");
+    expect_in(&out, "api", "certificate", "FAIL", "cannot read");
+}
+
+fn expect_in(out: &str, subject: &str, check: &str, status: &str, words: &str) {
+    let (s, detail) = row(out, subject, check);
+    assert_eq!(s, status, "{subject} {check}: {detail}\n{out}");
+    assert!(
+        detail.contains(words),
+        "{subject} {check}: {detail:?} lacks {words:?}"
+    );
+}

@@ -717,3 +717,69 @@ fn connections_over_the_limit_are_refused_and_counted() {
     drop(held);
     broker.stop();
 }
+
+/// A target whose certificate the broker does not trust fails every attempt
+/// at the TLS handshake: counted as `kind="tls"`, not as a connect failure,
+/// over HTTPS and over AMQP alike; nothing is delivered, nothing lost.
+#[test]
+fn an_untrusted_target_certificate_counts_as_a_tls_failure() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = common::Pki::new();
+    let stranger_ca = dir.path().join("stranger-ca.pem");
+    std::fs::write(&stranger_ca, &stranger.ca_pem).unwrap();
+    let password = dir.path().join("rmq.password");
+    std::fs::write(&password, "p\n").unwrap();
+    let text = format!(
+        "{}\n[[targets]]\nname = \"untrusted\"\nurl = \"{}\"\nca_file = \"{}\"\nretry_initial_ms = 20\nretry_max_ms = 100\n\n\
+         [[targets]]\nname = \"rmq\"\nurl = \"amqps://{}/v\"\nca_file = \"{}\"\nexchange = \"x\"\nusername = \"u\"\npassword_file = \"{}\"\nretry_initial_ms = 20\nretry_max_ms = 100\n\n\
+         [[clusters]]\nname = \"alpha\"\ntarget = \"untrusted\"\n\n[[clusters]]\nname = \"beta\"\ntarget = \"rmq\"\n",
+        config_text(&sink, dir.path(), ""),
+        sink.url(),
+        stranger_ca.display(),
+        sink.addr,
+        stranger_ca.display(),
+        password.display()
+    );
+    let broker = Broker::start(&text);
+    for (host, node) in [("alpha-1", 1), ("beta-1", 2)] {
+        send_all(
+            broker.syslog,
+            &[framed(
+                &json_frame(host, "fs_create_file", "/a", &file_id(node, 0)),
+                false,
+            )],
+        );
+    }
+    let metric = |target: &str, kind: &str| {
+        broker
+            .metric(&format!(
+                "qbroker_target_failures_total{{target=\"{target}\",kind=\"{kind}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    wait_for(Duration::from_secs(20), || {
+        (metric("untrusted", "tls") >= 2.0 && metric("rmq", "tls") >= 2.0).then_some(())
+    });
+    assert_eq!(metric("untrusted", "connect"), 0.0);
+    assert_eq!(metric("rmq", "connect"), 0.0);
+    assert_eq!(metric("sink", "tls"), 0.0);
+    assert!(sink.accepted().is_empty(), "{:?}", sink.accepted());
+    // /stats counts them among the target's failures.
+    let stats: Value = serde_json::from_str(&http_get(broker.metrics, "/stats")).unwrap();
+    let untrusted = stats["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "untrusted"))
+        .unwrap();
+    assert!(
+        untrusted["failures"].as_u64().unwrap() >= 2,
+        "{untrusted:#}"
+    );
+    assert!(
+        untrusted["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("tls handshake")),
+        "{untrusted:#}"
+    );
+    broker.stop();
+}

@@ -649,3 +649,41 @@ fn spool_is_send_and_sync() {
     is::<Spool>();
     is::<Arc<Spool>>();
 }
+
+#[test]
+fn unacked_bytes_count_what_is_left_to_deliver() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path(), big()).unwrap();
+    assert_eq!(s.stats().unacked_bytes, 0);
+    for i in 0..3 {
+        append(&s, i);
+    }
+    let all = s.stats().bytes;
+    assert!(all > 0);
+    assert_eq!(s.stats().unacked_bytes, all);
+    let r1 = next(&rt, &s).unwrap();
+    let r2 = next(&rt, &s).unwrap();
+    // Handed out is not delivered; acknowledged out of order does not move
+    // the oldest unacknowledged record either.
+    assert_eq!(s.stats().unacked_bytes, all);
+    s.ack(r2.id);
+    assert_eq!(s.stats().unacked_bytes, all);
+    s.ack(r1.id);
+    let left = s.stats().unacked_bytes;
+    assert!(0 < left && left < all, "{left} of {all}");
+    let r3 = next(&rt, &s).unwrap();
+    assert_eq!(s.stats().unacked_bytes, left);
+    s.ack(r3.id);
+    // Delivered: nothing left, while the segment file still holds the records.
+    let stats = s.stats();
+    assert_eq!((stats.unacked_bytes, stats.bytes), (0, all));
+    append(&s, 3);
+    let one = s.stats().unacked_bytes;
+    assert_eq!(one, s.stats().bytes - all);
+    drop(s);
+    // After a restart: what the spool sends again.
+    let s = Spool::open(dir.path(), big()).unwrap();
+    assert_eq!(s.stats().unacked_bytes, one);
+    assert!(one < s.stats().bytes);
+}

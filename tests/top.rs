@@ -61,7 +61,12 @@ fn traffic(broker: &Broker, sink: &Sink) -> (TcpStream, TcpStream) {
         let s = stats(broker);
         let down = named(&s["targets"], "down")?;
         let gamma = named(&s["clusters"], "gamma")?;
+        // The broker counts a batch's latency once the sink's answer is
+        // back, a moment after the sink has the events.
+        let alpha = named(&s["clusters"], "alpha")?;
         (sink.events().len() == 100
+            && alpha["latency"]["count"] == 100
+            && named(&s["targets"], "sink")?["spool_batches"] == 0
             && down["state"] == "failing"
             && down["spool_batches"].as_u64()? >= 1
             && gamma["events"] == 10)
@@ -109,6 +114,17 @@ fn stats_json_has_the_clusters_and_targets_with_their_counters() {
     assert_eq!(alpha["parse_errors"], 0);
     assert_eq!(alpha["route"], "sink");
     assert!(alpha["last_event_unix_ms"].as_i64().unwrap() > 0);
+    // Its own latency: every event delivered, in buckets that add up.
+    assert_eq!(alpha["latency"]["count"], 100, "{alpha:#}");
+    let p99 = alpha["latency"]["p99_us"].as_u64().unwrap();
+    assert!(p99 > 0 && p99 <= alpha["latency"]["max_us"].as_u64().unwrap());
+    let in_buckets: u64 = alpha["latency_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_buckets, 100, "{alpha:#}");
     let gamma = named(&s["clusters"], "gamma").unwrap();
     assert_eq!(gamma["route"], "down");
     assert_eq!(gamma["frames"], 10);
@@ -118,12 +134,27 @@ fn stats_json_has_the_clusters_and_targets_with_their_counters() {
     assert_eq!(ok["origin"], "config");
     assert_eq!(ok["events_delivered"], 100);
     assert_eq!(ok["spool_batches"], 0);
+    // Delivered: nothing left to send, though the file still holds it.
+    assert_eq!(ok["spool_unacked_bytes"], 0, "{ok:#}");
+    assert!(ok["spool_bytes"].as_u64().unwrap() > 0, "{ok:#}");
     assert_eq!(ok["in_flight_max"], 2);
     let down = named(&s["targets"], "down").unwrap();
     assert_eq!(down["state"], "failing", "{down:#}");
     assert_eq!(down["events_delivered"], 0);
     assert!(down["failures"].as_u64().unwrap() >= 1);
     assert!(down["spool_bytes"].as_u64().unwrap() > 0);
+    let unacked = down["spool_unacked_bytes"].as_u64().unwrap();
+    assert!(unacked > 0 && unacked <= down["spool_bytes"].as_u64().unwrap());
+    // The same figures on /metrics (gauges, read at another moment: nothing
+    // is delivered to `down` meanwhile, nothing appended to `sink`).
+    assert_eq!(
+        broker.metric("qbroker_spool_unacked_bytes{target=\"down\"}"),
+        Some(unacked as f64)
+    );
+    assert_eq!(
+        broker.metric("qbroker_spool_unacked_bytes{target=\"sink\"}"),
+        Some(0.0)
+    );
     assert!(down["oldest_unacked_age_ms"].as_u64().is_some());
     // Nothing secret: the query of the URL is not shown.
     assert!(!s.to_string().contains("secret"), "{s:#}");
@@ -204,34 +235,29 @@ fn top_once_prints_cluster_and_target_rows() {
     assert!(text.contains("clusters 2  targets 2 (1 failing)"), "{text}");
     assert_eq!(
         row(&text, "CLUSTER"),
-        [
-            "CLUSTER",
-            "NODES",
-            "FRAMES/S",
-            "EVENTS/S",
-            "FILTERED/S",
-            "ERRORS",
-            "QUEUE",
-            "ROUTE"
-        ]
+        ["CLUSTER", "NODES", "FRAMES/S", "EVENTS/S", "FILT/S", "ERRORS", "QUEUE", "P99", "ROUTE"]
     );
     let a = row(&text, "alpha");
-    assert_eq!((a[1].as_str(), a[7].as_str()), ("1", "sink"), "{text}");
+    assert_eq!((a[1].as_str(), a[8].as_str()), ("1", "sink"), "{text}");
     assert_ne!(a[3], "0", "alpha's events/s: {text}");
+    // alpha's events were delivered while top measured: a p99 (a time).
+    assert!(a[7].ends_with('s'), "alpha's p99: {text}");
     let g = row(&text, "gamma");
+    // gamma's target is down: nothing delivered, no latency.
     assert_eq!(
-        (g[1].as_str(), g[3].as_str(), g[7].as_str()),
-        ("1", "0", "down"),
+        (g[1].as_str(), g[3].as_str(), g[7].as_str(), g[8].as_str()),
+        ("1", "0", "-", "down"),
         "{text}"
     );
     assert_eq!(
-        row(&text, "TARGET")[..7],
-        ["TARGET", "STATE", "IN-FL", "SPOOL", "BATCHES", "OLDEST", "DELIV/S"]
+        row(&text, "TARGET")[..8],
+        ["TARGET", "STATE", "IN-FL", "SPOOL", "UNACKED", "BATCHES", "OLDEST", "DELIV/S"]
     );
     let d = row(&text, "down");
     assert_eq!(d[1], "failing", "{text}");
-    assert_ne!(d[4], "0", "down's spooled batches: {text}");
-    assert_eq!(d[6], "0", "{text}");
+    assert_ne!(d[4], "0B", "down's unacknowledged bytes: {text}");
+    assert_ne!(d[5], "0", "down's spooled batches: {text}");
+    assert_eq!(d[7], "0", "{text}");
     let s = row(&text, "sink");
     assert_eq!(s[1], "ok", "{text}");
     for line in text.lines() {

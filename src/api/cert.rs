@@ -39,17 +39,48 @@ pub fn server_config(
         Some((c, k)) => (c.clone(), k.clone()),
         None => self_signed(&data_dir.join("api"))?,
     };
+    let (config, chain) = load(&cert_path, &key_path)?;
+    if let Some(leaf) = chain.first() {
+        info!(cert = %cert_path.display(), sha256 = %fingerprint(leaf), "api certificate");
+    }
+    Ok(config)
+}
+
+/// The certificate and key files the API uses: `api.cert_file` and
+/// `api.key_file`, else the self-signed pair under `<data_dir>/api/` (which
+/// may not exist yet: it is made at the first start). `true` for the latter.
+pub fn paths(api: &ApiServerConfig, data_dir: &Path) -> (PathBuf, PathBuf, bool) {
+    match &api.cert {
+        Some((c, k)) => (c.clone(), k.clone(), false),
+        None => {
+            let dir = data_dir.join("api");
+            (dir.join("cert.pem"), dir.join("key.pem"), true)
+        }
+    }
+}
+
+/// The server configuration of a certificate chain and key, and the chain.
+pub fn load(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<
+    (
+        Arc<ServerConfig>,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+    ),
+    CertError,
+> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| CertError::Read {
             path: p.to_path_buf(),
             source,
         })
     };
-    let (cert_pem, key_pem) = (read(&cert_path)?, read(&key_path)?);
+    let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
     let origin = |p: &Path| p.display().to_string();
-    let chain = pem_certs("api", &origin(&cert_path), &cert_pem)
+    let chain = pem_certs("api", &origin(cert_path), &cert_pem)
         .map_err(|e| CertError::Invalid(e.to_string()))?;
-    let key = pem_key("api", &origin(&key_path), &key_pem)
+    let key = pem_key("api", &origin(key_path), &key_pem)
         .map_err(|e| CertError::Invalid(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -59,10 +90,7 @@ pub fn server_config(
         .with_single_cert(chain.clone(), key)
         .map_err(|e| CertError::Invalid(format!("certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    if let Some(leaf) = chain.first() {
-        info!(cert = %cert_path.display(), sha256 = %fingerprint(leaf), "api certificate");
-    }
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), chain))
 }
 
 /// SHA-256 of a DER certificate, as colon-separated hex (what browsers show).

@@ -87,6 +87,9 @@ pub enum AmqpError {
     Resolve { host: String, reason: String },
     #[error("cannot connect to RabbitMQ at {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The TLS handshake failed (the certificate, its name, its CA).
+    #[error("cannot connect to RabbitMQ at {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("connecting to RabbitMQ at {addr} timed out after {secs} s (TCP, TLS and AMQP login): check the address, port and firewall (5671 outbound)")]
     ConnectTimeout { addr: String, secs: u64 },
     #[error("RabbitMQ at {addr} refused the login of user {user:?}: check the username and password (the RMQ object's, or username and password_file)")]
@@ -126,8 +129,9 @@ pub enum AmqpError {
     #[error("the connection to RabbitMQ was lost: {0}")]
     Lost(String),
     /// A connect attempt failed a moment ago: its error, until the back-off passes.
+    /// `tls`: the last attempt failed at the TLS handshake.
     #[error("{last} (connecting again after the back-off)")]
-    Waiting { last: String },
+    Waiting { last: String, tls: bool },
     #[error("the batch cannot be published: {0}")]
     Damaged(#[from] encode::EncodeError),
 }
@@ -138,12 +142,22 @@ impl AmqpError {
         matches!(self, AmqpError::Damaged(_))
     }
 
+    /// The TLS handshake failed (this attempt, or the last one while
+    /// waiting for the back-off).
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            AmqpError::Tls { .. } | AmqpError::Waiting { tls: true, .. }
+        )
+    }
+
     /// Raised before the connection was usable.
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
             AmqpError::Resolve { .. }
                 | AmqpError::Connect { .. }
+                | AmqpError::Tls { .. }
                 | AmqpError::ConnectTimeout { .. }
                 | AmqpError::Login { .. }
                 | AmqpError::Vhost { .. }
@@ -174,8 +188,9 @@ struct Link {
     live: Option<Live>,
     /// Connect attempts failed in a row.
     failures: u32,
-    /// No new attempt before this; the last error until then.
-    retry_at: Option<(Instant, String)>,
+    /// No new attempt before this; the last error until then, and whether it
+    /// was the TLS handshake.
+    retry_at: Option<(Instant, String, bool)>,
 }
 
 /// An AMQP target's publisher: its connection and settings.
@@ -347,9 +362,12 @@ impl Publisher {
         if let Some(old) = link.live.take() {
             close_later(old);
         }
-        if let Some((at, last)) = &link.retry_at {
+        if let Some((at, last, tls)) = &link.retry_at {
             if Instant::now() < *at {
-                return Err(AmqpError::Waiting { last: last.clone() });
+                return Err(AmqpError::Waiting {
+                    last: last.clone(),
+                    tls: *tls,
+                });
             }
         }
         self.blocked.store(false, Ordering::Relaxed);
@@ -372,7 +390,7 @@ impl Publisher {
                 };
                 link.failures = link.failures.saturating_add(1);
                 let wait = retry::backoff(link.failures, self.retry_initial, self.retry_max);
-                link.retry_at = Some((Instant::now() + wait, err.to_string()));
+                link.retry_at = Some((Instant::now() + wait, err.to_string(), err.is_tls()));
                 error!(
                     target = %self.target,
                     attempt = link.failures,
@@ -438,10 +456,10 @@ impl Publisher {
                             .into_rustls(connector, &server_name)
                             .await
                             .map_err(|e| {
-                                std::io::Error::other(format!(
+                                std::io::Error::other(TlsHandshake(format!(
                                     "tls handshake with {addr_words}: {}",
                                     super::pin::describe(&e)
-                                ))
+                                )))
                             })?
                     }
                     None => stream,
@@ -491,12 +509,33 @@ impl Publisher {
 
     /// A lapin error while connecting, in words.
     fn at_connect(&self, e: &lapin::Error) -> AmqpError {
+        if let lapin::ErrorKind::IOError(io) = e.kind() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<TlsHandshake>()) {
+                return AmqpError::Tls {
+                    addr: self.addr.clone(),
+                    reason: tls.0.clone(),
+                };
+            }
+        }
         classify(self, e).unwrap_or_else(|| AmqpError::Connect {
             addr: self.addr.clone(),
             reason: plain(e),
         })
     }
 }
+
+/// A failed TLS handshake, inside the `io::Error` the connector returns, so
+/// that it can be told from a TCP failure once lapin hands it back.
+#[derive(Debug)]
+struct TlsHandshake(String);
+
+impl std::fmt::Display for TlsHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsHandshake {}
 
 /// One `qbroker doctor` row's result.
 #[derive(Debug)]

@@ -10,11 +10,12 @@
 //! dead-letter directory (HTTPS only: an AMQP target refuses nothing for good).
 //!
 //! Failures are retried without end, with capped, jittered exponential back-off
-//! ([`retry`]): connect and TLS errors, timeouts, 408, 429 and 5xx (honouring
-//! `Retry-After`), and also 1xx/3xx, which mean a misconfigured target rather
-//! than a bad batch. Another 4xx is final: the batch goes to the dead-letter
-//! directory and an error is logged. While a target is down its spool grows and,
-//! at its cap, intake pauses; nothing is dropped.
+//! ([`retry`]): connect and TLS errors (counted apart: a failed TLS handshake
+//! is a certificate to fix, not a network to wait for), timeouts, 408, 429 and
+//! 5xx (honouring `Retry-After`), and also 1xx/3xx, which mean a misconfigured
+//! target rather than a bad batch. Another 4xx is final: the batch goes to the
+//! dead-letter directory and an error is logged. While a target is down its
+//! spool grows and, at its cap, intake pauses; nothing is dropped.
 //!
 //! Every request carries `Idempotency-Key: <batch_id>`; a batch sent again (after
 //! a timeout, a retry or a restart) keeps its id, so the target can drop the copy.
@@ -65,6 +66,28 @@ pub enum Authorization {
         username: String,
         password: Secret,
     },
+}
+
+impl Authorization {
+    /// The whole `Authorization` header value, and the credentials to scrub
+    /// from answers before they are logged or kept.
+    pub fn header(self) -> (Option<Secret>, Vec<Secret>) {
+        use base64::Engine as _;
+        match self {
+            Authorization::None => (None, Vec::new()),
+            Authorization::Bearer(t) => {
+                (Some(Secret::new(format!("Bearer {}", t.expose()))), vec![t])
+            }
+            Authorization::Basic { username, password } => {
+                let pair = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                (
+                    Some(Secret::new(format!("Basic {pair}"))),
+                    vec![password, Secret::new(pair)],
+                )
+            }
+        }
+    }
 }
 
 /// Where a target's batches go and how: its URL, TLS settings and credentials.
@@ -138,21 +161,7 @@ impl Endpoint {
     }
 
     fn assemble(cfg: TargetConfig, connector: Connector, auth: Authorization) -> Endpoint {
-        use base64::Engine as _;
-        let (authorization, secrets) = match auth {
-            Authorization::None => (None, Vec::new()),
-            Authorization::Bearer(t) => {
-                (Some(Secret::new(format!("Bearer {}", t.expose()))), vec![t])
-            }
-            Authorization::Basic { username, password } => {
-                let pair = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose()));
-                (
-                    Some(Secret::new(format!("Basic {pair}"))),
-                    vec![password, Secret::new(pair)],
-                )
-            }
-        };
+        let (authorization, secrets) = auth.header();
         Endpoint {
             cfg,
             transport: Transport::Https(Https {
@@ -296,7 +305,8 @@ impl Target {
                 parts.push(first);
             }
         }
-        self.broker.record_latency(&record.received, unix_us());
+        self.broker
+            .record_latency(&record.cluster, &record.received, unix_us());
         self.metrics.in_flight.add(-1);
         self.spool.ack(record.id);
     }
@@ -463,7 +473,10 @@ impl Target {
                 Ok(c) => *conn = Some((c, ep.clone())),
                 Err(err) => {
                     *conn = None;
-                    self.metrics.failures_connect.inc();
+                    match err {
+                        client::ConnectError::Tls(_) => self.metrics.failures_tls.inc(),
+                        _ => self.metrics.failures_connect.inc(),
+                    }
                     return Outcome::Retry {
                         reason: err.to_string(),
                         after: None,
@@ -569,7 +582,9 @@ impl Target {
                 response: err.to_string(),
             },
             Err(err) => {
-                if err.is_connect() {
+                if err.is_tls() {
+                    self.metrics.failures_tls.inc();
+                } else if err.is_connect() {
                     self.metrics.failures_connect.inc();
                 } else {
                     self.metrics.failures_status.inc();

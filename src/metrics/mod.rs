@@ -216,7 +216,102 @@ pub struct ClusterMetrics {
     /// gets here, and each case is logged as an error. Should stay 0.
     pub events_lost: Counter,
     pub last_event_unix_ms: Gauge,
+    /// End-to-end latency of the cluster's events (receipt of a frame to
+    /// acknowledgement of its batch), for `/stats` and `qbroker top`.
+    pub latency: LatencyBuckets,
     nodes: Mutex<BTreeMap<Arc<str>, Arc<NodeMetrics>>>,
+}
+
+/// Buckets of [`LatencyBuckets`] with a finite upper bound; one more takes
+/// what is above the last.
+pub const CLUSTER_LATENCY_BUCKETS: usize = 88;
+
+/// Upper bound of bucket `i` of [`LatencyBuckets`], in microseconds: 1 ms
+/// times 2^(i/4), from 1 ms to about 56 minutes, each bound about 19 % above
+/// the one before; `u64::MAX` for the last bucket.
+pub fn cluster_latency_bound_us(i: usize) -> u64 {
+    if i >= CLUSTER_LATENCY_BUCKETS {
+        return u64::MAX;
+    }
+    (1000.0 * (i as f64 / 4.0).exp2()).round() as u64
+}
+
+/// A latency histogram of fixed, logarithmic buckets ([`cluster_latency_bound_us`]):
+/// 89 counters, lock-free, whatever the traffic. Quantiles read from it are a
+/// bucket's upper bound, within 19 % of the exact value.
+#[derive(Debug)]
+pub struct LatencyBuckets {
+    counts: [AtomicU64; CLUSTER_LATENCY_BUCKETS + 1],
+    max_us: AtomicU64,
+}
+
+impl Default for LatencyBuckets {
+    fn default() -> Self {
+        LatencyBuckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyBuckets {
+    /// The bucket of a latency.
+    fn bucket(us: u64) -> usize {
+        if us <= 1000 {
+            return 0;
+        }
+        let guess = (4.0 * (us as f64 / 1000.0).log2()).ceil().max(0.0) as usize;
+        let mut i = guess.min(CLUSTER_LATENCY_BUCKETS);
+        while i > 0 && cluster_latency_bound_us(i - 1) >= us {
+            i -= 1;
+        }
+        while i < CLUSTER_LATENCY_BUCKETS && cluster_latency_bound_us(i) < us {
+            i += 1;
+        }
+        i
+    }
+
+    /// Count `count` events of latency `us`.
+    pub fn record(&self, us: u64, count: u64) {
+        self.counts[Self::bucket(us)].fetch_add(count, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// (bucket, count) of every bucket that counted something, in order.
+    pub fn snapshot(&self) -> Vec<(u32, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u32, c.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// The largest latency recorded, in microseconds.
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+}
+
+/// The upper bound, in microseconds, of the bucket that holds quantile `q`
+/// of `buckets` ((bucket, count) in bucket order, as
+/// [`LatencyBuckets::snapshot`] gives them); `None` when they count nothing.
+pub fn buckets_quantile(buckets: &[(u32, u64)], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().map(|b| b.1).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for &(i, n) in buckets {
+        seen += n;
+        if seen >= rank {
+            return Some(cluster_latency_bound_us(i as usize));
+        }
+    }
+    buckets
+        .last()
+        .map(|b| cluster_latency_bound_us(b.0 as usize))
 }
 
 impl ClusterMetrics {
@@ -232,6 +327,7 @@ impl ClusterMetrics {
             batches: Counter::default(),
             events_lost: Counter::default(),
             last_event_unix_ms: Gauge::default(),
+            latency: LatencyBuckets::default(),
             nodes: Mutex::new(BTreeMap::new()),
         }
     }
@@ -312,6 +408,11 @@ pub struct TargetMetrics {
     pub bytes_sent: Counter,
     pub retries: Counter,
     pub failures_connect: Counter,
+    /// TLS handshakes that failed (the target's certificate untrusted,
+    /// expired or for another name); not in `failures_connect`. A client
+    /// certificate the target refuses shows as a connect failure under TLS
+    /// 1.3, whose refusal comes after the handshake.
+    pub failures_tls: Counter,
     pub failures_timeout: Counter,
     pub failures_status: Counter,
     pub throttled: Counter,
@@ -432,12 +533,23 @@ impl Metrics {
         targets.remove(name);
     }
 
-    /// Record the latency of `count` events received at `received_us` and
-    /// acknowledged at `acked_us`.
-    pub fn record_latency(&self, received: &[(u64, u32)], acked_us: u64) {
+    /// Record the latency of a batch of `cluster` acknowledged at `acked_us`:
+    /// `received` holds (receipt time, events) of each chunk it has events
+    /// of. A cluster with no metrics (forgotten since) counts in the
+    /// broker's histogram only.
+    pub fn record_latency(&self, cluster: &str, received: &[(u64, u32)], acked_us: u64) {
+        let per_cluster = self
+            .clusters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned();
         let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         for &(at, count) in received {
             let us = acked_us.saturating_sub(at).clamp(1, h.high());
+            if let Some(c) = &per_cluster {
+                c.latency.record(us, u64::from(count));
+            }
             let _ = h.record_n(us, u64::from(count));
             let secs = us as f64 / 1e6;
             let bucket = LATENCY_BUCKETS_SECONDS
@@ -872,11 +984,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         &mut out,
         "qbroker_target_failures_total",
         "counter",
-        "Failed attempts, by kind: connect (TCP, TLS or the connection), timeout (no answer within timeout_secs), status (a non-2xx answer).",
+        "Failed attempts, by kind: connect (TCP or the connection), tls (the TLS handshake: the target's certificate not trusted, expired or for another name), timeout (no answer within timeout_secs), status (a non-2xx answer).",
     );
     for (target, t) in &targets {
         for (kind, c) in [
             ("connect", &t.failures_connect),
+            ("tls", &t.failures_tls),
             ("timeout", &t.failures_timeout),
             ("status", &t.failures_status),
         ] {
@@ -890,7 +1003,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     }
 
     type SpoolPick = fn(&spool::Stats) -> u64;
-    let per_spool: [(&str, &str, &str, SpoolPick); 10] = [
+    let per_spool: [(&str, &str, &str, SpoolPick); 11] = [
         (
             "qbroker_spool_bytes",
             "gauge",
@@ -900,6 +1013,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         ("qbroker_spool_segments", "gauge", "Segment files.", |s| {
             s.segments
         }),
+        (
+            "qbroker_spool_unacked_bytes",
+            "gauge",
+            "Bytes of the spool from its oldest unacknowledged batch to its end: what is left to deliver (qbroker_spool_bytes also counts delivered batches until their segment file is deleted).",
+            |s| s.unacked_bytes,
+        ),
         (
             "qbroker_spool_unacked_batches",
             "gauge",
@@ -1239,7 +1358,17 @@ mod tests {
         c.add(&tally);
         c.node("we-1").frames.add(3);
         m.target("v").batches_delivered.inc();
-        m.record_latency(&[(1_000_000, 10), (1_500_000, 10)], 2_000_000);
+        m.record_latency(
+            "we\"ird\\name",
+            &[(1_000_000, 10), (1_500_000, 10)],
+            2_000_000,
+        );
+        // A cluster without metrics counts in the broker's histogram only.
+        m.record_latency("gone", &[(1_000_000, 1)], 1_000_500);
+        assert!(m.clusters().iter().all(|c| &*c.name != "gone"));
+        let b = c.latency.snapshot();
+        assert_eq!(b.iter().map(|b| b.1).sum::<u64>(), 20);
+        assert_eq!(c.latency.max_us(), 1_000_000);
         let text = render(
             &m,
             &Gauges {
@@ -1262,14 +1391,15 @@ mod tests {
         assert!(text.contains("reason=\"operation\"} 1"));
         assert!(text.contains("kind=\"header\"} 2"));
         assert!(text.contains("qbroker_target_batches_delivered_total{target=\"v\"} 1"));
-        assert!(text.contains("qbroker_event_latency_seconds_count 20"));
+        assert!(text.contains("qbroker_event_latency_seconds_count 21"));
         // A histogram: 10 events at 0.5 s, 10 at 1 s.
         for line in [
-            "qbroker_event_latency_seconds_bucket{le=\"0.25\"} 0",
-            "qbroker_event_latency_seconds_bucket{le=\"0.5\"} 10",
-            "qbroker_event_latency_seconds_bucket{le=\"1\"} 20",
-            "qbroker_event_latency_seconds_bucket{le=\"+Inf\"} 20",
-            "qbroker_event_latency_seconds_sum 15.000000",
+            "qbroker_event_latency_seconds_bucket{le=\"0.005\"} 1",
+            "qbroker_event_latency_seconds_bucket{le=\"0.25\"} 1",
+            "qbroker_event_latency_seconds_bucket{le=\"0.5\"} 11",
+            "qbroker_event_latency_seconds_bucket{le=\"1\"} 21",
+            "qbroker_event_latency_seconds_bucket{le=\"+Inf\"} 21",
+            "qbroker_event_latency_seconds_sum 15.000500",
         ] {
             assert!(text.contains(line), "{line}\n{text}");
         }
@@ -1289,5 +1419,48 @@ mod tests {
                 .trim_end_matches("_sum");
             assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
         }
+    }
+
+    #[test]
+    fn cluster_latency_buckets_bound_each_latency_within_a_fifth() {
+        assert_eq!(cluster_latency_bound_us(0), 1000);
+        assert_eq!(cluster_latency_bound_us(4), 2000);
+        assert_eq!(cluster_latency_bound_us(40), 1_024_000);
+        assert!(cluster_latency_bound_us(CLUSTER_LATENCY_BUCKETS - 1) > 3_000_000_000);
+        for us in [
+            1,
+            999,
+            1000,
+            1001,
+            1189,
+            1190,
+            25_000,
+            999_999,
+            3_600_000_000,
+            u64::MAX / 2,
+        ] {
+            let i = LatencyBuckets::bucket(us);
+            assert!(cluster_latency_bound_us(i) >= us, "{us} in {i}");
+            if i > 0 {
+                assert!(cluster_latency_bound_us(i - 1) < us, "{us} in {i}");
+            }
+            if i > 0 && i < CLUSTER_LATENCY_BUCKETS {
+                assert!(
+                    cluster_latency_bound_us(i) as f64 <= us as f64 * 1.2,
+                    "{us} in {i}"
+                );
+            }
+        }
+        let b = LatencyBuckets::default();
+        assert_eq!(buckets_quantile(&b.snapshot(), 0.99), None);
+        b.record(20_000, 98);
+        b.record(200_000, 2);
+        let snap = b.snapshot();
+        assert_eq!(snap.len(), 2);
+        let p50 = buckets_quantile(&snap, 0.5).unwrap();
+        let p99 = buckets_quantile(&snap, 0.99).unwrap();
+        assert!((20_000..24_000).contains(&p50), "{p50}");
+        assert!((200_000..240_000).contains(&p99), "{p99}");
+        assert_eq!(b.max_us(), 200_000);
     }
 }

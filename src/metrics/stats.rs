@@ -86,6 +86,18 @@ pub struct ClusterStats {
     pub route: Option<String>,
     /// 0 when none yet.
     pub last_event_unix_ms: i64,
+    /// End-to-end latency of the cluster's events since start: p50 and p99
+    /// are the upper bound of a bucket of `latency_buckets` (within 19 %),
+    /// `max_us` is exact.
+    #[serde(default)]
+    pub latency: LatencyStats,
+    /// The cluster's latency histogram since start: `[bucket, events]` for
+    /// every bucket that counted something, in order; bucket `i` holds
+    /// latencies up to 1 ms x 2^(i/4) (`i` = 0 to 87), and 88 what is above.
+    /// The difference of two snapshots gives the latency over the time
+    /// between them (what `qbroker top` shows).
+    #[serde(default)]
+    pub latency_buckets: Vec<(u32, u64)>,
 }
 
 /// One running target.
@@ -109,12 +121,17 @@ pub struct TargetStats {
     pub spool_bytes: u64,
     /// Spooled batches not yet acknowledged.
     pub spool_batches: u64,
+    /// Bytes of the spool from its oldest unacknowledged batch to its end:
+    /// what is left to deliver (`spool_bytes` also counts delivered batches
+    /// until their segment file is deleted).
+    #[serde(default)]
+    pub spool_unacked_bytes: u64,
     pub oldest_unacked_age_ms: u64,
     pub batches_delivered: u64,
     pub events_delivered: u64,
     pub bytes_sent: u64,
     pub retries: u64,
-    /// Failed attempts: connect or TLS, timeout, non-2xx status.
+    /// Failed attempts: connect, TLS handshake, timeout, non-2xx status.
     pub failures: u64,
     pub batches_dead_lettered: u64,
     /// 0 when none yet.
@@ -147,6 +164,10 @@ pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> S
             let (queue_messages, queue_bytes) = targets
                 .gate_id(&c.name)
                 .map_or((0, 0), |id| gate.cluster_usage(id));
+            let buckets = c.latency.snapshot();
+            let max_us = c.latency.max_us();
+            // A bucket's bound, never above the largest latency seen.
+            let q = |q| super::buckets_quantile(&buckets, q).map_or(0, |us| us.min(max_us));
             ClusterStats {
                 name: c.name.to_string(),
                 nodes_connected: c.connections.get(),
@@ -162,6 +183,13 @@ pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> S
                 queue_bytes: queue_bytes as u64,
                 route: targets.route_of(&c.name),
                 last_event_unix_ms: c.last_event_unix_ms.get(),
+                latency: LatencyStats {
+                    p50_us: q(0.5),
+                    p99_us: q(0.99),
+                    max_us,
+                    count: buckets.iter().map(|b| b.1).sum(),
+                },
+                latency_buckets: buckets.clone(),
             }
         })
         .collect();
@@ -190,12 +218,14 @@ pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> S
                 in_flight_max: v.in_flight as u64,
                 spool_bytes: v.spool.bytes,
                 spool_batches: v.spool.unacked_records,
+                spool_unacked_bytes: v.spool.unacked_bytes,
                 oldest_unacked_age_ms: v.spool.oldest_unacked_age_ms,
                 batches_delivered: t.batches_delivered.get(),
                 events_delivered: t.events_delivered.get(),
                 bytes_sent: t.bytes_sent.get(),
                 retries: t.retries.get(),
                 failures: t.failures_connect.get()
+                    + t.failures_tls.get()
                     + t.failures_timeout.get()
                     + t.failures_status.get(),
                 batches_dead_lettered: t.batches_dead_lettered.get(),

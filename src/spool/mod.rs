@@ -132,6 +132,11 @@ pub struct Stats {
     pub bytes: u64,
     pub segments: u64,
     pub unacked_records: u64,
+    /// Bytes of the log from the oldest unacknowledged record to its end:
+    /// what is still to be delivered (records acknowledged out of order past
+    /// the oldest included, at most `in_flight` of them). Less than `bytes`,
+    /// which also holds delivered records until their segment is deleted.
+    pub unacked_bytes: u64,
     pub oldest_unacked_age_ms: u64,
     pub appended_records: u64,
     /// Acknowledgements received (a repeated one counts again).
@@ -204,8 +209,9 @@ struct Shared {
     cache_budget: AtomicUsize,
     /// Encoding buffers, back from the cache once egress is done with a record.
     buffers: Arc<crate::model::Recycler>,
-    /// (id, sealed ms) of records handed out and not below the watermark, in id order.
-    handed: Mutex<VecDeque<(u64, u64)>>,
+    /// (id, sealed ms, position) of records handed out and not below the
+    /// watermark, in id order.
+    handed: Mutex<VecDeque<(u64, u64, Pos)>>,
     /// One past the highest id handed out.
     handed_end: AtomicU64,
     /// End id of the oldest sealed segment (u64::MAX when only the active one): a
@@ -471,16 +477,20 @@ impl Spool {
             (log.bytes, log.segments.len() as u64, log.next_id)
         };
         let unacked = next_id.saturating_sub(w).saturating_sub(ahead);
-        let oldest_unacked_age_ms = if unacked == 0 {
-            0
+        let (oldest_unacked_age_ms, unacked_bytes) = if unacked == 0 {
+            (0, 0)
         } else {
-            sh.oldest_unacked_sealed_ms(w)
-                .map_or(0, |s| now_ms().saturating_sub(s))
+            (
+                sh.oldest_unacked_sealed_ms(w)
+                    .map_or(0, |s| now_ms().saturating_sub(s)),
+                sh.unacked_bytes(w),
+            )
         };
         Stats {
             bytes,
             segments,
             unacked_records: unacked,
+            unacked_bytes,
             oldest_unacked_age_ms,
             appended_records: c.appended.load(Ordering::Relaxed),
             acked_records: c.acked.load(Ordering::Relaxed),

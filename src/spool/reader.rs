@@ -212,6 +212,7 @@ impl Shared {
     }
 
     fn hand_out(&self, rd: &mut ReadState, d: Decoded, after: Pos) -> Record {
+        let at = rd.pos;
         rd.pos = after;
         if d.id > rd.expected {
             if let Some(w) = self.tracker.ack_range(rd.expected, d.id) {
@@ -219,7 +220,7 @@ impl Shared {
             }
         }
         rd.expected = rd.expected.max(d.id + 1);
-        lock(&self.handed).push_back((d.id, d.sealed_ms));
+        lock(&self.handed).push_back((d.id, d.sealed_ms, at));
         self.handed_end.fetch_max(d.id + 1, Ordering::AcqRel);
         let replayed = d.id < self.first_new_id;
         if replayed {
@@ -234,6 +235,31 @@ impl Shared {
             body: d.body,
             replayed,
         }
+    }
+
+    /// Bytes of the log from the oldest unacknowledged record to its end,
+    /// given watermark `w`.
+    pub(crate) fn unacked_bytes(&self, w: u64) -> u64 {
+        let front = {
+            let mut h = lock(&self.handed);
+            while h.front().is_some_and(|f| f.0 < w) {
+                h.pop_front();
+            }
+            h.front().map(|f| f.2)
+        };
+        // Every record handed out is acknowledged: the oldest is the next to read.
+        let from = front.unwrap_or_else(|| lock(&self.reader).pos);
+        let log = lock(&self.log);
+        // Segments before `from` hold only acknowledged records (deleted ones
+        // are no longer in the log, nor in `log.bytes`).
+        let before: u64 = log
+            .segments
+            .iter()
+            .take_while(|s| s.first_id < from.seg)
+            .map(|s| s.len)
+            .sum();
+        let within = log.find(from.seg).map_or(0, |(_, s)| from.off.min(s.len));
+        log.bytes.saturating_sub(before + within)
     }
 
     /// Sealed time of the oldest unacknowledged record, given watermark `w`.

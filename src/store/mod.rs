@@ -167,6 +167,17 @@ const COLUMNS: &str = "cluster_name, id, filer_id, url, ca_certificate, token, b
     api_access_token, api_ca_certificate, api_insecure_skip_verify, rmq_vhost, rmq_exchange, \
     revision, created_unix_ms, updated_unix_ms";
 
+/// The file of a SQLite registry; `None` for a MariaDB or MySQL one.
+pub fn sqlite_path(cfg: &StoreConfig) -> Option<std::path::PathBuf> {
+    let url = cfg.url.expose();
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(std::path::PathBuf::from(
+        path.split('?').next().unwrap_or_default(),
+    ))
+}
+
 /// The registry.
 pub struct Store {
     pool: AnyPool,
@@ -185,12 +196,9 @@ impl Store {
         };
         let url = match kind {
             Kind::Sqlite => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
-                let path = path.split('?').next().unwrap_or_default();
-                prepare_sqlite_file(std::path::Path::new(path))?;
-                format!("sqlite://{path}?mode=rw")
+                let path = sqlite_path(cfg).unwrap_or_default();
+                prepare_sqlite_file(&path)?;
+                format!("sqlite://{}?mode=rw", path.display())
             }
             Kind::MySql => url.replacen("mariadb://", "mysql://", 1),
         };
