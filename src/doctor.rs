@@ -8,10 +8,11 @@
 //!   `/v1/audit/syslog/config` and `/status`) and check that audit logging is
 //!   enabled, in JSON, pointed at this broker, and connected.
 //! - Each target: DNS, TCP, the TLS chain (with egress's own
-//!   [`tls_config`](crate::egress::client::tls_config)), and a test POST of an
-//!   empty batch with the target's headers and token; for an AMQP target the
-//!   login, vhost and (passive) exchange, then a `mandatory` test publish of
-//!   an empty batch that warns when no queue is bound for the routing key.
+//!   [`tls_config`](crate::egress::client::tls_config) and connector), and a
+//!   test POST of an empty batch with the target's headers and token; for an
+//!   AMQP target the login, vhost and (passive) exchange, then a `mandatory`
+//!   test publish of an empty batch that warns when no queue is bound for the
+//!   routing key.
 //! - This host: the syslog port is free or held by a qbroker, and the spool's
 //!   disk has room for the spool caps.
 //!
@@ -31,7 +32,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -501,26 +501,18 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
             return out;
         }
         out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
-        out.push(post_check(&subject, t, opts, TokioIo::new(tcp)).await);
+        out.push(match crate::egress::client::connector(t, None) {
+            Ok(connector) => post_check(&subject, t, opts, &connector, TokioIo::new(tcp)).await,
+            Err(e) => row(&subject, "post", Status::Fail, e.to_string()),
+        });
         return out;
     }
-    let config = match crate::egress::client::tls_config(t) {
+    let connector = match crate::egress::client::tls_config(t)
+        .and_then(|config| crate::egress::client::connector(t, Some(config)))
+    {
         Ok(c) => c,
         Err(e) => {
             out.push(row(&subject, "tls", Status::Fail, e.to_string()));
-            skip_rest(&mut out, 3, "needs tls");
-            return out;
-        }
-    };
-    let name = match ServerName::try_from(t.host.clone()) {
-        Ok(n) => n,
-        Err(e) => {
-            out.push(row(
-                &subject,
-                "tls",
-                Status::Fail,
-                format!("{:?} is not a valid server name: {e}", t.host),
-            ));
             skip_rest(&mut out, 3, "needs tls");
             return out;
         }
@@ -529,8 +521,7 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
         Some(p) => format!("ca_file {}", p.display()),
         None => "the system roots".to_string(),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+    let tls = match tokio::time::timeout(timeout, connector.tls_handshake(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let hint = if e.to_string().contains("certificate") {
@@ -578,7 +569,7 @@ async fn check_target(t: &TargetConfig, opts: &Options, cluster: Option<String>)
         out.extend(amqp_checks(&subject, t, opts, cluster).await);
         return out;
     }
-    out.push(post_check(&subject, t, opts, TokioIo::new(tls)).await);
+    out.push(post_check(&subject, t, opts, &connector, TokioIo::new(tls)).await);
     out
 }
 
@@ -623,7 +614,13 @@ async fn amqp_checks(
         .collect()
 }
 
-async fn post_check<IO>(subject: &str, t: &TargetConfig, opts: &Options, io: IO) -> Check
+async fn post_check<IO>(
+    subject: &str,
+    t: &TargetConfig,
+    opts: &Options,
+    connector: &crate::egress::Connector,
+    io: IO,
+) -> Check
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -631,7 +628,7 @@ where
         return row(subject, "post", Status::Skip, "--no-post");
     }
     let started = Instant::now();
-    match tokio::time::timeout(opts.timeout, post(t, io)).await {
+    match tokio::time::timeout(opts.timeout, post(t, connector, io)).await {
         Ok(Ok((status, _))) if (200..300).contains(&status) => row(
             subject,
             "post",
@@ -677,14 +674,18 @@ fn snippet(text: &str) -> String {
 }
 
 /// POST an empty batch of the egress schema, with egress's headers.
-async fn post<IO>(t: &TargetConfig, io: IO) -> Result<(u16, String), String>
+async fn post<IO>(
+    t: &TargetConfig,
+    connector: &crate::egress::Connector,
+    io: IO,
+) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let mut sender = connector
+        .http_handshake(io)
         .await
-        .map_err(|e| format!("http handshake: {e}"))?;
-    tokio::spawn(conn);
+        .map_err(|e| e.to_string())?;
     let batch_id = format!("qbroker-doctor-{}", uuid::Uuid::now_v7());
     let body = serde_json::json!({
         "schema": crate::batch::SCHEMA,
