@@ -116,3 +116,118 @@ impl HttpsConnector {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::net::{Alpn, ClientTls, Pem, ServerTls, Trust};
+
+    /// A TLS server on loopback that answers every request 204 when the client
+    /// offered `http/1.1` in ALPN, else 500.
+    async fn server(cert: &str, key: &str) -> SocketAddr {
+        let config = ServerTls {
+            chain: Pem::new(cert.as_bytes(), "cert").certs().unwrap(),
+            key: Pem::new(key.as_bytes(), "key").key().unwrap(),
+            client_ca: None,
+            alpn: Alpn::Http1,
+        }
+        .config()
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let h1 = tls.get_ref().1.alpn_protocol() == Some(b"http/1.1");
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        let status = if h1 { 204 } else { 500 };
+                        http::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn connector(addr: SocketAddr, trust: Trust<'_>) -> HttpsConnector {
+        let tls = ClientTls {
+            trust,
+            identity: None,
+            alpn: Alpn::Http1,
+        }
+        .config()
+        .unwrap();
+        HttpsConnector::new(
+            "test",
+            "127.0.0.1",
+            addr.port(),
+            Some(tls),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    /// A server's own self-signed certificate marked CA:TRUE (what `openssl req
+    /// -x509` makes), given as the CA: pinned, it is reached (HTTP/1.1 agreed
+    /// in ALPN); as a mere root, webpki refuses a CA used as an end entity, and
+    /// the error says what to do.
+    #[tokio::test]
+    async fn a_pinned_self_signed_server_is_reached_and_a_mere_root_is_not() {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&pair).unwrap().pem();
+        let addr = server(&cert, &pair.serialize_pem()).await;
+        let ca = Pem::new(cert.as_bytes(), "ca_file");
+
+        let mut conn = connector(addr, Trust::RootsOrPinned(ca))
+            .connect()
+            .await
+            .unwrap();
+        let request = http::Request::get("/")
+            .header(http::header::HOST, "127.0.0.1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = conn.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 204);
+
+        let err = connector(addr, Trust::Roots(ca))
+            .connect()
+            .await
+            .expect_err("webpki refuses a CA certificate as the server's own");
+        assert!(matches!(err, ConnectError::Tls(_)), "{err}");
+        assert!(
+            err.to_string().starts_with("tls handshake: the server"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_tcp_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let c = HttpsConnector::new(
+            "test",
+            "127.0.0.1",
+            addr.port(),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = c.connect().await.expect_err("nothing listens");
+        assert!(matches!(err, ConnectError::Tcp(_)), "{err}");
+    }
+}
