@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -682,15 +681,19 @@ async fn presents(
         pem.push('\n');
     }
     pem.push_str("-----END CERTIFICATE-----\n");
-    let material = crate::egress::client::TlsMaterial {
-        ca_pem: Some(pem.as_bytes()),
-        client: None,
+    let tls = crate::net::ClientTls {
+        trust: crate::net::Trust::RootsOrPinned(crate::net::Pem::new(
+            pem.as_bytes(),
+            "api certificate",
+        )),
+        identity: None,
+        alpn: crate::net::Alpn::Http1,
     };
-    let Ok(config) = crate::egress::client::tls_config_from_pem("api", &material) else {
+    let Ok(config) = tls.config() else {
         return false;
     };
     // A pinned certificate is accepted whatever name it holds.
-    let name = ServerName::IpAddress(addr.ip().into());
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let handshake = async {
         let tcp = TcpStream::connect(addr).await.ok()?;
@@ -774,7 +777,7 @@ impl Tested {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(invalid(e.0)),
         };
         let tls = cfg.tls.then(|| {
-            crate::egress::client::tls_config_from_pem(&name, &material).map_err(|e| e.to_string())
+            crate::egress::client::tls_config_from_pem(&cfg, &material).map_err(|e| e.to_string())
         });
         let (authorization, _) = auth.header();
         Ok(Tested {
@@ -889,7 +892,10 @@ async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
         }
         None => {
             out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
-            out.push(post_check(tested, opts, TokioIo::new(tcp)).await);
+            out.push(match crate::egress::client::connector(t, None) {
+                Ok(connector) => post_check(tested, opts, &connector, TokioIo::new(tcp)).await,
+                Err(e) => row(&subject, "post", Status::Fail, e.to_string()),
+            });
             return out;
         }
         Some(Ok(c)) => c.clone(),
@@ -899,22 +905,16 @@ async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
             return out;
         }
     };
-    let name = match ServerName::try_from(t.host.clone()) {
-        Ok(n) => n,
+    let connector = match crate::egress::client::connector(t, Some(config.clone())) {
+        Ok(c) => c,
         Err(e) => {
-            out.push(row(
-                &subject,
-                "tls",
-                Status::Fail,
-                format!("{:?} is not a valid server name: {e}", t.host),
-            ));
+            out.push(row(&subject, "tls", Status::Fail, e.to_string()));
             skip_rest(&mut out, 3, "needs tls");
             return out;
         }
     };
     let roots = &tested.roots;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
-    let tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+    let tls = match tokio::time::timeout(timeout, connector.tls_handshake(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let hint = if e.to_string().contains("certificate") {
@@ -962,7 +962,7 @@ async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
         out.extend(amqp_checks(&subject, tested, Some(config), opts).await);
         return out;
     }
-    out.push(post_check(tested, opts, TokioIo::new(tls)).await);
+    out.push(post_check(tested, opts, &connector, TokioIo::new(tls)).await);
     out
 }
 
@@ -997,7 +997,12 @@ async fn amqp_checks(
         .collect()
 }
 
-async fn post_check<IO>(tested: &Tested, opts: &Options, io: IO) -> Check
+async fn post_check<IO>(
+    tested: &Tested,
+    opts: &Options,
+    connector: &crate::egress::Connector,
+    io: IO,
+) -> Check
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -1006,7 +1011,12 @@ where
         return row(subject, "post", Status::Skip, "--no-post");
     }
     let started = Instant::now();
-    match tokio::time::timeout(opts.timeout, post(t, tested.authorization.as_ref(), io)).await {
+    match tokio::time::timeout(
+        opts.timeout,
+        post(t, tested.authorization.as_ref(), connector, io),
+    )
+    .await
+    {
         Ok(Ok((status, _))) if (200..300).contains(&status) => row(
             subject,
             "post",
@@ -1051,15 +1061,16 @@ fn snippet(text: &str) -> String {
 async fn post<IO>(
     t: &TargetConfig,
     authorization: Option<&Secret>,
+    connector: &crate::egress::Connector,
     io: IO,
 ) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let mut sender = connector
+        .http_handshake(io)
         .await
-        .map_err(|e| format!("http handshake: {e}"))?;
-    tokio::spawn(conn);
+        .map_err(|e| e.to_string())?;
     let batch_id = format!("qbroker-doctor-{}", uuid::Uuid::now_v7());
     let body = serde_json::json!({
         "schema": crate::batch::SCHEMA,

@@ -30,7 +30,8 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` and `/stats` endpoints), [`deadletter`] (where bad
-//! input is kept), [`model`] (types that cross stages), [`preflight`] (what
+//! input is kept), [`model`] (types that cross stages), [`net`] (TLS
+//! configurations and HTTPS connections, one way for every part), [`preflight`] (what
 //! `run` would refuse, for `check-config`), [`replay`] (refused batches back
 //! from the dead-letter directory into their spool), [`sync`] (the hand-written
 //! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
@@ -51,6 +52,7 @@ pub mod enrich;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod parse;
 pub mod pool;
 pub mod preflight;

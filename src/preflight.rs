@@ -45,14 +45,10 @@ pub fn check(cfg: &Config) -> Vec<String> {
     for c in &cfg.clusters {
         let Some(api) = &c.api else { continue };
         let ca = match (&api.ca_file, api.insecure_skip_verify) {
-            (Some(path), false) => match std::fs::read(path) {
-                Ok(pem) => Some((pem, path.display().to_string())),
+            (Some(path), false) => match crate::net::PemFile::read(path) {
+                Ok(pem) => Some(pem),
                 Err(e) => {
-                    problems.push(format!(
-                        "clusters.{}.ca_file: cannot read {}: {e}",
-                        c.name,
-                        path.display()
-                    ));
+                    problems.push(format!("clusters.{}.ca_file: {e}", c.name));
                     continue;
                 }
             },
@@ -60,7 +56,7 @@ pub fn check(cfg: &Config) -> Vec<String> {
         };
         if let Err(err) = crate::enrich::client::tls_config_pem(
             &c.name,
-            ca.as_ref().map(|(p, o)| (p.as_slice(), o.as_str())),
+            ca.as_ref().map(crate::net::PemFile::pem),
             api.insecure_skip_verify,
         ) {
             problems.push(format!("clusters.{}.ca_file: {err}", c.name));

@@ -69,7 +69,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -86,6 +86,10 @@ use crate::targets::Targets;
 
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 static UNROUTABLE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
+static PAUSED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
+
+/// How long to wait on a full queue before saying so again.
+const PAUSE_REPORT: Duration = Duration::from_secs(5);
 
 /// Why a commit could not be confirmed (rsyslog then sends the messages again).
 #[derive(Debug, thiserror::Error)]
@@ -847,7 +851,24 @@ fn hand_on(
     let (n, bytes) = (frames.len(), data.len());
     if !p.gate.try_admit(shared.gate_id, n, bytes) {
         p.metrics.ingest.paused.inc();
-        p.runtime.block_on(p.gate.admit(shared.gate_id, n, bytes));
+        p.runtime.block_on(async {
+            let mut admit = std::pin::pin!(p.gate.admit(shared.gate_id, n, bytes));
+            while tokio::time::timeout(PAUSE_REPORT, admit.as_mut())
+                .await
+                .is_err()
+            {
+                if let Some(suppressed) = PAUSED_LOG.check() {
+                    let usage = p.gate.usage();
+                    warn!(
+                        cluster = %shared.name,
+                        queue_messages = usage.msgs,
+                        queue_bytes = usage.bytes,
+                        suppressed,
+                        "work queue full: reading stdin paused"
+                    );
+                }
+            }
+        });
     }
     let chunk = Chunk {
         cluster: shared.clone(),
@@ -869,9 +890,22 @@ fn hand_on(
         .set((chunk.received_unix_us / 1000) as i64);
     shared.metrics.frames.add(n as u64);
     shared.metrics.bytes.add(bytes as u64);
-    if p.queue.send(chunk).is_err() {
-        error!(cluster = %shared.name, frames = n, "parse pool gone: frames dropped");
-        p.gate.release(shared.gate_id, n, bytes);
+    // The gate keeps the queue from filling (see the ingest reader): the send
+    // finds room at once, and the bounded wait is a guard that says so.
+    let mut chunk = chunk;
+    loop {
+        match p.queue.send_timeout(chunk, PAUSE_REPORT) {
+            Ok(()) => return,
+            Err(SendTimeoutError::Timeout(back)) => {
+                error!(cluster = %shared.name, "work queue full beyond what the gate admitted; still waiting");
+                chunk = back;
+            }
+            Err(SendTimeoutError::Disconnected(_)) => {
+                error!(cluster = %shared.name, frames = n, "parse pool gone: frames dropped");
+                p.gate.release(shared.gate_id, n, bytes);
+                return;
+            }
+        }
     }
 }
 

@@ -280,7 +280,7 @@ pub fn api_of(reg: &Registration) -> Result<Option<RegisteredApi>, Invalid> {
         &reg.cluster_name,
         reg.api_ca_certificate
             .as_deref()
-            .map(|p| (p.as_bytes(), "api.ca_certificate")),
+            .map(|p| crate::net::Pem::new(p.as_bytes(), "api.ca_certificate")),
         reg.api_insecure_skip_verify,
     )
     .map_err(|e| Invalid(e.to_string()))?;

@@ -816,7 +816,9 @@ fn https_targets_accept_the_pinned_self_signed_certificate_too() {
             .unwrap()
             .validate()
             .unwrap();
-        let connector = qbroker::egress::Connector::new(&cfg.targets[0]).unwrap();
+        let target = &cfg.targets[0];
+        let tls = qbroker::egress::client::tls_config(target).unwrap();
+        let connector = qbroker::egress::client::connector(target, Some(tls)).unwrap();
         rt.block_on(connector.connect()).map(|_| ())
     };
     connect(&pinned).expect("the pinned certificate is accepted");

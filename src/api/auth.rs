@@ -336,7 +336,7 @@ impl Auth {
             target
                 .ca_pem
                 .as_deref()
-                .map(|p| (p.as_bytes(), "CA certificate")),
+                .map(|p| crate::net::Pem::new(p.as_bytes(), "CA certificate")),
             target.insecure,
         )
         .map_err(|e| e.to_string())?;

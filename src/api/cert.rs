@@ -9,7 +9,7 @@ use rustls::ServerConfig;
 use tracing::{info, warn};
 
 use crate::config::ApiServerConfig;
-use crate::egress::client::{pem_certs, pem_key};
+use crate::net::{Alpn, Pem, ServerTls};
 
 /// The certificate could not be read, made or used.
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +77,21 @@ pub fn load(
         })
     };
     let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
-    let origin = |p: &Path| p.display().to_string();
-    let chain = pem_certs("api", &origin(cert_path), &cert_pem)
-        .map_err(|e| CertError::Invalid(e.to_string()))?;
-    let key = pem_key("api", &origin(key_path), &key_pem)
-        .map_err(|e| CertError::Invalid(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CertError::Invalid(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain.clone(), key)
-        .map_err(|e| CertError::Invalid(format!("certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (cert_origin, key_origin) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let invalid = |e: crate::net::TlsError| CertError::Invalid(e.to_string());
+    let chain = Pem::new(&cert_pem, &cert_origin).certs().map_err(invalid)?;
+    let key = Pem::new(&key_pem, &key_origin).key().map_err(invalid)?;
+    let config = ServerTls {
+        chain: chain.clone(),
+        key,
+        client_ca: None,
+        alpn: Alpn::Http1,
+    }
+    .config()
+    .map_err(invalid)?;
     Ok((Arc::new(config), chain))
 }
 

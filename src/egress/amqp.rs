@@ -14,7 +14,7 @@
 //! a bounded window of unconfirmed messages (`max_unconfirmed`). The connection
 //! is opened from fields (host, port, vhost, user, password; never a URI string
 //! that could end up in a log), over rustls with the target's CA (pins
-//! accepted, see [`super::pin`]) for `amqps://`, in clear only for an explicit
+//! accepted, see [`crate::net::verify`]) for `amqps://`, in clear only for an explicit
 //! `amqp://`; with a heartbeat. At connect the exchange is declared passively:
 //! a missing exchange, a refused login or vhost is an error that says what to
 //! fix, retried with the capped back-off of [`super::retry`] (its own reconnect
@@ -223,14 +223,12 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// A publisher for `cfg` (an AMQP target), with `tls` the client
-    /// configuration for `amqps://` (None for `amqp://`). Connects on first use.
+    /// configuration for `amqps://` (None for `amqp://`), as
+    /// [`super::client::tls_config`] makes it for an AMQP target (no ALPN: AMQP
+    /// has no name there). Connects on first use.
     pub fn new(cfg: &TargetConfig, tls: Option<rustls::ClientConfig>) -> Publisher {
         let s = cfg.amqp.clone().expect("an AMQP target");
-        let tls = tls.map(|mut c| {
-            // AMQP has no ALPN name; the HTTPS one must not be offered.
-            c.alpn_protocols.clear();
-            Arc::new(RustlsConnector::from(c))
-        });
+        let tls = tls.map(|c| Arc::new(RustlsConnector::from(c)));
         let addr = if cfg.host.contains(':') {
             format!("[{}]:{}", cfg.host, cfg.port)
         } else {
@@ -458,7 +456,7 @@ impl Publisher {
                             .map_err(|e| {
                                 std::io::Error::other(TlsHandshake(format!(
                                     "tls handshake with {addr_words}: {}",
-                                    super::pin::describe(&e)
+                                    crate::net::describe(&e)
                                 )))
                             })?
                     }

@@ -23,7 +23,6 @@
 pub mod amqp;
 pub mod client;
 pub mod encode;
-pub mod pin;
 pub mod retry;
 
 use std::sync::Arc;
@@ -118,15 +117,15 @@ impl Endpoint {
     /// A configured target: CA and client certificate from its files, its token
     /// (HTTPS) or its login (AMQP).
     pub fn from_config(cfg: TargetConfig) -> Result<Endpoint, TlsSetupError> {
+        let tls = if cfg.tls {
+            Some(client::tls_config(&cfg)?)
+        } else {
+            None
+        };
         if cfg.amqp.is_some() {
-            let tls = if cfg.tls {
-                Some(client::tls_config(&cfg)?)
-            } else {
-                None
-            };
             return Ok(Endpoint::amqp(cfg, tls));
         }
-        let connector = Connector::new(&cfg)?;
+        let connector = client::connector(&cfg, tls)?;
         let auth = match &cfg.token {
             Some(t) => Authorization::Bearer(t.clone()),
             None => Authorization::None,
@@ -140,15 +139,15 @@ impl Endpoint {
         tls: &client::TlsMaterial<'_>,
         auth: Authorization,
     ) -> Result<Endpoint, TlsSetupError> {
+        let tls = if cfg.tls {
+            Some(client::tls_config_from_pem(&cfg, tls)?)
+        } else {
+            None
+        };
         if cfg.amqp.is_some() {
-            let tls = if cfg.tls {
-                Some(client::tls_config_from_pem(&cfg.name, tls)?)
-            } else {
-                None
-            };
             return Ok(Endpoint::amqp(cfg, tls));
         }
-        let connector = Connector::with_material(&cfg, tls)?;
+        let connector = client::connector(&cfg, tls)?;
         Ok(Endpoint::assemble(cfg, connector, auth))
     }
 

@@ -13,18 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use hyper::client::conn::http1::SendRequest;
+use rustls::ClientConfig;
 use tracing::{debug, info};
 
 use super::acl::Acl;
 use crate::config::{ApiAuth, ApiConfig, Secret};
 use crate::metrics::EnrichMetrics;
+use crate::net::{Alpn, ClientTls, HttpsConnector, Pem, PemFile, TlsError, Trust};
 
 /// Why a REST call failed. The kinds are metric labels.
 #[derive(Debug, thiserror::Error)]
@@ -69,15 +65,23 @@ impl ApiError {
 /// The TLS settings of a cluster's API could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
-    #[error("cluster {cluster}: cannot read {path}: {source}")]
-    Read {
+    #[error("cluster {cluster}: {source}")]
+    Tls {
         cluster: String,
-        path: String,
         #[source]
-        source: std::io::Error,
+        source: TlsError,
     },
-    #[error("cluster {cluster}: {reason}")]
-    Tls { cluster: String, reason: String },
+    #[error("enrich: cannot start the completion thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl ClientSetupError {
+    fn of(cluster: &str) -> impl FnOnce(TlsError) -> ClientSetupError + '_ {
+        move |source| ClientSetupError::Tls {
+            cluster: cluster.to_string(),
+            source,
+        }
+    }
 }
 
 struct Token {
@@ -89,11 +93,8 @@ struct Token {
 /// The REST API of one cluster.
 pub struct ApiClient {
     cluster: Arc<str>,
-    host: String,
-    port: u16,
     authority: String,
-    tls: TlsConnector,
-    server_name: ServerName<'static>,
+    connector: HttpsConnector,
     auth: ApiAuth,
     token: tokio::sync::Mutex<Option<Token>>,
     generation: AtomicU64,
@@ -104,132 +105,37 @@ pub struct ApiClient {
     metrics: Arc<EnrichMetrics>,
 }
 
-/// Accepts any server certificate (`insecure_skip_verify`), still checking
-/// that the handshake is signed by the key of the certificate presented.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn tls_config(cluster: &str, api: &ApiConfig) -> Result<ClientConfig, ClientSetupError> {
     let ca = match (&api.ca_file, api.insecure_skip_verify) {
-        (Some(path), false) => Some((
-            std::fs::read(path).map_err(|source| ClientSetupError::Read {
-                cluster: cluster.to_string(),
-                path: path.display().to_string(),
-                source,
-            })?,
-            path.display().to_string(),
-        )),
+        (Some(path), false) => Some(PemFile::read(path).map_err(ClientSetupError::of(cluster))?),
         _ => None,
     };
     tls_config_pem(
         cluster,
-        ca.as_ref()
-            .map(|(pem, origin)| (pem.as_slice(), origin.as_str())),
+        ca.as_ref().map(PemFile::pem),
         api.insecure_skip_verify,
     )
 }
 
 /// The TLS settings of a cluster's REST API: trust the PEM CA certificates
-/// `ca` (`(pem, where it came from)`; none: the system roots), or any
-/// certificate when `insecure`.
+/// `ca` (none: the system roots), or any certificate when `insecure`.
 pub fn tls_config_pem(
     cluster: &str,
-    ca: Option<(&[u8], &str)>,
+    ca: Option<Pem<'_>>,
     insecure: bool,
 ) -> Result<ClientConfig, ClientSetupError> {
-    let tls_err = |reason: String| ClientSetupError::Tls {
-        cluster: cluster.to_string(),
-        reason,
+    let trust = match ca {
+        _ if insecure => Trust::Any,
+        Some(pem) => Trust::Roots(pem),
+        None => Trust::System,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?;
-    let mut config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = RootCertStore::empty();
-        match ca {
-            Some((pem, origin)) => {
-                let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
-                    .collect::<Result<_, _>>()
-                    .map_err(|source| ClientSetupError::Read {
-                        cluster: cluster.to_string(),
-                        path: origin.to_string(),
-                        source,
-                    })?;
-                if certs.is_empty() {
-                    return Err(tls_err(format!("{origin} holds no PEM certificate")));
-                }
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| tls_err(format!("bad CA certificate in {origin}: {e}")))?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    return Err(tls_err(
-                        "no ca_file given and no system root certificates found".to_string(),
-                    ));
-                }
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    ClientTls {
+        trust,
+        identity: None,
+        alpn: Alpn::Http1,
+    }
+    .config()
+    .map_err(ClientSetupError::of(cluster))
 }
 
 #[derive(serde::Serialize)]
@@ -299,11 +205,15 @@ impl ApiClient {
         token_renew: Duration,
         metrics: Arc<EnrichMetrics>,
     ) -> Result<ApiClient, ClientSetupError> {
-        let server_name =
-            ServerName::try_from(api.host.clone()).map_err(|e| ClientSetupError::Tls {
-                cluster: cluster.to_string(),
-                reason: format!("{:?} is not a valid server name: {e}", api.host),
-            })?;
+        let connector = HttpsConnector::new(
+            &format!("cluster {cluster} REST API"),
+            &api.host,
+            api.port,
+            Some(config),
+            // Within the request's own timeout, which bounds it first.
+            request_timeout,
+        )
+        .map_err(ClientSetupError::of(&cluster))?;
         let authority = if api.host.contains(':') {
             format!("[{}]:{}", api.host, api.port)
         } else {
@@ -311,11 +221,8 @@ impl ApiClient {
         };
         Ok(ApiClient {
             cluster,
-            host: api.host.clone(),
-            port: api.port,
             authority,
-            tls: TlsConnector::from(Arc::new(config)),
-            server_name,
+            connector,
             auth: api.auth.clone(),
             token: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -541,26 +448,10 @@ impl ApiClient {
                 None => break,
             }
         }
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        self.connector
+            .connect()
             .await
-            .map_err(|e| ApiError::Connect(e.to_string()))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| ApiError::Connect(e.to_string()))?;
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| ApiError::Connect(format!("tls: {e}")))?;
-        let (sender, conn) = http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| ApiError::Connect(e.to_string()))?;
-        let cluster = self.cluster.clone();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                debug!(cluster = %cluster, error = %err, "REST API connection closed");
-            }
-        });
-        Ok(sender)
+            .map_err(|e| ApiError::Connect(e.to_string()))
     }
 
     fn give_back(&self, conn: SendRequest<Full<Bytes>>) {

@@ -432,10 +432,7 @@ impl Enricher {
                     link.complete(c);
                 }
             })
-            .map_err(|e| ClientSetupError::Tls {
-                cluster: String::new(),
-                reason: format!("cannot start the completion thread: {e}"),
-            })?;
+            .map_err(ClientSetupError::Thread)?;
         let enricher = Enricher {
             links: Mutex::new(HashMap::new()),
             cfg: e.clone(),
@@ -475,7 +472,7 @@ impl Enricher {
                 api,
                 client::tls_config_pem(
                     cluster,
-                    Some((pem.as_bytes(), "ca_certificate")),
+                    Some(crate::net::Pem::new(pem.as_bytes(), "ca_certificate")),
                     api.insecure_skip_verify,
                 )?,
                 e.in_flight,

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -45,9 +45,14 @@ use crate::sync::gate::Gate;
 
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 static PAUSED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
+static QUEUE_FULL_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
 
 /// How long to wait on a full queue before saying so again.
 const PAUSE_REPORT: Duration = Duration::from_secs(5);
+
+/// The bound on a send to the work queue, which the gate keeps from ever
+/// waiting (see `flush`).
+const QUEUE_SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What every reader needs, cloned per connection.
 #[derive(Clone)]
@@ -465,18 +470,26 @@ impl Reader {
             .last_frame_unix_ms
             .set((chunk.received_unix_us / 1000) as i64);
         self.cluster.metrics.frames.add(n as u64);
+        // The queue's capacity in chunks is its capacity in messages, and every
+        // chunk in it holds at least one message that the gate admitted and has
+        // not had back: the send finds room at once. The wait is a guard, bounded
+        // and reported, should that ever stop holding; a chunk is never dropped.
         let mut chunk = chunk;
         loop {
-            // The queue's capacity in chunks is its capacity in messages, and every
-            // chunk holds at least one message that the gate admitted: it cannot be
-            // full. Should it be, wait rather than drop.
-            match self.deps.queue.try_send(chunk) {
+            match self.deps.queue.send_timeout(chunk, QUEUE_SEND_TIMEOUT) {
                 Ok(()) => return,
-                Err(TrySendError::Full(back)) => {
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if let Some(suppressed) = QUEUE_FULL_LOG.check() {
+                        error!(
+                            cluster = %self.cluster.name,
+                            node = %self.node,
+                            suppressed,
+                            "work queue full beyond what the gate admitted; still waiting"
+                        );
+                    }
                     chunk = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err(TrySendError::Disconnected(back)) => {
+                Err(SendTimeoutError::Disconnected(back)) => {
                     error!(
                         cluster = %self.cluster.name,
                         node = %self.node,

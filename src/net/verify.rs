@@ -1,4 +1,4 @@
-//! pin: server certificate checks of targets, as operators make certificates.
+//! verify: server certificate checks, as operators make certificates.
 //!
 //! A target's CA file (or registered `certificate`) is often not a CA but the
 //! server's own self-signed certificate, made with `openssl req -x509` (which
@@ -8,7 +8,8 @@
 //! for byte, one of the configured ones (a pin: the handshake signature is
 //! still checked against its key), and otherwise verifies the chain with
 //! webpki against the same certificates as roots. HTTPS and AMQP targets use
-//! it alike.
+//! it alike. [`AnyCertificate`] is `insecure_skip_verify`, for the clusters'
+//! REST APIs when an operator asks for it.
 //!
 //! [`describe`] turns a failed handshake into words an operator can act on.
 
@@ -18,6 +19,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::TlsError;
 
 /// Exact certificates accepted as they are; webpki for everything else.
 #[derive(Debug)]
@@ -33,10 +36,10 @@ impl PinningVerifier {
         certs: Vec<CertificateDer<'static>>,
         roots: RootCertStore,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<PinningVerifier, String> {
+    ) -> Result<PinningVerifier, TlsError> {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .map_err(|e| format!("cannot use the CA certificates: {e}"))?;
+            .map_err(|e| TlsError::Roots(e.to_string()))?;
         Ok(PinningVerifier {
             pinned: certs,
             webpki,
@@ -84,6 +87,62 @@ impl ServerCertVerifier for PinningVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Accepts any server certificate (`insecure_skip_verify`), still checking
+/// that the handshake is signed by the key of the certificate presented.
+#[derive(Debug)]
+pub struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyCertificate {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AnyCertificate {
+        AnyCertificate(provider)
+    }
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
