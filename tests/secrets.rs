@@ -197,7 +197,7 @@ target = "strict"
         ),
         (
             format!("url = \"http://127.0.0.1:1/x\"\ntoken = \"{TOKEN_INLINE}\""),
-            "targets[0].url",
+            "targets[0].token",
         ),
         (
             format!("url = \"https://127.0.0.1:1/x\"\ntoken = \"{TOKEN_INLINE}"),
