@@ -1,5 +1,5 @@
 //! AMQP egress against a real RabbitMQ (Debian's rabbitmq-server, started by
-//! the tests on loopback: tests/common/rabbitmq.rs): a real qbroker publishes
+//! the tests on loopback: testkit's rabbitmq module): a real qbroker publishes
 //! over amqps:// with publisher confirms; a consumer on a queue bound to the
 //! exchange checks that every event arrives. Faults: missing exchange, wrong
 //! password, unroutable messages, RabbitMQ killed and restarted, a memory
@@ -7,8 +7,6 @@
 //! protoc; a pinned self-signed certificate.
 
 mod common;
-#[path = "common/rabbitmq.rs"]
-mod rabbitmq;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -17,9 +15,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use common::{file_id, framed, identity, json_frame, wait_for, Broker, BrokerProcess};
-use rabbitmq::{Consumer, Got, RabbitMq, ServerTls, PASSWORD, USER, VHOST};
+use common::{file_id, framed, identity, json_frame, wait_for, Broker, BrokerProcess, QBROKER};
 use serde_json::Value;
+use testkit::rabbitmq::{Consumer, Got, Options, RabbitMq, ServerTls, PASSWORD, USER, VHOST};
+
+/// A RabbitMQ of the test's own, serving `tls` (None: a certificate of a test CA).
+fn start_rabbitmq(tls: Option<ServerTls>) -> RabbitMq {
+    RabbitMq::start_blocking(Options {
+        tls,
+        ..Options::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// One RabbitMQ for the tests that do not stop it or raise its alarms; each
 /// uses its own exchange, queue and cluster names. Stopped when the last
@@ -30,7 +37,7 @@ fn shared() -> Arc<RabbitMq> {
     if let Some(r) = g.upgrade() {
         return r;
     }
-    let r = Arc::new(RabbitMq::start());
+    let r = Arc::new(start_rabbitmq(None));
     *g = Arc::downgrade(&r);
     r
 }
@@ -190,7 +197,7 @@ fn a_missing_exchange_is_named_and_delivery_follows_its_creation() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("qbroker.toml");
     std::fs::write(&file, config(&rmq, dir.path(), "late", PASSWORD, "")).unwrap();
-    let broker = BrokerProcess::spawn(&file);
+    let broker = BrokerProcess::spawn(QBROKER, &file);
     send_frames(broker.syslog, "late-1", 1, 0..100);
     wait_for(Duration::from_secs(30), || {
         broker
@@ -222,7 +229,7 @@ fn a_wrong_password_is_named_kept_in_the_spool_and_delivered_once_fixed() {
     let file = dir.path().join("qbroker.toml");
     let wrong = "Wr0ng-S3cret-pw";
     std::fs::write(&file, config(&rmq, dir.path(), "pw", wrong, "")).unwrap();
-    let mut broker = BrokerProcess::spawn(&file);
+    let mut broker = BrokerProcess::spawn(QBROKER, &file);
     send_frames(broker.syslog, "pw-1", 1, 0..80);
     wait_for(Duration::from_secs(30), || {
         broker
@@ -246,7 +253,7 @@ fn a_wrong_password_is_named_kept_in_the_spool_and_delivered_once_fixed() {
     );
     // The batches waited in the spool: the right password delivers them.
     std::fs::write(&file, config(&rmq, dir.path(), "pw", PASSWORD, "")).unwrap();
-    let _broker = BrokerProcess::spawn(&file);
+    let _broker = BrokerProcess::spawn(QBROKER, &file);
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 80));
 }
 
@@ -297,7 +304,7 @@ fn unroutable_batches_stay_until_a_queue_is_bound() {
 #[test]
 fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing() {
     let _one = private();
-    let mut rmq = RabbitMq::start();
+    let mut rmq = start_rabbitmq(None);
     rmq.declare_exchange("restart");
     let consumer = Consumer::start(&rmq, "restart", "restart-q", "restart");
     let dir = tempfile::tempdir().unwrap();
@@ -312,7 +319,7 @@ fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing() {
     consumer.wait(Duration::from_secs(60), |g| !g.is_empty());
     rmq.kill();
     std::thread::sleep(Duration::from_secs(1));
-    rmq.launch();
+    rmq.launch_blocking().unwrap_or_else(|e| panic!("{e}"));
     sender.join().unwrap();
     let got = consumer.wait(Duration::from_secs(120), |g| all_arrived(g, 1, 2000));
     assert_eq!(events_of(&got).len(), 2000);
@@ -329,7 +336,7 @@ fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing() {
 #[test]
 fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
     let _one = private();
-    let rmq = RabbitMq::start();
+    let rmq = start_rabbitmq(None);
     rmq.declare_exchange("alarm");
     let consumer = Consumer::start(&rmq, "alarm", "alarm-q", "alarm");
     let dir = tempfile::tempdir().unwrap();
@@ -342,7 +349,8 @@ fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
     );
     send_frames(broker.syslog, "alarm-1", 1, 0..100);
     consumer.wait(Duration::from_secs(60), |g| all_arrived(g, 1, 100));
-    rmq.ctl(&["set_vm_memory_high_watermark", "0"]);
+    rmq.ctl(&["set_vm_memory_high_watermark", "0"])
+        .unwrap_or_else(|e| panic!("{e}"));
     send_frames(broker.syslog, "alarm-1", 1, 100..400);
     wait_for(Duration::from_secs(30), || {
         (broker.metric("qbroker_target_blocked{target=\"rmq\"}")? == 1.0).then_some(())
@@ -355,7 +363,8 @@ fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
         events_of(&consumer.got()).len() < 400,
         "publishing paused while blocked ({during} events at the alarm)"
     );
-    rmq.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    rmq.ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .unwrap_or_else(|e| panic!("{e}"));
     consumer.wait(Duration::from_secs(90), |g| all_arrived(g, 1, 400));
     wait_for(Duration::from_secs(30), || {
         (broker.metric("qbroker_target_blocked{target=\"rmq\"}")? == 0.0).then_some(())
@@ -366,7 +375,7 @@ fn a_memory_alarm_pauses_publishing_and_nothing_is_lost() {
 #[test]
 fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
     let _one = private();
-    let rmq = RabbitMq::start_with(ServerTls::self_signed_ca_true());
+    let rmq = start_rabbitmq(Some(ServerTls::self_signed_ca_true().unwrap()));
     rmq.declare_exchange("pinned");
     let consumer = Consumer::start(&rmq, "pinned", "pinned-q", "pinned");
     let dir = tempfile::tempdir().unwrap();
@@ -378,7 +387,7 @@ fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
 
     // Another self-signed certificate as the CA: refused, in words.
     let other = dir.path().join("other.pem");
-    std::fs::write(&other, ServerTls::self_signed_ca_true().cert_pem).unwrap();
+    std::fs::write(&other, ServerTls::self_signed_ca_true().unwrap().cert_pem).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let text = config(&rmq, dir2.path(), "pinned", PASSWORD, "").replace(
         &rmq.ca_file.display().to_string(),
@@ -386,7 +395,7 @@ fn a_pinned_self_signed_certificate_is_accepted_and_another_is_not() {
     );
     let file = dir2.path().join("qbroker.toml");
     std::fs::write(&file, text).unwrap();
-    let broker = BrokerProcess::spawn(&file);
+    let broker = BrokerProcess::spawn(QBROKER, &file);
     send_frames(broker.syslog, "pinned-1", 1, 60..70);
     wait_for(Duration::from_secs(30), || {
         broker
@@ -722,7 +731,7 @@ fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value
     .with_root_certificates(roots)
     .with_no_client_auth();
     let addr = broker.api.expect("the API is enabled");
-    rabbitmq::runtime().block_on(async {
+    testkit::runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(
@@ -767,7 +776,7 @@ fn api_call(broker: &Broker, admin: &str, method: &str, path: &str, body: &Value
 #[test]
 fn https_targets_accept_the_pinned_self_signed_certificate_too() {
     use rustls::pki_types::pem::PemObject;
-    let tls = ServerTls::self_signed_ca_true();
+    let tls = ServerTls::self_signed_ca_true().unwrap();
     let cert = rustls::pki_types::CertificateDer::from_pem_slice(tls.cert_pem.as_bytes()).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).unwrap();
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -783,7 +792,7 @@ fn https_targets_accept_the_pinned_self_signed_certificate_too() {
     let pinned = dir.path().join("pinned.pem");
     std::fs::write(&pinned, &tls.cert_pem).unwrap();
     let other = dir.path().join("other.pem");
-    std::fs::write(&other, ServerTls::self_signed_ca_true().cert_pem).unwrap();
+    std::fs::write(&other, ServerTls::self_signed_ca_true().unwrap().cert_pem).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -852,7 +861,7 @@ fn qbroker_killed_mid_stream_loses_nothing_and_copies_keep_their_ids() {
         ),
     )
     .unwrap();
-    let mut broker = BrokerProcess::spawn(&file);
+    let mut broker = BrokerProcess::spawn(QBROKER, &file);
     // Nothing is bound yet: every batch is returned and stays in the spool.
     send_frames(broker.syslog, "crash-1", 1, 0..2000);
     wait_for(Duration::from_secs(60), || {
@@ -865,7 +874,7 @@ fn qbroker_killed_mid_stream_loses_nothing_and_copies_keep_their_ids() {
     consumer.wait(Duration::from_secs(60), |g| !g.is_empty());
     broker.signal_and_wait("KILL");
     let before = events_of(&consumer.got()).len();
-    let _broker = BrokerProcess::spawn(&file);
+    let _broker = BrokerProcess::spawn(QBROKER, &file);
     let got = consumer.wait(Duration::from_secs(90), |g| all_arrived(g, 1, 2000));
     assert_eq!(
         events_of(&got).len(),

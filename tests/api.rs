@@ -861,7 +861,7 @@ fn api_secrets_stay_out_of_answers_logs_and_files() {
     );
     let config_file = dir.path().join("qbroker.toml");
     std::fs::write(&config_file, config).unwrap();
-    let mut broker = BrokerProcess::spawn_with_log(&config_file, "trace");
+    let mut broker = BrokerProcess::spawn_with_log(QBROKER, &config_file, "trace");
     let addr: SocketAddr = wait_for(Duration::from_secs(20), || {
         broker.log().iter().find_map(|l| {
             if !l.contains("serving the API") {

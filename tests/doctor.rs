@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Mode, QumuloApi, Sink, API_PASSWORD, API_USER};
+use common::{free_port, Mode, QumuloApi, Sink, API_PASSWORD, API_USER};
 use serde_json::json;
 
 /// The `(status, detail)` of a row of doctor's table.
@@ -44,14 +44,6 @@ fn doctor(config: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn cluster(name: &str, api: &QumuloApi) -> String {
@@ -108,7 +100,7 @@ fn target(name: &str, url: &str, ca: &std::path::Path, extra: &str) -> String {
 fn doctor_passes_when_everything_is_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let port = free_port();
+    let port = free_port().unwrap();
     let legacy = QumuloApi::start();
     v1(
         &legacy,
@@ -220,7 +212,7 @@ fn doctor_names_each_failure() {
     // A port another program holds.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = squatter.local_addr().unwrap().port();
-    let closed = free_port();
+    let closed = free_port().unwrap();
 
     let apis: Vec<(&str, QumuloApi)> = [
         "disabled",
@@ -498,10 +490,10 @@ fn doctor_checks_registered_targets_and_the_api() {
 
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let stranger = common::Pki::new();
-    let port = free_port();
-    let api_port = free_port();
-    let closed = free_port();
+    let stranger = testkit::pki::Pki::new("stranger").unwrap();
+    let port = free_port().unwrap();
+    let api_port = free_port().unwrap();
+    let closed = free_port().unwrap();
     let (cert, key) = api_cert(dir.path(), "soon", date_in(10));
     let write_config = |cert: &std::path::Path, key: &std::path::Path| {
         let text = format!(
@@ -600,7 +592,7 @@ fn doctor_checks_registered_targets_and_the_api() {
     assert_eq!(status, "FAIL", "{out}");
     assert!(detail.contains("in use by another program"), "{detail}");
     drop(squatter);
-    let broker = common::BrokerProcess::spawn(&config);
+    let broker = common::BrokerProcess::spawn(common::QBROKER, &config);
     common::wait_for(Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", api_port))
             .ok()

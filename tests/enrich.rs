@@ -448,8 +448,11 @@ fn api_down_slow_or_saturated_yields_permissions_change_never_a_loss() {
         .unwrap();
     assert!(queue_full >= 17.0, "queue_full {queue_full}");
     // Shutdown with a lookup still in flight: its generic event is flushed.
+    let jobs = broker.metric("qbroker_enrich_jobs_total").unwrap();
     node.send(&metadata_frame(HOST, "7001", "/a", "1", "1"));
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(Duration::from_secs(10), "its lookup started", || {
+        broker.metric("qbroker_enrich_jobs_total") > Some(jobs)
+    });
     drop(node);
     broker.stop();
     let e = arrived(&sink);

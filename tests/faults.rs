@@ -148,7 +148,7 @@ fn kill_and_restart(fsync: &str) -> (u64, BTreeSet<(u32, u64)>) {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
     let config = process_config(dir.path(), &sink, fsync);
-    let mut broker = BrokerProcess::spawn(&config);
+    let mut broker = BrokerProcess::spawn(QBROKER, &config);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let sender = paced_sender(
@@ -173,7 +173,7 @@ fn kill_and_restart(fsync: &str) -> (u64, BTreeSet<(u32, u64)>) {
     let seen_before = seen(&sink);
 
     sink.set_mode(Mode::Accept);
-    let again = BrokerProcess::spawn(&config);
+    let again = BrokerProcess::spawn(QBROKER, &config);
     // Deliveries stop growing once the spool is replayed.
     let mut last = (0, Instant::now());
     let got = wait_for(Duration::from_secs(30), || {
@@ -415,7 +415,7 @@ fn sigterm_with_the_spool_at_its_cap_keeps_the_work_queue() {
     let config = dir.path().join("qbroker.toml");
     std::fs::write(&config, text).unwrap();
     sink.go_away();
-    let mut broker = BrokerProcess::spawn(&config);
+    let mut broker = BrokerProcess::spawn(QBROKER, &config);
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = [("phi-1", 1), ("phi-2", 2)]
         .into_iter()
@@ -475,7 +475,7 @@ fn sigterm_with_the_spool_at_its_cap_keeps_the_work_queue() {
 
     // Restart with the target back: every frame read before the signal arrives.
     sink.come_back();
-    let _again = BrokerProcess::spawn(&config);
+    let _again = BrokerProcess::spawn(QBROKER, &config);
     let got = settled(&sink, Duration::from_secs(90));
     for node in [1, 2] {
         let n = got.iter().filter(|e| e.0 == node).count() as u64;
@@ -529,7 +529,7 @@ fn a_deleted_and_an_emptied_segment_are_reported_as_missing_batches() {
     let config = dir.path().join("qbroker.toml");
     std::fs::write(&config, text).unwrap();
     sink.go_away();
-    let mut broker = BrokerProcess::spawn(&config);
+    let mut broker = BrokerProcess::spawn(QBROKER, &config);
     let n = 3000u64;
     let mut s = TcpStream::connect(broker.syslog).unwrap();
     for i in 0..n {
@@ -566,7 +566,7 @@ fn a_deleted_and_an_emptied_segment_are_reported_as_missing_batches() {
     let missing = (segments[1].0 - segments[0].0) + (segments[4].0 - segments[3].0);
 
     sink.come_back();
-    let again = BrokerProcess::spawn(&config);
+    let again = BrokerProcess::spawn(QBROKER, &config);
     let got = settled(&sink, Duration::from_secs(60));
     let log = again.log();
     assert!(

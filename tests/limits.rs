@@ -89,7 +89,7 @@ fn memory_and_descriptors_stay_bounded_under_floods() {
     assert!(budget.total() <= CEILING);
     let file = dir.path().join("qbroker.toml");
     std::fs::write(&file, &text).unwrap();
-    let broker = BrokerProcess::spawn(&file);
+    let broker = BrokerProcess::spawn(QBROKER, &file);
     let pid = broker.pid();
     let (rss0, fds0) = (status_kib(pid, "VmRSS:"), open_fds(pid));
 

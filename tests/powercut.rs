@@ -13,10 +13,9 @@ mod common;
 mod powercut;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -94,7 +93,8 @@ fn spool_power_cut(fsync: &str, n: u64) -> Events {
         config_text(&sink, &dir, &format!("\n[spool]\nfsync = \"{fsync}\"\n")),
     )
     .unwrap();
-    let mut broker = BrokerProcess::spawn_with_env(&config, "info", &powercut::env(&dir, &journal));
+    let mut broker =
+        BrokerProcess::spawn_with_env(QBROKER, &config, "info", &powercut::env(&dir, &journal));
     let mut s = TcpStream::connect(broker.syslog).unwrap();
     for i in 0..n {
         s.write_all(&framed(
@@ -113,7 +113,7 @@ fn spool_power_cut(fsync: &str, n: u64) -> Events {
     eprintln!("fsync = {fsync}: power cut shortened {cuts:#?}");
 
     sink.come_back();
-    let again = BrokerProcess::spawn(&config);
+    let again = BrokerProcess::spawn(QBROKER, &config);
     let got = drained(&sink, again.metrics);
     let all: Events = (0..n).map(|i| (1, i)).collect();
     assert!(got.is_subset(&all), "delivered events never sent");
@@ -181,97 +181,12 @@ retry_max_ms = 200
     path
 }
 
-/// `qbroker stdin` with both ends of omprog's protocol in the test's hands.
-struct Stdin {
-    child: Child,
-    input: Option<ChildStdin>,
-    output: BufReader<ChildStdout>,
-    metrics: std::net::SocketAddr,
-}
-
-impl Stdin {
-    fn spawn(config: &Path, env: &[(String, String)]) -> Stdin {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qbroker"))
-            .args(["stdin", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qbroker stdin starts");
-        let input = child.stdin.take();
-        let output = BufReader::new(child.stdout.take().unwrap());
-        // The log goes on to the test's stderr; the metrics address is read from it.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { break };
-                eprintln!("{line}");
-                if line.contains("serving /metrics") {
-                    let addr = line.split("listen=").nth(1).and_then(|a| {
-                        a.split_whitespace()
-                            .next()?
-                            .parse::<std::net::SocketAddr>()
-                            .ok()
-                    });
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let metrics = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("qbroker stdin serves /metrics")
-            .expect("a metrics address in the log");
-        let mut feed = Stdin {
-            child,
-            input,
-            output,
-            metrics,
-        };
-        assert_eq!(feed.answer(), "OK", "ready");
-        feed
-    }
-
-    fn send(&mut self, line: &str) {
-        let input = self.input.as_mut().unwrap();
-        input.write_all(line.as_bytes()).unwrap();
-        input.write_all(b"\n").unwrap();
-        input.flush().unwrap();
-    }
-
-    /// The next answer, without omprog's keep-alive dots.
-    fn answer(&mut self) -> String {
-        let mut line = String::new();
-        self.output.read_line(&mut line).unwrap();
-        assert!(line.ends_with('\n'), "an answer is one line: {line:?}");
-        line.trim_end().trim_start_matches('.').to_string()
-    }
-
-    /// SIGKILL now: no sleep, no drain.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// End of input: the feed commits and exits.
-    fn finish(mut self) {
-        drop(self.input.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "qbroker stdin did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Stdin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `qbroker stdin` with both ends of omprog's protocol in the test's hands,
+/// its first answer ("ready") read.
+fn stdin_ready(config: &Path, env: &[(String, String)]) -> StdinFeed {
+    let mut feed = StdinFeed::spawn(QBROKER, config, &[], env);
+    assert_eq!(feed.answer(), "OK", "ready");
+    feed
 }
 
 fn message(node: u32, i: u64) -> String {
@@ -297,7 +212,7 @@ fn wal_power_cut(fsync: &str) -> (Events, Events) {
             "[batch]\nmax_events = 1000\nmax_age_ms = 600000\nidle_seal_ms = 0\n[spool]\nfsync = \"{fsync}\"\n"
         ),
     );
-    let mut feed = Stdin::spawn(&config, &powercut::env(&dir, &journal));
+    let mut feed = stdin_ready(&config, &powercut::env(&dir, &journal));
     let mut answered = BTreeSet::new();
     for i in 0..20 {
         feed.send(&message(1, i));
@@ -314,7 +229,7 @@ fn wal_power_cut(fsync: &str) -> (Events, Events) {
     eprintln!("fsync = {fsync}: power cut shortened {cuts:#?}");
 
     sink.come_back();
-    let next = Stdin::spawn(&config, &[]);
+    let next = stdin_ready(&config, &[]);
     let got = drained(&sink, next.metrics);
     next.finish();
     assert!(sink.problems().is_empty(), "{:?}", sink.problems());
@@ -370,7 +285,7 @@ fn a_commit_ok_outlives_a_power_cut_right_after_it() {
         "[batch]\nmax_events = 1000\nmax_age_ms = 600000\nidle_seal_ms = 0\n\
          [spool]\nfsync = \"interval\"\nfsync_interval_ms = 600000\n",
     );
-    let mut feed = Stdin::spawn(&config, &powercut::env(&dir, &journal));
+    let mut feed = stdin_ready(&config, &powercut::env(&dir, &journal));
     let mut committed = BTreeSet::new();
     for round in 0..3u64 {
         feed.send("BEGIN TRANSACTION");
@@ -392,7 +307,7 @@ fn a_commit_ok_outlives_a_power_cut_right_after_it() {
     eprintln!("commit barrier: power cut shortened {cuts:#?}");
 
     sink.come_back();
-    let next = Stdin::spawn(&config, &[]);
+    let next = stdin_ready(&config, &[]);
     let got = drained(&sink, next.metrics);
     next.finish();
     let lost: Vec<_> = committed.difference(&got).collect();

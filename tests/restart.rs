@@ -50,7 +50,7 @@ fn sigterm_mid_stream_keeps_every_frame_read_through_a_restart() {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &sink, "interval");
-    let mut broker = BrokerProcess::spawn(&config);
+    let mut broker = BrokerProcess::spawn(QBROKER, &config);
     let stop = Arc::new(AtomicBool::new(false));
     let sender = stream_frames(broker.syslog, "kappa-1", stop.clone());
     wait_for(Duration::from_secs(20), || {
@@ -74,7 +74,7 @@ fn sigterm_mid_stream_keeps_every_frame_read_through_a_restart() {
     );
 
     sink.set_mode(Mode::Accept);
-    let _again = BrokerProcess::spawn(&config);
+    let _again = BrokerProcess::spawn(QBROKER, &config);
     wait_for(Duration::from_secs(30), || {
         let n = unique_identities(&sink).len() as u64;
         (n >= read).then_some(())

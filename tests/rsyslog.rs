@@ -128,17 +128,8 @@ impl Rsyslog {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "rsyslogd did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        testkit::process::signal(child.id(), "TERM");
+        testkit::process::wait_exit(&mut child, Duration::from_secs(60)).expect("rsyslogd stops");
         let _ = std::fs::remove_file(self.dir.join("imtcp.port"));
     }
 
@@ -408,11 +399,7 @@ fn omprog_survives_sigkill_of_qbroker_without_losing_a_message() {
     let needle = config.display().to_string();
     let pids = pids_with(&needle);
     assert_eq!(pids.len(), 1, "one qbroker stdin: {pids:?}");
-    let status = Command::new("kill")
-        .args(["-KILL", &pids[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    testkit::process::signal(pids[0], "KILL");
     sender.join().unwrap();
     assert!(done.load(Ordering::Relaxed));
 

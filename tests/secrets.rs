@@ -118,7 +118,7 @@ target = "strict"
     let config_file = dir.path().join("qbroker.toml");
     write_private(&config_file, &config);
 
-    let mut broker = BrokerProcess::spawn_with_log(&config_file, "trace");
+    let mut broker = BrokerProcess::spawn_with_log(QBROKER, &config_file, "trace");
     // A connection's cluster is its first frame's: one connection per cluster.
     for host in ["plain-1", "strict-1"] {
         let mut s = TcpStream::connect(broker.syslog).unwrap();

@@ -8,8 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -41,72 +41,6 @@ retry_max_ms = 200
     path
 }
 
-/// `qbroker stdin` with both ends of the protocol in the test's hands.
-struct Stdin {
-    child: Child,
-    input: Option<ChildStdin>,
-    output: BufReader<ChildStdout>,
-}
-
-impl Stdin {
-    fn spawn(config: &std::path::Path, extra: &[&str]) -> Stdin {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qbroker"))
-            .args(["stdin", "--config"])
-            .arg(config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("qbroker stdin starts");
-        let input = child.stdin.take();
-        let output = BufReader::new(child.stdout.take().unwrap());
-        Stdin {
-            child,
-            input,
-            output,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let input = self.input.as_mut().unwrap();
-        input.write_all(line.as_bytes()).unwrap();
-        input.write_all(b"\n").unwrap();
-        input.flush().unwrap();
-    }
-
-    /// The next answer, without omprog's keep-alive dots.
-    fn answer(&mut self) -> String {
-        let mut line = String::new();
-        self.output.read_line(&mut line).unwrap();
-        assert!(line.ends_with('\n'), "an answer is one line: {line:?}");
-        line.trim_end().trim_start_matches('.').to_string()
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        drop(self.input.take());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "qbroker stdin did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Stdin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn delivered(sink: &Sink) -> BTreeSet<(u32, u64)> {
     sink.events().iter().map(|(_, e)| identity(e)).collect()
 }
@@ -126,7 +60,7 @@ fn a_commit_is_answered_only_once_its_messages_are_in_the_spool() {
         &format!("https://{closed}/events"),
         &sink.ca_file,
     );
-    let mut feed = Stdin::spawn(&config, &[]);
+    let mut feed = StdinFeed::spawn(QBROKER, &config, &[], &[]);
     assert_eq!(feed.answer(), "OK", "ready");
     let mut expected = BTreeSet::new();
     for round in 0..3u64 {
@@ -193,7 +127,7 @@ fn a_commit_is_answered_only_once_its_messages_are_in_the_spool() {
         .unwrap()
         .replace(&format!("https://{closed}/events"), &sink.url());
     std::fs::write(&config, text).unwrap();
-    let mut next = Stdin::spawn(&config, &[]);
+    let mut next = StdinFeed::spawn(QBROKER, &config, &[], &[]);
     assert_eq!(next.answer(), "OK");
     wait_for(Duration::from_secs(30), || {
         expected.is_subset(&delivered(&sink)).then_some(())
@@ -203,7 +137,7 @@ fn a_commit_is_answered_only_once_its_messages_are_in_the_spool() {
         0,
         "replayed messages are committed at once"
     );
-    assert!(next.wait().success());
+    assert!(next.finish().success());
     let events = sink.events();
     assert!(events.iter().all(|(c, _)| c == "alpha" || c == "beta"));
     assert!(
@@ -225,7 +159,7 @@ fn without_confirmations_nothing_is_written_and_the_end_of_input_drains() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let config = write_config(dir.path(), &sink.url(), &sink.ca_file);
-    let mut feed = Stdin::spawn(&config, &["--no-confirm"]);
+    let mut feed = StdinFeed::spawn(QBROKER, &config, &["--no-confirm"], &[]);
     let mut expected = BTreeSet::new();
     // omprog's default template (RSYSLOG_FileFormat), what the reference
     // Broker binary read: TIMESTAMP HOSTNAME TAG MSG.
@@ -349,7 +283,7 @@ fn two_brokers_never_share_a_spool() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let config = write_config(dir.path(), &sink.url(), &sink.ca_file);
-    let mut feed = Stdin::spawn(&config, &[]);
+    let mut feed = StdinFeed::spawn(QBROKER, &config, &[], &[]);
     assert_eq!(feed.answer(), "OK");
     let out = Command::new(env!("CARGO_BIN_EXE_qbroker"))
         .args(["run", "--config"])
@@ -359,9 +293,9 @@ fn two_brokers_never_share_a_spool() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is locked by another qbroker"), "{err}");
-    assert!(feed.wait().success());
+    assert!(feed.finish().success());
     // Once the first one is gone, the lock is free again.
-    let mut again = Stdin::spawn(&config, &[]);
+    let mut again = StdinFeed::spawn(QBROKER, &config, &[], &[]);
     assert_eq!(again.answer(), "OK");
 }
 

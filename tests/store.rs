@@ -159,14 +159,6 @@ fn find(binary: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl MariaDb {
     fn start() -> MariaDb {
         let missing = "the MariaDB tests need the server binaries (mariadbd, mariadb-install-db) \
@@ -211,7 +203,7 @@ impl MariaDb {
              GRANT ALL ON qbroker.* TO 'qbroker'@'127.0.0.1';\n",
         )
         .unwrap();
-        let port = free_port();
+        let port = free_port().unwrap();
         let child = Command::new(&server)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))

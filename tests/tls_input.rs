@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// A CA with a server certificate for 127.0.0.1 and a client certificate, as PEM
+/// A CA with a server certificate for loopback and a client certificate, as PEM
 /// files in `dir`.
 struct Ca {
     ca_der: CertificateDer<'static>,
@@ -27,36 +27,19 @@ struct Ca {
 }
 
 fn ca(dir: &Path, name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} CA"));
-    let ca =
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} relay"));
-    let client = client_params.signed_by(&client_key, &ca).unwrap();
-    let write = |file: &str, text: String| {
+    let pki = testkit::pki::Pki::new(name).unwrap();
+    let write = |file: &str, text: &str| {
         let path = dir.join(format!("{name}-{file}"));
         std::fs::write(&path, text).unwrap();
         path
     };
     Ca {
-        ca_der: ca.der().clone(),
-        ca_file: write("ca.pem", ca.pem()),
-        cert_file: write("server.pem", server.pem()),
-        key_file: write("server.key", server_key.serialize_pem()),
-        client_chain: vec![client.der().clone()],
-        client_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key.serialize_der())),
+        ca_der: pki.ca_der.clone(),
+        ca_file: write("ca.pem", &pki.ca_pem),
+        cert_file: write("server.pem", &pki.cert_pem),
+        key_file: write("server.key", &pki.key_pem),
+        client_chain: vec![pki.client_cert_der.clone()],
+        client_key: pki.client_key(),
     }
 }
 

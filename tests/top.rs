@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const QBROKER: &str = env!("CARGO_BIN_EXE_qbroker");
-
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    free_port().unwrap()
 }
 
 /// A broker with target `sink` (the default) and target `down` (refuses

@@ -1,5 +1,5 @@
-//! acl: a namespace of ACL-carrying objects for the synthetic clusters, and a
-//! Qumulo REST API stand-in that serves it over HTTPS.
+//! acl: a namespace of ACL-carrying objects for the synthetic clusters, and
+//! what testkit's Qumulo REST API stand-in serves of it over HTTPS.
 //!
 //! With `--acl-pct P`, P% of each node's slots are metadata changes
 //! (`fs_write_metadata`) on the node's own objects: the m-th such event of a
@@ -25,17 +25,12 @@
 //! `token_uses` requests (401), to exercise renewal; an optional delay.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use testkit::pki::Pki;
+use testkit::qumulo::{Files, Mode, QumuloApi};
 
 use crate::gen::{key, op_index, Event, ExpOwner, GenCore, Identity, Meta, PathSpec, Rng};
 
@@ -331,6 +326,20 @@ impl Namespace {
     }
 }
 
+/// What the API answers for a file id: the object's current ACL and type.
+impl Files for Namespace {
+    fn acl(&self, file_id: &str) -> Option<Value> {
+        let state = self.state(&Identity::parse(file_id)?)?;
+        Some(self.model.acl_json(&state))
+    }
+
+    fn is_dir(&self, file_id: &str) -> Option<bool> {
+        let id = Identity::parse(file_id)?;
+        self.state(&id)?;
+        Some(object_of(&id).is_some_and(is_dir))
+    }
+}
+
 /// How the API behaves.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -341,179 +350,30 @@ pub struct ApiConfig {
     pub delay: Duration,
 }
 
-/// Counters of the API.
-#[derive(Default, Debug)]
-pub struct ApiCounters {
-    pub logins: AtomicU64,
-    pub acl: AtomicU64,
-    pub attributes: AtomicU64,
-    pub refused: AtomicU64,
-}
-
-/// The running API.
-pub struct Api {
-    pub addr: std::net::SocketAddr,
-    pub counters: Arc<ApiCounters>,
-    shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Api {
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
-}
-
-struct ApiState {
-    ns: Arc<Namespace>,
-    cfg: ApiConfig,
-    tokens: Mutex<HashMap<String, u64>>,
-    counters: Arc<ApiCounters>,
-}
-
-/// Serve the API over HTTPS with `chain`/`key` until [`Api::stop`].
-pub async fn start(
-    cfg: ApiConfig,
-    ns: Arc<Namespace>,
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
-) -> anyhow::Result<Api> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
-    let counters = Arc::new(ApiCounters::default());
-    let state = Arc::new(ApiState {
-        ns,
-        cfg,
-        tokens: Mutex::new(HashMap::new()),
-        counters: counters.clone(),
-    });
-    let (shutdown, stop) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut stop_accept = stop.clone();
-        loop {
-            let (tcp, _) = tokio::select! {
-                _ = stop_accept.changed() => return,
-                r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
-            };
-            let (acceptor, state, mut stop) = (acceptor.clone(), state.clone(), stop.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |req| handle(state.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service);
-                tokio::select! {
-                    _ = stop.changed() => {}
-                    _ = conn => {}
-                }
-            });
-        }
-    });
-    Ok(Api {
-        addr,
-        counters,
-        shutdown,
-        task,
-    })
-}
-
-async fn handle(
-    st: Arc<ApiState>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
-    let respond = |status: u16, body: Value| {
-        let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-        *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-        r
+/// Serve the namespace over HTTPS with `pki`'s server certificate until
+/// [`QumuloApi::stop`].
+pub async fn start(cfg: ApiConfig, ns: Arc<Namespace>, pki: &Pki) -> anyhow::Result<QumuloApi> {
+    let mode = if cfg.delay.is_zero() {
+        Mode::Up
+    } else {
+        Mode::Delay(cfg.delay)
     };
-    if !st.cfg.delay.is_zero() {
-        tokio::time::sleep(st.cfg.delay).await;
-    }
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let token = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if method == hyper::Method::POST && path == "/v1/session/login" {
-        let creds: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if creds["username"] != API_USER || creds["password"] != API_PASSWORD {
-            return Ok(respond(
-                401,
-                json!({"error_class": "http_unauthorized_error"}),
-            ));
-        }
-        let n = st.counters.logins.fetch_add(1, Ordering::Relaxed) + 1;
-        let token = format!("lg-{n}-{:x}", crate::gen::mix64(n));
-        st.tokens
-            .lock()
-            .expect("tokens")
-            .insert(token.clone(), st.cfg.token_uses);
-        return Ok(respond(200, json!({"bearer_token": token})));
-    }
-    let ok = token.is_some_and(|t| {
-        let mut tokens = st.tokens.lock().expect("tokens");
-        match tokens.get_mut(&t) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                true
-            }
-            _ => false,
-        }
-    });
-    if !ok {
-        st.counters.refused.fetch_add(1, Ordering::Relaxed);
-        return Ok(respond(
-            401,
-            json!({"error_class": "http_unauthorized_error"}),
-        ));
-    }
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let object = |id: &str| Identity::parse(id).and_then(|i| st.ns.state(&i).map(|s| (i, s)));
-    Ok(match parts.as_slice() {
-        ["v1", "session", "who-am-i"] => respond(200, json!({"id": "500", "name": API_USER})),
-        ["v1", "cluster", "settings"] => respond(200, json!({"cluster_name": "loadgen"})),
-        ["v2", "files", id, "info", "acl"] => match object(id) {
-            Some((_, s)) => {
-                st.counters.acl.fetch_add(1, Ordering::Relaxed);
-                respond(200, st.ns.model.acl_json(&s))
-            }
-            None => respond(404, json!({"error_class": "fs_no_such_inode_error"})),
+    let api = QumuloApi::start(
+        testkit::qumulo::ApiConfig {
+            listen: cfg.listen,
+            username: API_USER.to_string(),
+            password: API_PASSWORD.to_string(),
+            cluster_name: "loadgen".to_string(),
+            token_uses: cfg.token_uses,
+            mode,
+            // millions of requests in a long run
+            keep_log: false,
         },
-        ["v1", "files", id, "info", "attributes"] => match object(id) {
-            Some((i, _)) => {
-                st.counters.attributes.fetch_add(1, Ordering::Relaxed);
-                let dir = object_of(&i).is_some_and(is_dir);
-                respond(
-                    200,
-                    json!({"id": id, "type": if dir {"FS_FILE_TYPE_DIRECTORY"} else {"FS_FILE_TYPE_FILE"}}),
-                )
-            }
-            None => respond(404, json!({"error_class": "fs_no_such_inode_error"})),
-        },
-        _ => respond(404, json!({"error_class": "no_such_route"})),
-    })
+        ns,
+        pki,
+    )
+    .await?;
+    Ok(api)
 }
 
 /// What qbroker must deliver for one version of an object: operations (with

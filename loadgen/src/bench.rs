@@ -719,8 +719,7 @@ fn sample(pid: u32, tck: u64) -> anyhow::Result<(f64, u64)> {
 }
 
 fn free_port() -> anyhow::Result<std::net::SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?)
+    testkit::net::free_addr().context("finding a free port")
 }
 
 fn log_tail(path: &Path) -> String {
@@ -943,8 +942,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let namespace = (plan.acl_ppm > 0).then(|| Arc::new(Namespace::new(core.clone())));
     let api = match &namespace {
         Some(ns) => {
-            let (ca_pem, chain, key) = crate::sink::generate_cert()?;
-            std::fs::write(work.join("api-ca.pem"), ca_pem)?;
+            let pki =
+                testkit::pki::Pki::new("loadgen api").context("generating the API certificate")?;
+            std::fs::write(work.join("api-ca.pem"), &pki.ca_pem)?;
             Some(
                 crate::acl::start(
                     crate::acl::ApiConfig {
@@ -953,8 +953,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
                         delay: plan.api_delay,
                     },
                     ns.clone(),
-                    chain,
-                    key,
+                    &pki,
                 )
                 .await?,
             )
@@ -984,7 +983,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         (e, _) => e,
     };
     if egress != Egress::Https {
-        let r = crate::amqp::RabbitMq::start(&work.join("rabbitmq")).await?;
+        let r = crate::amqp::start(&work.join("rabbitmq")).await?;
         consumer = Some(crate::amqp::consume(&r.url(), verifier.clone()).await?);
         rabbit = Some(r);
     }
@@ -1018,7 +1017,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             .to_string();
         config = format!(
             "{head}[[targets]]\nname = \"sink\"\n{}",
-            r.target_config(&password_file, message)
+            crate::amqp::target_config(r, &password_file, message)
         );
     }
     if let Some(api) = &api {
@@ -1108,12 +1107,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
                     r.kill();
                     Ok(())
                 }
-                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0"]),
+                RabbitFault::Blocked => r
+                    .ctl(&["set_vm_memory_high_watermark", "0"])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
             };
             tokio::time::sleep(w.len).await;
             let off = match fault {
-                RabbitFault::Restart => r.launch().await,
-                RabbitFault::Blocked => r.ctl(&["set_vm_memory_high_watermark", "0.4"]),
+                RabbitFault::Restart => r.launch().await.map_err(anyhow::Error::from),
+                RabbitFault::Blocked => r
+                    .ctl(&["set_vm_memory_high_watermark", "0.4"])
+                    .map(drop)
+                    .map_err(anyhow::Error::from),
             };
             (r, on.and(off))
         })),

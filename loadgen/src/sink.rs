@@ -19,8 +19,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use testkit::https::serve_connection;
+use testkit::pki::Pki;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -30,7 +31,9 @@ use crate::verify::{BatchMeta, Verifier};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 256 << 20;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that sends no complete request head for this long (idle
+/// between requests included) is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the server certificate comes from.
 #[derive(Clone, Debug)]
@@ -300,36 +303,6 @@ impl Sink {
     }
 }
 
-pub(crate) fn generate_cert(
-) -> anyhow::Result<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "loadgen sink CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "loadgen sink");
-    let leaf = leaf.signed_by(&leaf_key, &ca)?;
-    let chain = vec![leaf.der().clone(), ca.der().clone()];
-    let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    Ok((ca.pem(), chain, key))
-}
-
 fn load_cert(
     cert: &PathBuf,
     key: &PathBuf,
@@ -353,7 +326,10 @@ fn load_cert(
 pub async fn start(cfg: SinkConfig, verifier: Arc<Verifier>) -> anyhow::Result<Sink> {
     cfg.faults.validate()?;
     let (trust_pem, chain, key) = match &cfg.cert {
-        CertSource::Generate => generate_cert().context("generating the sink certificate")?,
+        CertSource::Generate => {
+            let pki = Pki::new("loadgen sink").context("generating the sink certificate")?;
+            (pki.ca_pem.clone(), pki.server_chain(), pki.key())
+        }
         CertSource::Files { cert, key } => load_cert(cert, key)?,
     };
     if let Some(p) = &cfg.cert_out {
@@ -438,8 +414,9 @@ async fn serve(
                     let mut kill = drop_all.subscribe();
                     let mut stop = shutdown.clone();
                     tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
                         tokio::select! {
-                            _ = connection(tcp, acceptor, shared) => {}
+                            _ = serve_connection(tcp, acceptor, svc, Some(HEADER_READ_TIMEOUT)) => {}
                             _ = kill.changed() => {}
                             _ = stop.changed() => {}
                         }
@@ -456,26 +433,6 @@ async fn serve(
         }
     }
     drop_all.send_modify(|g| *g += 1);
-}
-
-async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "tls handshake");
-            return;
-        }
-        Err(_) => return,
-    };
-    let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-    let r = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60))
-        .serve_connection(TokioIo::new(tls), svc)
-        .await;
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "connection ended");
-    }
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -1,11 +1,13 @@
 //! Shared pieces of the integration tests: a real HTTPS sink with a certificate
 //! made for the test, the broker run in-process on loopback, syslog senders, and
-//! event identities that tell exactly what was lost or duplicated.
+//! event identities that tell exactly what was lost or duplicated. What loadgen
+//! shares with them (the PKI, RabbitMQ, the Qumulo API stand-in, broker
+//! processes, ports and bounded waits) is in the testkit crate, re-exported here.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,82 +16,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
+use testkit::https::Server;
+use testkit::pki::{Clients, Pki};
+use testkit::qumulo::{ApiConfig, Scripted};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
-/// A CA and a server certificate for 127.0.0.1, ::1 and localhost, and a
-/// client certificate signed by the same CA.
-pub struct Pki {
-    pub ca_pem: String,
-    pub ca_der: CertificateDer<'static>,
-    pub cert: CertificateDer<'static>,
-    pub key: PrivateKeyDer<'static>,
-    pub client_cert_pem: String,
-    pub client_key_pem: String,
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use testkit::{
+    net::{free_port, http_get},
+    process::{log_field, metric_value, BrokerProcess, StdinFeed},
+    qumulo::Mode as ApiMode,
+    wait_for, wait_until,
+};
 
-impl Pki {
-    pub fn new() -> Pki {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "qbroker test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let leaf_params = rcgen::CertificateParams::new(vec![
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-            "localhost".to_string(),
-        ])
-        .unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        client_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "qbroker");
-        let client_key = rcgen::KeyPair::generate().unwrap();
-        let client = client_params.signed_by(&client_key, &ca).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            ca_der: ca.der().clone(),
-            cert: leaf.der().clone(),
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-            client_cert_pem: client.pem(),
-            client_key_pem: client_key.serialize_pem(),
-        }
-    }
-
-    fn acceptor(&self, require_client_cert: bool) -> TlsAcceptor {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = if require_client_cert {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(self.ca_der.clone()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
-        };
-        let config = builder
-            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
-            .unwrap();
-        TlsAcceptor::from(Arc::new(config))
-    }
-}
+/// The broker binary of this workspace, for [`BrokerProcess`] and [`StdinFeed`].
+pub const QBROKER: &str = env!("CARGO_BIN_EXE_qbroker");
 
 /// How the sink answers.
 #[derive(Debug, Clone)]
@@ -135,27 +78,27 @@ pub struct Sink {
     /// A client certificate and key the sink accepts, when it requires one.
     pub client_cert_file: PathBuf,
     pub client_key_file: PathBuf,
-    require_client_cert: bool,
-    pki: Arc<Pki>,
+    clients: Clients,
+    pki: Pki,
     state: Arc<SinkState>,
-    stop: Option<watch::Sender<bool>>,
+    server: Option<Server>,
     runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
 impl Sink {
     pub fn start() -> Sink {
-        Sink::start_with(false)
+        Sink::start_with(Clients::Anonymous)
     }
 
     /// A sink that accepts only TLS clients with a certificate of its CA.
     pub fn start_mtls() -> Sink {
-        Sink::start_with(true)
+        Sink::start_with(Clients::Certified)
     }
 
-    fn start_with(require_client_cert: bool) -> Sink {
+    fn start_with(clients: Clients) -> Sink {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Arc::new(Pki::new());
+        let pki = Pki::new("qbroker test").unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &pki.ca_pem).unwrap();
         let client_cert_file = dir.path().join("client.pem");
@@ -174,10 +117,10 @@ impl Sink {
             ca_file,
             client_cert_file,
             client_key_file,
-            require_client_cert,
+            clients,
             pki,
             state: Arc::new(SinkState::default()),
-            stop: None,
+            server: None,
             runtime,
             _dir: dir,
         };
@@ -194,12 +137,12 @@ impl Sink {
         *self.state.mode.lock().unwrap() = Some(mode);
     }
 
-    /// Stop listening and drop every connection: the target is away.
+    /// Stop listening and drop every connection: the target is away. Returns
+    /// once the listener is closed and the connections are gone.
     pub fn go_away(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.stop());
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 
     /// Listen again on the same port.
@@ -213,33 +156,12 @@ impl Sink {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        self.stop = Some(stop_tx);
-        let acceptor = self.pki.acceptor(self.require_client_cert);
+        let acceptor = self.pki.acceptor(self.clients).unwrap();
         let state = self.state.clone();
-        self.runtime.spawn(async move {
-            let mut stop = stop_rx.clone();
-            loop {
-                let (tcp, _) = tokio::select! {
-                    _ = stop.changed() => return,
-                    r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
-                };
-                let (acceptor, state, mut stop) =
-                    (acceptor.clone(), state.clone(), stop_rx.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = service_fn(move |req| handle(state.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service);
-                    tokio::select! {
-                        _ = stop.changed() => {},
-                        _ = conn => {},
-                    }
-                });
-            }
-        });
+        let _in_runtime = self.runtime.enter();
+        self.server = Some(Server::spawn(listener, acceptor, move |req| {
+            handle(state.clone(), req)
+        }));
     }
 
     /// Protocol violations the sink saw; tests assert there are none.
@@ -366,21 +288,6 @@ async fn handle(
     Ok(resp)
 }
 
-/// Poll `f` until it returns Some, or panic after `timeout`.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A broker running in-process on loopback with its own runtime.
 pub struct Broker {
     pub syslog: SocketAddr,
@@ -492,28 +399,6 @@ impl Drop for Broker {
     }
 }
 
-pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// A plain HTTP/1.0 GET on loopback.
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 /// The identity a test event carries in its file id: node and index.
 pub fn file_id(node: u32, index: u64) -> String {
     // Always above 2^64, as real Qumulo ids can be.
@@ -603,183 +488,24 @@ pub fn check_batches(sink: &Sink) -> BTreeMap<String, Vec<Value>> {
     per_cluster
 }
 
-/// The broker binary as a child process, its log collected.
-pub struct BrokerProcess {
-    pub child: std::process::Child,
-    pub syslog: SocketAddr,
-    pub metrics: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+pub const API_USER: &str = "qbroker";
+pub const API_PASSWORD: &str = "pa55 word";
 
-impl BrokerProcess {
-    /// Start `qbroker run --config <file>`; the config should listen on port 0
-    /// for syslog and metrics: the ports are read from the log.
-    pub fn spawn(config_file: &std::path::Path) -> BrokerProcess {
-        BrokerProcess::spawn_with_log(config_file, "info")
-    }
-
-    /// [`spawn`](Self::spawn) with this `RUST_LOG` filter.
-    pub fn spawn_with_log(config_file: &std::path::Path, rust_log: &str) -> BrokerProcess {
-        BrokerProcess::spawn_with_env(config_file, rust_log, &[])
-    }
-
-    /// [`spawn_with_log`](Self::spawn_with_log) with these variables set.
-    pub fn spawn_with_env(
-        config_file: &std::path::Path,
-        rust_log: &str,
-        env: &[(String, String)],
-    ) -> BrokerProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qbroker"))
-            .args(["run", "--config"])
-            .arg(config_file)
-            .env("RUST_LOG", rust_log)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("qbroker starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line);
-            }
-        });
-        let find = |what: &str| {
-            let log = log.clone();
-            let what = what.to_string();
-            wait_for(Duration::from_secs(20), move || {
-                log.lock().unwrap().iter().find_map(|l| {
-                    if !l.contains(&what) {
-                        return None;
-                    }
-                    l.split("listen=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-            })
-        };
-        let syslog = find("accepting syslog connections");
-        let metrics = find("serving /metrics");
-        BrokerProcess {
-            child,
-            syslog,
-            metrics,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Send a signal (`TERM`, `KILL`) and wait for the exit.
-    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return status;
-            }
-            assert!(Instant::now() < deadline, "broker did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub fn metric(&self, sample: &str) -> Option<f64> {
-        metric_value(&http_get(self.metrics, "/metrics"), sample)
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `key=value` of the first log line containing `marker` and `key=`.
-pub fn log_field(log: &[String], marker: &str, key: &str) -> Option<u64> {
-    log.iter().filter(|l| l.contains(marker)).find_map(|l| {
-        l.split(&format!("{key}="))
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
-/// How the fake Qumulo REST API answers.
-#[derive(Debug, Clone)]
-pub enum ApiMode {
-    Up,
-    /// 503 to everything.
-    Down,
-    /// Wait, then answer.
-    Delay(Duration),
-}
-
-#[derive(Default)]
-struct ApiState {
-    /// file id -> the v2 ACL body
-    acls: std::collections::HashMap<String, Value>,
-    /// file id -> FS_FILE_TYPE_*
-    types: std::collections::HashMap<String, String>,
-    /// token -> requests it may still make
-    tokens: std::collections::HashMap<String, u32>,
-    mode: Option<ApiMode>,
-    logins: u32,
-    /// requests each token may make before the "cluster" expires it
-    token_uses: u32,
-    /// (method, path, had a valid token)
-    log: Vec<(String, String, bool)>,
-    /// `/v1/audit/syslog/config` and `/v1/audit/syslog/status` (404 when unset).
-    audit_v1: Option<(Value, Value)>,
-    /// `/v2/audit/destinations/` and each destination's `/status` by id (404
-    /// when unset, as before Qumulo 7.9).
-    audit_v2: Option<(Value, std::collections::HashMap<String, Value>)>,
-}
-
-/// A Qumulo REST API stand-in over HTTPS on loopback: login, who-am-i,
-/// cluster settings, v2 ACLs and attributes, the audit settings (legacy
-/// syslog config and status, 7.9+ destinations), with tokens that expire after
-/// a number of uses.
+/// The Qumulo REST API stand-in (testkit's) with files the test sets one by
+/// one, on a runtime of its own, its CA in a file.
 pub struct QumuloApi {
     pub addr: SocketAddr,
     pub ca_file: PathBuf,
-    state: Arc<Mutex<ApiState>>,
-    runtime: tokio::runtime::Runtime,
+    api: testkit::qumulo::QumuloApi,
+    files: Arc<Scripted>,
+    _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
-
-pub const API_USER: &str = "qbroker";
-pub const API_PASSWORD: &str = "pa55 word";
 
 impl QumuloApi {
     pub fn start() -> QumuloApi {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::new();
+        let pki = Pki::new("qumulo test").unwrap();
         let ca_file = dir.path().join("api-ca.pem");
         std::fs::write(&ca_file, &pki.ca_pem).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -787,37 +513,25 @@ impl QumuloApi {
             .enable_all()
             .build()
             .unwrap();
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ApiState {
-            token_uses: u32::MAX,
-            mode: Some(ApiMode::Up),
-            ..ApiState::default()
-        }));
-        let acceptor = pki.acceptor(false);
-        let st = state.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, st) = (acceptor.clone(), st.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = service_fn(move |req| api_handle(st.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let files = Arc::new(Scripted::default());
+        let cfg = ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            username: API_USER.to_string(),
+            password: API_PASSWORD.to_string(),
+            cluster_name: "qa".to_string(),
+            token_uses: u64::MAX,
+            mode: ApiMode::Up,
+            keep_log: true,
+        };
+        let api = runtime
+            .block_on(testkit::qumulo::QumuloApi::start(cfg, files.clone(), &pki))
+            .unwrap();
         QumuloApi {
-            addr,
+            addr: api.addr,
             ca_file,
-            state,
-            runtime,
+            api,
+            files,
+            _runtime: runtime,
             _dir: dir,
         }
     }
@@ -832,171 +546,40 @@ impl QumuloApi {
     }
 
     pub fn set_acl(&self, file_id: &str, acl: Value) {
-        self.state
-            .lock()
-            .unwrap()
-            .acls
-            .insert(file_id.to_string(), acl);
+        self.files.set_acl(file_id, acl);
     }
 
     pub fn set_type(&self, file_id: &str, directory: bool) {
-        let t = if directory {
-            "FS_FILE_TYPE_DIRECTORY"
-        } else {
-            "FS_FILE_TYPE_FILE"
-        };
-        self.state
-            .lock()
-            .unwrap()
-            .types
-            .insert(file_id.to_string(), t.to_string());
+        self.files.set_type(file_id, directory);
     }
 
     pub fn set_mode(&self, mode: ApiMode) {
-        self.state.lock().unwrap().mode = Some(mode);
+        self.api.set_mode(mode);
     }
 
     /// Each token is refused (401) after this many requests.
-    pub fn expire_tokens_after(&self, uses: u32) {
-        self.state.lock().unwrap().token_uses = uses;
+    pub fn expire_tokens_after(&self, uses: u64) {
+        self.api.expire_tokens_after(uses);
     }
 
-    pub fn logins(&self) -> u32 {
-        self.state.lock().unwrap().logins
+    pub fn logins(&self) -> u64 {
+        self.api.logins()
     }
 
     /// Serve the legacy audit syslog settings: the config and status bodies.
     pub fn set_audit_v1(&self, config: Value, status: Value) {
-        self.state.lock().unwrap().audit_v1 = Some((config, status));
+        self.api.set_audit_v1(config, status);
     }
 
     /// Serve Qumulo 7.9+ audit destinations: the list body and each one's status.
     pub fn set_audit_v2(&self, list: Value, statuses: &[(&str, Value)]) {
-        self.state.lock().unwrap().audit_v2 = Some((
-            list,
-            statuses
-                .iter()
-                .map(|(id, v)| (id.to_string(), v.clone()))
-                .collect(),
-        ));
+        self.api.set_audit_v2(list, statuses);
     }
 
     /// (method, path, authorised) of every request so far.
     pub fn log(&self) -> Vec<(String, String, bool)> {
-        self.state.lock().unwrap().log.clone()
+        self.api.log()
     }
-}
-
-impl Drop for QumuloApi {
-    fn drop(&mut self) {
-        // the runtime's drop ends the server
-        let _ = &self.runtime;
-    }
-}
-
-async fn api_handle(
-    state: Arc<Mutex<ApiState>>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
-    let mode = state.lock().unwrap().mode.clone().unwrap_or(ApiMode::Up);
-    let respond = |status: u16, body: Value| {
-        let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-        resp
-    };
-    match mode {
-        ApiMode::Down => {
-            return Ok(respond(
-                503,
-                serde_json::json!({"error_class": "unavailable"}),
-            ))
-        }
-        ApiMode::Delay(d) => tokio::time::sleep(d).await,
-        ApiMode::Up => {}
-    }
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let body = req.into_body().collect().await.unwrap().to_bytes();
-    let mut st = state.lock().unwrap();
-    if method == "POST" && path == "/v1/session/login" {
-        let creds: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        st.log.push((method, path, true));
-        if creds["username"] != API_USER || creds["password"] != API_PASSWORD {
-            return Ok(respond(401, serde_json::json!({"error_class": "auth"})));
-        }
-        st.logins += 1;
-        let token = format!("token-{}", st.logins);
-        let uses = st.token_uses;
-        st.tokens.insert(token.clone(), uses);
-        return Ok(respond(200, serde_json::json!({"bearer_token": token})));
-    }
-    let authorised = match token.as_ref().and_then(|t| st.tokens.get_mut(t)) {
-        Some(left) if *left > 0 => {
-            *left -= 1;
-            true
-        }
-        _ => false,
-    };
-    st.log.push((method, path.clone(), authorised));
-    if !authorised {
-        return Ok(respond(
-            401,
-            serde_json::json!({"error_class": "http_unauthorized_error"}),
-        ));
-    }
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let resp = match parts.as_slice() {
-        ["v1", "session", "who-am-i"] => {
-            respond(200, serde_json::json!({"id": "500", "name": API_USER}))
-        }
-        ["v1", "cluster", "settings"] => respond(200, serde_json::json!({"cluster_name": "qa"})),
-        ["v1", "audit", "syslog", which @ ("config" | "status")] => match &st.audit_v1 {
-            Some((config, status)) => respond(
-                200,
-                if *which == "config" {
-                    config.clone()
-                } else {
-                    status.clone()
-                },
-            ),
-            None => respond(404, serde_json::json!({"error_class": "no_such_route"})),
-        },
-        ["v2", "audit", "destinations"] => match &st.audit_v2 {
-            Some((list, _)) => respond(200, list.clone()),
-            None => respond(404, serde_json::json!({"error_class": "no_such_route"})),
-        },
-        ["v2", "audit", "destinations", id, "status"] => {
-            match st.audit_v2.as_ref().and_then(|(_, s)| s.get(*id)) {
-                Some(status) => respond(200, status.clone()),
-                None => respond(
-                    404,
-                    serde_json::json!({"error_class": "no_such_destination"}),
-                ),
-            }
-        }
-        ["v2", "files", id, "info", "acl"] => match st.acls.get(*id) {
-            Some(acl) => respond(200, acl.clone()),
-            None => respond(
-                404,
-                serde_json::json!({"error_class": "fs_no_such_inode_error"}),
-            ),
-        },
-        ["v1", "files", id, "info", "attributes"] => match st.types.get(*id) {
-            Some(t) => respond(200, serde_json::json!({"id": id, "type": t})),
-            None => respond(
-                404,
-                serde_json::json!({"error_class": "fs_no_such_inode_error"}),
-            ),
-        },
-        _ => respond(404, serde_json::json!({"error_class": "no_such_route"})),
-    };
-    Ok(resp)
 }
 
 /// An fs_write_metadata JSON frame with the owner before and after (auth ids).
