@@ -174,6 +174,7 @@ fn batch(c: &mut Criterion) {
             spool: spool.clone(),
             filer_id: Some(7),
             lanes: 4,
+            wake: Default::default(),
         })),
     );
     let metrics = qbroker::metrics::Metrics::new();

@@ -20,16 +20,23 @@
 //!
 //! A batch is sealed at `max_events`, at `max_bytes`, or `max_age` after it was
 //! opened, whichever comes first; the first two by the worker that fills it, the
-//! third by the target's [`Sealer`] thread. Sealed batches of one cluster are
+//! third by the target's [`Sealer`], a task on the broker's tokio runtime that
+//! sleeps until the soonest deadline of its clusters' open batches (tokio
+//! timers: tests pause the clock) and is woken when a batch opens, when one
+//! reaches `idle_seal_min_events`, and when the spool acknowledges or frees
+//! space. With no batch open it does not wake at all. It seals on a blocking
+//! thread, and not while the spool is full. Sealed batches of one cluster are
 //! appended to the spool in order. When the spool is full the append waits,
 //! which holds the worker, which holds the queue, which pauses the readers.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use tracing::{error, warn};
 
@@ -87,6 +94,10 @@ pub struct Route {
     pub filer_id: Option<u64>,
     /// The target's requests in flight at most (`in_flight`), for the idle seal.
     pub lanes: usize,
+    /// Wakes the target's [`Sealer`] (a batch opened, or reached
+    /// `idle_seal_min_events`); [`Sealer::waker`], or a fresh one that nothing
+    /// waits on for a route with no sealer.
+    pub wake: Arc<Notify>,
 }
 
 /// A route and the body prefix it gives the cluster's batches.
@@ -122,6 +133,9 @@ struct State {
     order: Order,
     /// The route of the next batch opened.
     routed: Arc<Routed>,
+    /// A commit barrier waiting ([`Batcher::barrier`]): the chunks it waits
+    /// for, and where its reply goes.
+    barrier: Option<(u64, crossbeam_channel::Sender<()>)>,
 }
 
 /// What every batcher shares.
@@ -133,6 +147,10 @@ struct Common {
     bodies: Recycler,
     /// Set when the shutdown deadline passed: stop waiting on a spool.
     abort: AtomicBool,
+    /// What [`Batcher::open_at`] counts from.
+    epoch: Instant,
+    /// Wakes a spool-write retry's back-off when `abort` is set.
+    aborted: (Mutex<()>, Condvar),
 }
 
 impl Common {
@@ -142,8 +160,51 @@ impl Common {
             bodies: Recycler::new(16, limits.max_bytes * 2),
             limits,
             abort: AtomicBool::new(false),
+            epoch: Instant::now(),
+            aborted: (Mutex::new(()), Condvar::new()),
         }
     }
+
+    /// Wait `back_off` before a spool write is tried again, or less if the
+    /// shutdown deadline passes meanwhile.
+    fn back_off(&self, back_off: Duration) {
+        let (m, cv) = &self.aborted;
+        let guard = lock(m);
+        let _ = cv
+            .wait_timeout_while(guard, back_off, |_| !self.abort.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    fn set_abort(&self) {
+        let (m, cv) = &self.aborted;
+        let _guard = lock(m);
+        self.abort.store(true, Ordering::SeqCst);
+        cv.notify_all();
+    }
+}
+
+/// When one batcher's open batch is due, as its sealer sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// No open batch, or one that only an event can make due (it reaches
+    /// `idle_seal_min_events`).
+    Nothing,
+    /// Seal it now: `max_age` (`idle: false`), or `idle_seal` if a request
+    /// slot is free (`idle: true`); it has been open this long.
+    Now { age: Duration, idle: bool },
+    /// Look again at this time.
+    At(Instant),
+}
+
+/// What [`Batcher::seal_if_due`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Sealing {
+    Sealed,
+    /// Idle-due, but the target has no request slot free: an
+    /// acknowledgement frees one.
+    NoSlot,
+    /// Nothing open or nothing due.
+    NotDue,
 }
 
 /// Batches of one cluster.
@@ -163,7 +224,14 @@ pub struct Batcher {
     /// source forgets it once no connection holds it and nothing waits here
     /// (see [`Batcher::route_gone`]).
     route_gone: AtomicBool,
+    /// When the open batch was opened, in ns since `common.epoch` (`NOT_OPEN`
+    /// with none), and its events: a copy of `state.open`'s, for the sealer to
+    /// read without taking the lock the workers use.
+    open_at: AtomicU64,
+    open_events: AtomicU32,
 }
+
+const NOT_OPEN: u64 = u64::MAX;
 
 /// Whether the event already says directory (its operation does).
 fn typed_directory(ev: &Held) -> bool {
@@ -211,6 +279,7 @@ impl Batcher {
             state: Mutex::new(State {
                 next_chunk: 0,
                 pending: BTreeMap::new(),
+                barrier: None,
                 open: None,
                 order: {
                     let e = EnrichConfig::default();
@@ -221,6 +290,8 @@ impl Batcher {
             append: Mutex::new(()),
             enrich: OnceLock::new(),
             route_gone: AtomicBool::new(false),
+            open_at: AtomicU64::new(NOT_OPEN),
+            open_events: AtomicU32::new(0),
         }
     }
 
@@ -324,10 +395,14 @@ impl Batcher {
         for ev in waiting {
             self.route(&mut st, ev, &mut sealed);
         }
+        let reply = self.barrier_due(&mut st, &mut sealed);
         let order = (!sealed.is_empty()).then(|| lock(&self.append));
         drop(st);
         if let Some(order) = order {
             self.write(sealed, order);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(());
         }
     }
 
@@ -456,29 +531,55 @@ impl Batcher {
             self.common.chunks.put(next.events);
             st.next_chunk += 1;
         }
+        let reply = self.barrier_due(&mut st, &mut sealed);
         let order = (!sealed.is_empty()).then(|| lock(&self.append));
         drop(st);
         self.gate.release(self.gate_id, weight.0, weight.1);
         if let Some(order) = order {
             self.write(sealed, order);
         }
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
     }
 
-    /// A commit barrier's step (`qbroker stdin`): once every chunk numbered
-    /// below `chunks` is in and no event waits for an enrichment, seal the open
-    /// batch into the spool now, without waiting for `max_age`, and return true;
-    /// return false while something is still on its way (call again). The
-    /// spool append may wait while the spool is full.
-    pub fn seal_through(&self, chunks: u64) -> bool {
+    /// A commit barrier (`qbroker stdin`): once every chunk numbered below
+    /// `chunks` is in and no event waits for an enrichment, the open batch is
+    /// sealed into the spool, without waiting for `max_age`, and the returned
+    /// channel gets its one message. When that is already so, it happens here
+    /// and now (the spool append may wait while the spool is full); otherwise
+    /// on the thread whose chunk or enrichment completes it. One barrier at a
+    /// time: a new one replaces (disconnects) a barrier still waiting.
+    pub fn barrier(&self, chunks: u64) -> crossbeam_channel::Receiver<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let mut st = lock(&self.state);
-        if st.next_chunk < chunks || !st.order.idle() {
-            return false;
-        }
-        let sealed = self.seal(&mut st);
+        st.barrier = Some((chunks, tx));
+        let mut sealed = Vec::new();
+        let Some(reply) = self.barrier_due(&mut st, &mut sealed) else {
+            return rx;
+        };
         let order = lock(&self.append);
         drop(st);
-        self.write(sealed.into_iter().collect(), order);
-        true
+        self.write(sealed, order);
+        let _ = reply.send(());
+        rx
+    }
+
+    /// The waiting barrier's reply, its batch sealed into `sealed`, when
+    /// nothing it waits for is still on its way. Send the reply once `sealed`
+    /// is written.
+    fn barrier_due(
+        &self,
+        st: &mut State,
+        sealed: &mut Vec<Sealed>,
+    ) -> Option<crossbeam_channel::Sender<()>> {
+        let (chunks, _) = st.barrier.as_ref()?;
+        if st.next_chunk < *chunks || !st.order.idle() {
+            return None;
+        }
+        let (_, reply) = st.barrier.take()?;
+        sealed.extend(self.seal(st));
+        Some(reply)
     }
 
     /// Nothing waits here: no chunk kept aside, no open batch, no event held
@@ -489,44 +590,85 @@ impl Batcher {
         st.pending.is_empty() && st.open.is_none() && st.order.idle()
     }
 
-    /// How long the open batch has been open; `None` with no open batch, or
-    /// while the batcher is busy.
-    fn open_age(&self) -> Option<Duration> {
-        let st = self.state.try_lock().ok()?;
-        st.open.as_ref().map(|o| o.opened.elapsed())
+    /// When the open batch is due (see [`seal_if_due`](Self::seal_if_due)),
+    /// as of `now`, from the copy the sealer reads without the batcher's lock
+    /// (a worker may hold that lock while it waits on a full spool, and the
+    /// sealer runs on the async runtime). `no_slot`: the target had no request
+    /// slot free at the last look, so an idle-due batch waits for `max_age`
+    /// (or an acknowledgement, which wakes the sealer).
+    fn due(&self, now: Instant, no_slot: bool) -> Due {
+        let at = self.open_at.load(Ordering::Acquire);
+        if at == NOT_OPEN {
+            return Due::Nothing;
+        }
+        let limits = &self.common.limits;
+        let opened = self.common.epoch + Duration::from_nanos(at);
+        let age = now.saturating_duration_since(opened);
+        if age >= limits.max_age {
+            return Due::Now { age, idle: false };
+        }
+        let at_max_age = opened + limits.max_age;
+        match limits.idle_seal {
+            Some(idle)
+                if self.open_events.load(Ordering::Acquire) >= limits.idle_seal_min_events =>
+            {
+                if age < idle {
+                    Due::At((opened + idle).min(at_max_age))
+                } else if no_slot {
+                    Due::At(at_max_age)
+                } else {
+                    Due::Now { age, idle: true }
+                }
+            }
+            _ => Due::At(at_max_age),
+        }
+    }
+
+    fn due_locked(&self, st: &State, now: Instant) -> Sealing {
+        let Some(o) = st.open.as_ref() else {
+            return Sealing::NotDue;
+        };
+        let limits = &self.common.limits;
+        let age = now.saturating_duration_since(o.opened);
+        if age >= limits.max_age {
+            return Sealing::Sealed;
+        }
+        match limits.idle_seal {
+            Some(idle) if age >= idle && o.events >= limits.idle_seal_min_events => {
+                let route = &o.routed.route;
+                if route.spool.unacked_records() < route.lanes as u64 {
+                    Sealing::Sealed
+                } else {
+                    Sealing::NoSlot
+                }
+            }
+            _ => Sealing::NotDue,
+        }
     }
 
     /// Seal the open batch if it is `max_age` old, or `idle_seal` old while the
     /// target has a request slot free and the batch holds at least
     /// `idle_seal_min_events` events (so that a light load does not become one
-    /// request per event). Skips a batcher that is busy.
-    fn seal_if_due(&self) {
-        let Ok(mut st) = self.state.try_lock() else {
-            return;
-        };
-        let limits = &self.common.limits;
-        let due = st.open.as_ref().is_some_and(|o| {
-            let age = o.opened.elapsed();
-            age >= limits.max_age
-                || limits.idle_seal.is_some_and(|idle| {
-                    let route = &o.routed.route;
-                    age >= idle
-                        && o.events >= limits.idle_seal_min_events
-                        && route.spool.unacked_records() < route.lanes as u64
-                })
-        });
-        if due {
+    /// request per event). Blocking: it may wait for the cluster's worker, and
+    /// on the spool.
+    fn seal_if_due(&self) -> Sealing {
+        let mut st = lock(&self.state);
+        let due = self.due_locked(&st, Instant::now());
+        if due == Sealing::Sealed {
             let sealed = self.seal(&mut st);
             let order = lock(&self.append);
             drop(st);
             self.write(sealed.into_iter().collect(), order);
         }
+        due
     }
 
     /// Seal whatever is open (shutdown), after giving up the enrichments that
     /// have not come back: their generic events go out first.
     fn flush(&self) {
         let mut st = lock(&self.state);
+        // A barrier still waiting is let go (its receiver sees the sender gone).
+        st.barrier = None;
         let chains = st.order.close();
         if !chains.is_empty() {
             let mut sealed = Vec::new();
@@ -705,7 +847,15 @@ impl Batcher {
             open.body
                 .extend_from_slice(&events[start_of(i)..ends[j - 1] as usize]);
             let taken = (j - i) as u32;
+            let min = self.common.limits.idle_seal_min_events;
+            if open.events < min && open.events + taken >= min {
+                // Now it may leave at the idle age: the sealer takes a new look.
+                self.open_events
+                    .store(open.events + taken, Ordering::Release);
+                open.routed.route.wake.notify_one();
+            }
             open.events += taken;
+            self.open_events.store(open.events, Ordering::Relaxed);
             let full_profile = open.received.len() >= MAX_RECEIVED;
             match open.received.last_mut() {
                 // Same read, or enough entries for a batch's latency profile: fold
@@ -731,11 +881,21 @@ impl Batcher {
         body.extend_from_slice(&routed.prefix);
         body.extend_from_slice(batch_id.as_bytes());
         body.extend_from_slice(b"\",\"events\":[");
+        let opened = Instant::now();
+        self.open_events.store(0, Ordering::Relaxed);
+        let since = opened
+            .saturating_duration_since(self.common.epoch)
+            .as_nanos();
+        self.open_at.store(
+            u64::try_from(since).unwrap_or(NOT_OPEN - 1),
+            Ordering::Release,
+        );
+        routed.route.wake.notify_one();
         Open {
             batch_id,
             body,
             events: 0,
-            opened: Instant::now(),
+            opened,
             received: Vec::new(),
             routed: routed.clone(),
         }
@@ -743,6 +903,7 @@ impl Batcher {
 
     fn seal(&self, st: &mut State) -> Option<Sealed> {
         let mut open = st.open.take()?;
+        self.open_at.store(NOT_OPEN, Ordering::Release);
         open.body.extend_from_slice(b"]}");
         Some(Sealed {
             batch_id: open.batch_id,
@@ -790,9 +951,8 @@ impl Batcher {
                                 "spool write failed: intake paused, retrying"
                             );
                         }
-                        std::thread::sleep(Duration::from_millis(
-                            (50u64 << failures.min(5)).min(1000),
-                        ));
+                        self.common
+                            .back_off(Duration::from_millis((50u64 << failures.min(5)).min(1000)));
                     }
                     Err(AppendError::TooLarge { bytes }) => {
                         // Cannot happen within the configured limits (batch.max_bytes
@@ -834,73 +994,127 @@ impl Batcher {
     }
 }
 
-/// The age sealer of one target: a thread that seals the open batches of the
-/// clusters routed to the target once they are `max_age` old. One per target, so
-/// that a full spool, which holds the sealer appending to it, holds no other
-/// target's clusters.
+/// The age sealer of one target: a task that seals the open batches of the
+/// clusters routed to the target once they are due (see
+/// [`Batcher::seal_if_due`]). It sleeps until the soonest deadline of those
+/// batches, and is woken early through [`Route::wake`] (a batch opened, or
+/// reached `idle_seal_min_events`) and by the spool ([`Spool::changed`]: a
+/// request slot or room freed). With no open batch it sleeps until woken. One
+/// per target, each sealing on a blocking thread, so that a full spool, which
+/// holds a seal appending to it, holds no other target's clusters; and it does
+/// not seal while its spool is full (the batch keeps filling, and the worker that
+/// fills it waits on the spool, which pauses intake).
 pub struct Sealer {
-    batchers: Arc<Mutex<Vec<Arc<Batcher>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<SealerShared>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct SealerShared {
+    batchers: Mutex<Vec<Arc<Batcher>>>,
+    wake: Arc<Notify>,
+    stop: AtomicBool,
 }
 
 impl Sealer {
-    /// Start the sealer of target `name`.
-    pub fn start(name: &str, limits: &BatchConfig) -> std::io::Result<Sealer> {
-        let batchers: Arc<Mutex<Vec<Arc<Batcher>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let soonest = limits
-            .idle_seal
-            .map_or(limits.max_age, |i| i.min(limits.max_age));
-        let tick = (soonest / 4).clamp(Duration::from_millis(2), Duration::from_millis(250));
-        let (list, flag) = (batchers.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("qbroker-sealer-{name}"))
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    // oldest open batch first: when fewer request slots are free
-                    // than batches are idle-due, those that waited longest take them
-                    // (a fixed order would leave the last clusters to max_age)
-                    let mut open: Vec<(Duration, Arc<Batcher>)> = lock(&list)
-                        .iter()
-                        .filter_map(|b| Some((b.open_age()?, b.clone())))
-                        .collect();
-                    open.sort_by_key(|b| std::cmp::Reverse(b.0));
-                    for (_, b) in open {
-                        b.seal_if_due();
-                    }
-                }
-            })?;
-        Ok(Sealer {
-            batchers,
-            stop,
-            thread: Mutex::new(Some(thread)),
-        })
+    /// Start the sealer of target `name` and its `spool` on `runtime`.
+    pub fn start(name: &str, spool: Arc<Spool>, runtime: &tokio::runtime::Handle) -> Sealer {
+        let shared = Arc::new(SealerShared {
+            batchers: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
+            stop: AtomicBool::new(false),
+        });
+        let task = runtime.spawn(seal_loop(name.to_string(), shared.clone(), spool));
+        Sealer {
+            shared,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// What a route to this target wakes the sealer with ([`Route::wake`]).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.shared.wake.clone()
     }
 
     /// Seal `b`'s batches here from now on.
     pub fn add(&self, b: &Arc<Batcher>) {
-        lock(&self.batchers).push(b.clone());
+        lock(&self.shared.batchers).push(b.clone());
+        self.shared.wake.notify_one();
     }
 
     /// No longer seal `b`'s batches here.
     pub fn remove(&self, b: &Arc<Batcher>) {
-        lock(&self.batchers).retain(|x| !Arc::ptr_eq(x, b));
+        lock(&self.shared.batchers).retain(|x| !Arc::ptr_eq(x, b));
     }
 
-    /// Stop the thread and wait for it.
+    /// Stop sealing. A seal under way finishes on its blocking thread (the
+    /// batcher's append lock keeps a later flush behind it).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = lock(&self.thread).take() {
-            let _ = h.join();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
         }
     }
 }
 
 impl Drop for Sealer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop();
+    }
+}
+
+async fn seal_loop(name: String, shared: Arc<SealerShared>, spool: Arc<Spool>) {
+    // The target had no request slot free for an idle-due batch at the last
+    // look; cleared by the next acknowledgement.
+    let mut no_slot = false;
+    loop {
+        // Armed before looking, so that a wake-up while looking is not lost.
+        let woken = shared.wake.notified();
+        let changed = spool.changed();
+        tokio::pin!(woken, changed);
+        woken.as_mut().enable();
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let batchers = lock(&shared.batchers).clone();
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for b in batchers {
+            match b.due(now, no_slot) {
+                Due::Nothing => {}
+                Due::Now { age, .. } => due.push((age, b)),
+                Due::At(at) => next = Some(next.map_or(at, |n| n.min(at))),
+            }
+        }
+        if !due.is_empty() && spool.has_room() {
+            // Oldest open batch first: when fewer request slots are free than
+            // batches are idle-due, those that waited longest take them (a fixed
+            // order would leave the last clusters to max_age).
+            due.sort_by_key(|d| std::cmp::Reverse(d.0));
+            let sealing = tokio::task::spawn_blocking(move || {
+                due.iter().fold(false, |busy, (_, b)| {
+                    busy | (b.seal_if_due() == Sealing::NoSlot)
+                })
+            });
+            match sealing.await {
+                Ok(busy) => no_slot = busy,
+                Err(err) => error!(target = %name, error = %err, "a batch seal failed"),
+            }
+            continue;
+        }
+        // Due but the spool is full: it waits for room (`changed`).
+        let sleep = async {
+            match next {
+                Some(at) if due.is_empty() => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = &mut changed => no_slot = false,
+            _ = sleep => {}
+        }
     }
 }
 
@@ -1028,7 +1242,7 @@ impl Batches {
 
     /// Give up waiting on unavailable spools (the shutdown deadline passed).
     pub fn abort(&self) {
-        self.common.abort.store(true, Ordering::Relaxed);
+        self.common.set_abort();
     }
 }
 
@@ -1097,6 +1311,7 @@ mod tests {
                 spool: spool.clone(),
                 filer_id: Some(7),
                 lanes: 1,
+                wake: Default::default(),
             },
             m.cluster("c\"1"),
             (gate, id),
@@ -1188,6 +1403,7 @@ mod tests {
             spool: second.clone(),
             filer_id: None,
             lanes: 1,
+            wake: Default::default(),
         });
         // The open batch went to the old spool at once, whole.
         assert_eq!(first.stats().appended_records, 1);
@@ -1204,20 +1420,44 @@ mod tests {
         assert_eq!(b.current_route().target.as_ref(), "b");
     }
 
-    #[test]
-    fn a_batch_leaves_early_while_the_target_has_a_free_slot() {
+    /// [`drain`] from inside a runtime.
+    fn drain_apart(spool: &Spool) -> Vec<serde_json::Value> {
+        std::thread::scope(|s| s.spawn(|| drain(spool)).join().unwrap())
+    }
+
+    /// Let the sealer task and its blocking seals (real threads) run while the
+    /// clock stands still, until `done`, or 10 s of real time.
+    async fn settle(done: impl Fn() -> bool) {
+        settle_for(done, Duration::from_secs(10)).await
+    }
+
+    /// What a sealer that should not seal gets to show that it does not.
+    async fn quiet() {
+        settle_for(|| false, Duration::from_millis(100)).await
+    }
+
+    async fn settle_for(done: impl Fn() -> bool, real: Duration) {
+        let deadline = std::time::Instant::now() + real;
+        while !done() && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_leaves_early_while_the_target_has_a_free_slot() {
         let dir = tempfile::tempdir().unwrap();
         let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)), 1);
         b.submit(chunk(0, &["{}"]));
-        std::thread::sleep(Duration::from_millis(8));
+        tokio::time::advance(Duration::from_millis(8)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 1, "sealed at the idle age");
         // The one slot (lanes = 1) now holds that batch: the next waits for max_age.
         b.submit(chunk(1, &["{}"]));
-        std::thread::sleep(Duration::from_millis(8));
+        tokio::time::advance(Duration::from_millis(8)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 1, "no slot free: it waits");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(50)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
     }
@@ -1225,12 +1465,12 @@ mod tests {
     /// Light load: a batch with fewer than `idle_seal_min_events` events does
     /// not leave early even with a slot free; it waits for `max_age`, so a
     /// trickle of events is not one request each.
-    #[test]
-    fn a_small_batch_waits_for_max_age_even_with_a_free_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn a_small_batch_waits_for_max_age_even_with_a_free_slot() {
         let dir = tempfile::tempdir().unwrap();
         let (b, spool) = batcher_with(dir.path(), 1000, 1 << 20, Some(Duration::from_millis(5)), 3);
         b.submit(chunk(0, &["{}", "{}"]));
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::advance(Duration::from_millis(10)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 0, "2 events: it waits");
         b.submit(chunk(1, &["{}"]));
@@ -1241,16 +1481,42 @@ mod tests {
             "3 events: it leaves early"
         );
         b.submit(chunk(2, &["{}"]));
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 2, "sealed at max_age");
+    }
+
+    fn shared_target(
+        limits: &BatchConfig,
+        spool: &Arc<Spool>,
+        sealer: &Sealer,
+    ) -> impl Fn(&str) -> Arc<Batcher> {
+        let m = Metrics::new();
+        let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
+        let common = Arc::new(Common::new(limits.clone()));
+        let (spool, wake) = (spool.clone(), sealer.waker());
+        move |name: &str| {
+            Arc::new(Batcher::new(
+                Arc::from(name),
+                Route {
+                    target: Arc::from("t"),
+                    spool: spool.clone(),
+                    filer_id: None,
+                    lanes: 1,
+                    wake: wake.clone(),
+                },
+                m.cluster(name),
+                (gate.clone(), gate.register()),
+                common.clone(),
+            ))
+        }
     }
 
     /// Two clusters share a target with one request slot; both have a batch
     /// past `idle_seal` when the sealer looks. The slot goes to the batch that
     /// has waited longer, whatever order the batchers were added in.
-    #[test]
-    fn the_sealer_gives_a_free_slot_to_the_oldest_batch() {
+    #[tokio::test(start_paused = true)]
+    async fn the_sealer_gives_a_free_slot_to_the_oldest_batch() {
         let dir = tempfile::tempdir().unwrap();
         let spool = test_spool(dir.path());
         let limits = BatchConfig {
@@ -1260,52 +1526,77 @@ mod tests {
             idle_seal: Some(Duration::from_millis(10)),
             idle_seal_min_events: 1,
         };
-        let m = Metrics::new();
-        let gate = Arc::new(Gate::new(1 << 20, 1 << 30));
-        let common = Arc::new(Common::new(limits.clone()));
-        let make = |name: &str| {
-            Arc::new(Batcher::new(
-                Arc::from(name),
-                Route {
-                    target: Arc::from("t"),
-                    spool: spool.clone(),
-                    filer_id: None,
-                    lanes: 1,
-                },
-                m.cluster(name),
-                (gate.clone(), gate.register()),
-                common.clone(),
-            ))
-        };
+        let sealer = Sealer::start("t", spool.clone(), &tokio::runtime::Handle::current());
+        let make = shared_target(&limits, &spool, &sealer);
         let (young, old) = (make("young"), make("old"));
         old.submit(chunk(0, &["{}"]));
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         young.submit(chunk(0, &["{}"]));
-        std::thread::sleep(Duration::from_millis(15));
-        let sealer = Sealer::start("t", &limits).unwrap();
+        tokio::time::advance(Duration::from_millis(15)).await;
+        // Both are idle-due before the sealer first looks.
         sealer.add(&young);
         sealer.add(&old);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while spool.stats().appended_records == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        settle(|| spool.stats().appended_records > 0).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+        quiet().await;
         sealer.stop();
         assert_eq!(spool.stats().appended_records, 1, "one slot, one batch");
-        let batches = drain(&spool);
+        let batches = drain_apart(&spool);
         assert_eq!(batches[0]["cluster"], "old");
     }
 
-    #[test]
-    fn the_sealer_seals_a_batch_after_max_age() {
+    #[tokio::test(start_paused = true)]
+    async fn the_sealer_seals_a_batch_after_max_age() {
         let dir = tempfile::tempdir().unwrap();
         let (b, spool) = batcher(dir.path(), 1000, 1 << 20);
         b.submit(chunk(0, &["{}"]));
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 0);
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         b.seal_if_due();
         assert_eq!(spool.stats().appended_records, 1);
-        assert_eq!(drain(&spool).len(), 1);
+        assert_eq!(drain_apart(&spool).len(), 1);
+    }
+
+    /// The sealer task on a paused clock: a batch opened leaves at `max_age`
+    /// and not a millisecond before, with no tick in between; a later batch
+    /// after its own `max_age`; an acknowledgement frees the one slot for an
+    /// idle-due batch at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_sealer_task_seals_at_the_deadline_and_on_a_freed_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = test_spool(dir.path());
+        let limits = BatchConfig {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(200),
+            idle_seal: Some(Duration::from_millis(20)),
+            idle_seal_min_events: 3,
+        };
+        let sealer = Sealer::start("t", spool.clone(), &tokio::runtime::Handle::current());
+        let b = shared_target(&limits, &spool, &sealer)("c");
+        sealer.add(&b);
+        let appended = || spool.stats().appended_records;
+
+        // Two events: under idle_seal_min_events, so only max_age seals it.
+        b.submit(chunk(0, &["{}", "{}"]));
+        tokio::time::advance(Duration::from_millis(199)).await;
+        quiet().await;
+        assert_eq!(appended(), 0, "not before max_age");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle(|| appended() == 1).await;
+        assert_eq!(appended(), 1, "at max_age");
+
+        // Three events: idle-due at 20 ms, but the one slot holds the first
+        // batch (not acknowledged), so it waits, until the acknowledgement.
+        b.submit(chunk(1, &["{}", "{}", "{}"]));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        quiet().await;
+        assert_eq!(appended(), 1, "no free slot");
+        let rec = spool.next().await.unwrap();
+        spool.ack(rec.id);
+        settle(|| appended() == 2).await;
+        assert_eq!(appended(), 2, "sealed on the acknowledgement");
+        sealer.stop();
     }
 }

@@ -334,6 +334,7 @@ mod tests {
                 spool,
                 filer_id: None,
                 lanes: 1,
+                wake: Default::default(),
             })),
         );
         let gate = Arc::new(Gate::new(1000, 1 << 20));

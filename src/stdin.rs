@@ -15,7 +15,7 @@
 //! acknowledgements. rsyslog keeps a message until the program confirms it, and
 //! a confirmation is worth something only once the message is in the spool, on
 //! disk. Inside the process the feed can ask each batcher whether its chunks are
-//! in and seal what is open at once ([`Batcher::seal_through`]); across a socket
+//! in and seal what is open at once ([`Batcher::barrier`]); across a socket
 //! it could only guess. The frames still travel the real path: the admission
 //! gate, the work queue, the pool, the batcher, the spool, egress.
 //!
@@ -59,7 +59,7 @@
 //! and acknowledged (sending them again would not make them good). A line over
 //! `ingest.max_frame_bytes` is counted and skipped, as on TCP.
 //!
-//! [`Batcher::seal_through`]: crate::batch::Batcher::seal_through
+//! [`Batcher::barrier`]: crate::batch::Batcher::barrier
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -112,6 +112,8 @@ pub enum CommitError {
 const READ_AHEAD: usize = 1024;
 /// A commit that waits this long says so in the log.
 const COMMIT_SLOW: Duration = Duration::from_secs(10);
+/// How often a commit waiting for its reply looks for a shutdown.
+const COMMIT_LOOK: Duration = Duration::from_millis(50);
 
 /// How the feed talks to its caller.
 #[derive(Debug, Clone)]
@@ -155,8 +157,6 @@ struct Reply {
     waiting: AtomicBool,
     /// The output failed (the reader is gone): stop.
     broken: AtomicBool,
-    /// The feed ended: the keep-alive thread stops.
-    ended: AtomicBool,
 }
 
 impl Reply {
@@ -190,13 +190,14 @@ impl Reply {
 /// The keep-alive thread; stopped when dropped (a feed that never started, or
 /// one that ended).
 struct KeepAlive {
-    reply: Arc<Reply>,
+    /// Dropped to stop the thread, which waits on it between keep-alives.
+    stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for KeepAlive {
     fn drop(&mut self) {
-        self.reply.ended.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -227,22 +228,16 @@ impl Feed {
             confirm: opts.confirm,
             waiting: AtomicBool::new(true),
             broken: AtomicBool::new(false),
-            ended: AtomicBool::new(false),
         });
         let (done, done_rx) = oneshot::channel();
         let r = reply.clone();
         let every = opts.keepalive.max(Duration::from_millis(10));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let keepalive = std::thread::Builder::new()
             .name("qbroker-keepalive".into())
             .spawn(move || {
-                let tick = every.min(Duration::from_millis(100));
-                let mut last = Instant::now();
-                while !r.ended.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    if last.elapsed() >= every {
-                        r.keepalive();
-                        last = Instant::now();
-                    }
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    r.keepalive();
                 }
             })?;
         Ok((
@@ -250,7 +245,7 @@ impl Feed {
                 opts,
                 input,
                 keepalive: KeepAlive {
-                    reply: reply.clone(),
+                    stop: Some(stop),
                     thread: Some(keepalive),
                 },
                 reply,
@@ -734,8 +729,15 @@ impl Feeder {
         let started = Instant::now();
         let mut said = false;
         for cluster in self.clusters.values_mut().filter(|c| c.dirty) {
-            let mut spins = 0u32;
-            while !cluster.shared.batcher.seal_through(cluster.next_chunk) {
+            // The batcher replies once the cluster's last chunk is in a batch
+            // in the spool. The wait looks up now and then for a shutdown.
+            let reply = cluster.shared.batcher.barrier(cluster.next_chunk);
+            loop {
+                match reply.recv_timeout(COMMIT_LOOK) {
+                    Ok(()) => break,
+                    Err(RecvTimeoutError::Disconnected) => return Err(CommitError::ShuttingDown),
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
                 if stop_aware && *self.p.stop.borrow() {
                     return Err(CommitError::ShuttingDown);
                 }
@@ -745,12 +747,6 @@ impl Feeder {
                 if !said && started.elapsed() >= COMMIT_SLOW {
                     said = true;
                     warn!(cluster = %cluster.shared.name, secs = COMMIT_SLOW.as_secs(), "commit still waiting for the pipeline (an enrichment, or a full spool)");
-                }
-                spins += 1;
-                if spins < 64 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
             let spool = cluster.shared.batcher.current_route().spool;

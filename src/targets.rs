@@ -352,8 +352,12 @@ impl Targets {
         origin: Origin,
     ) -> Result<Live, crate::RunError> {
         let name = endpoint.cfg.name.clone();
-        let sealer = Sealer::start(&name, &self.cfg.batch)
-            .map_err(crate::io_error("cannot start a batch sealer"))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            crate::io_error("cannot start a batch sealer")(std::io::Error::other(
+                "not inside the tokio runtime",
+            ))
+        })?;
+        let sealer = Sealer::start(&name, spool.clone(), &runtime);
         let egress = egress::start_endpoint(
             endpoint,
             spool.clone(),
@@ -447,6 +451,7 @@ impl Targets {
             spool: live.spool.clone(),
             filer_id,
             lanes: live.egress.endpoint().cfg.in_flight,
+            wake: live.sealer.waker(),
         })
     }
 

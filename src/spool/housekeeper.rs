@@ -5,8 +5,11 @@
 //! persisted watermark passed (which wakes appenders waiting for space), and with
 //! `Fsync::Interval` fsyncs what was written since the last round. Acknowledging
 //! stays cheap: `ack` only updates the tracker and, sometimes, wakes this thread.
+//! With nothing to do (the watermark persisted, nothing written unsynced) it
+//! sleeps until woken, so an idle spool costs no wake-ups; an acknowledgement
+//! or a write then wakes it (`Shared::hk_idle`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -25,19 +28,34 @@ pub(crate) fn run(sh: &Shared) {
     let mut last_flush = Instant::now();
     let mut last_persist = Instant::now();
     loop {
+        // Idle first, then look for work: an acknowledgement or a write that
+        // this look misses sees the flag and wakes the thread (both sides fence).
+        sh.hk_idle.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let work = sh.tracker.watermark() > *lock(&sh.persisted)
+            || (interval.is_some() && sh.dirty.load(Ordering::SeqCst));
+        if work {
+            sh.hk_idle.store(false, Ordering::SeqCst);
+        }
         let (woken, stop) = {
             let mut hk = lock(&sh.hk);
-            if !hk.wake && !hk.stop {
-                hk = sh
-                    .hk_cv
-                    .wait_timeout(hk, tick)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            if !hk.wake && !hk.kick && !hk.stop {
+                hk = if work {
+                    sh.hk_cv
+                        .wait_timeout(hk, tick)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                } else {
+                    sh.hk_cv.wait(hk).unwrap_or_else(|e| e.into_inner())
+                };
             }
+            // A kick only ends an idle sleep: the next look finds the work.
             let r = (hk.wake, hk.stop);
             hk.wake = false;
+            hk.kick = false;
             r
         };
+        sh.hk_idle.store(false, Ordering::SeqCst);
         if let Some(d) = interval {
             if (stop || last_flush.elapsed() >= d) && sh.dirty.swap(false, Ordering::AcqRel) {
                 last_flush = Instant::now();

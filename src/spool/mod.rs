@@ -34,7 +34,7 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -184,6 +184,8 @@ impl Counters {
 #[derive(Default)]
 struct HkState {
     wake: bool,
+    /// Work arrived while the housekeeper slept with nothing to do.
+    kick: bool,
     stop: bool,
 }
 
@@ -205,6 +207,10 @@ struct Shared {
     /// Serialises `next` callers, across their awaits.
     read_turn: tokio::sync::Mutex<()>,
     readable: tokio::sync::Notify,
+    /// Notified when a record is acknowledged, space is freed, or the spool
+    /// closes or lifts its cap: what the batch sealer waits on while a batch
+    /// waits for a request slot or for room ([`Spool::changed`]).
+    changed: tokio::sync::Notify,
     cache: Mutex<Cache>,
     cache_budget: AtomicUsize,
     /// Encoding buffers, back from the cache once egress is done with a record.
@@ -221,6 +227,9 @@ struct Shared {
     dirty: AtomicBool,
     hk: Mutex<HkState>,
     hk_cv: Condvar,
+    /// The housekeeper sleeps until woken (nothing to do at its last look):
+    /// an acknowledgement or a write wakes it.
+    hk_idle: AtomicBool,
     /// Ids below this were on disk at open.
     first_new_id: u64,
     counters: Counters,
@@ -275,6 +284,16 @@ impl Shared {
         self.hk_cv.notify_one();
     }
 
+    /// Work for a housekeeper that sleeps with nothing to do (cheap when it
+    /// does not: one load).
+    fn kick_housekeeper(&self) {
+        fence(Ordering::SeqCst);
+        if self.hk_idle.load(Ordering::SeqCst) {
+            lock(&self.hk).kick = true;
+            self.hk_cv.notify_one();
+        }
+    }
+
     /// After the watermark moved to `w`.
     fn advanced(&self, w: u64) {
         {
@@ -285,6 +304,8 @@ impl Shared {
         }
         if w >= self.deletable_at.load(Ordering::Acquire) {
             self.wake_housekeeper();
+        } else {
+            self.kick_housekeeper();
         }
     }
 }
@@ -335,6 +356,7 @@ impl Spool {
             }),
             read_turn: tokio::sync::Mutex::new(()),
             readable: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
             cache: Mutex::new(Cache::default()),
             cache_budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
             buffers: Arc::new(crate::model::Recycler::new(
@@ -347,6 +369,7 @@ impl Spool {
             dirty: AtomicBool::new(false),
             hk: Mutex::new(HkState::default()),
             hk_cv: Condvar::new(),
+            hk_idle: AtomicBool::new(false),
             first_new_id: rec.next_id,
             counters,
         });
@@ -395,6 +418,24 @@ impl Spool {
         if let Some(w) = sh.tracker.ack(id) {
             sh.advanced(w);
         }
+        sh.changed.notify_one();
+    }
+
+    /// Completes at the next acknowledgement, freeing of space, close or
+    /// lifted cap, or at once when one happened since the last call returned
+    /// (one permit is kept). For one waiter: the target's batch sealer.
+    pub async fn changed(&self) {
+        self.shared.changed.notified().await
+    }
+
+    /// Whether an append would go in now without waiting for space.
+    /// Does not wait: while an append holds the log it says yes (the caller's
+    /// append then waits as appends do).
+    pub fn has_room(&self) -> bool {
+        match self.shared.log.try_lock() {
+            Ok(log) => log.closed || log.uncapped || log.bytes < self.shared.opts.max_bytes,
+            Err(_) => true,
+        }
     }
 
     /// No more appends (they return [`AppendError::Closed`]); wakes waiting
@@ -405,6 +446,7 @@ impl Spool {
         lock(&sh.log).closed = true;
         sh.space.notify_all();
         sh.readable.notify_waiters();
+        sh.changed.notify_one();
         if let Err(error) = self.sync() {
             warn!(dir = %sh.dir.display(), %error, "spool sync at close failed");
         }
@@ -424,6 +466,7 @@ impl Spool {
             log.bytes
         };
         sh.space.notify_all();
+        sh.changed.notify_one();
         if bytes >= sh.opts.max_bytes {
             info!(dir = %sh.dir.display(), bytes, max_bytes = sh.opts.max_bytes, "spool at its cap: what is still in memory is written past it for shutdown");
         }

@@ -182,7 +182,10 @@ impl Shared {
         self.readable.notify_waiters();
         match self.opts.fsync {
             Fsync::Always => self.commit_until(id, id + 1)?,
-            Fsync::Interval(_) => self.dirty.store(true, Ordering::Release),
+            Fsync::Interval(_) => {
+                self.dirty.store(true, Ordering::SeqCst);
+                self.kick_housekeeper();
+            }
             Fsync::Never => {}
         }
         Ok(id)
@@ -381,6 +384,7 @@ impl Shared {
             return Ok(());
         }
         self.space.notify_all();
+        self.changed.notify_one();
         for path in &doomed {
             if let Err(error) = segment::remove(path) {
                 Counters::bump(&self.counters.io_errors);
