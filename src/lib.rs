@@ -34,8 +34,11 @@
 //! configurations and HTTPS connections, one way for every part), [`preflight`] (what
 //! `run` would refuse, for `check-config`), [`replay`] (refused batches back
 //! from the dead-letter directory into their spool), [`sync`] (the hand-written
-//! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
-//! doctor`: checks of the clusters, the targets and the host).
+//! synchronisation pieces, checked with loom).
+//!
+//! The library holds no command's output: `qbroker doctor`, the explanation of
+//! `qbroker stdin --once` and what `check-config` prints live with the binary
+//! (src/cli/), made from the APIs here.
 //!
 //! [`run`] wires the stages from the back (registry, targets, batchers, pool,
 //! the API, then ingest) and shuts them down from the front.
@@ -46,7 +49,6 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod deadletter;
-pub mod doctor;
 pub mod egress;
 pub mod enrich;
 pub mod ingest;
