@@ -82,7 +82,7 @@ use crate::deadletter::DeadLetters;
 use crate::ingest::listener::UNIDENTIFIED;
 use crate::metrics::{unix_us, Metrics, NodeMetrics, RateLimit};
 use crate::parse;
-use crate::model::{Chunk, ClusterShared};
+use crate::pool::{Chunk, ClusterShared};
 use crate::spool::{Fsync, Spool};
 use crate::sync::gate::Gate;
 use crate::targets::Targets;

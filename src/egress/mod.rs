@@ -19,6 +19,10 @@
 //!
 //! Every request carries `Idempotency-Key: <batch_id>`; a batch sent again (after
 //! a timeout, a retry or a restart) keeps its id, so the target can drop the copy.
+//!
+//! Owns: the lanes, the transports and `TargetMetrics`' values. May touch: the
+//! spool (read, ack), the dead-letter directory, the registry's types, config
+//! and metrics.
 
 pub mod amqp;
 pub mod client;
