@@ -745,6 +745,23 @@ mod tests {
     use crate::parse::{convert_with_info, Filter, FrameCtx, Hint, Outcome};
     use serde_json::{json, Value};
 
+    #[test]
+    fn the_enrichment_part_of_the_page_declares_every_family() {
+        use crate::metrics::Render as _;
+        let m = Arc::new(EnrichMetrics::default());
+        m.fallbacks[Fallback::ApiError.index()].add(2);
+        let mut text = String::new();
+        Series(m).render(&mut text);
+        assert!(
+            text.contains("qbroker_enrich_fallbacks_total{reason=\"api_error\"} 2"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+
     fn held(frame: &str) -> Held {
         let mut out = Vec::new();
         let mut info = EventInfo::default();

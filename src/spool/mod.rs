@@ -647,3 +647,26 @@ impl Drop for Spool {
         debug!(dir = %self.shared.dir.display(), "spool closed; its files stay for the next start");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spools_part_of_the_page_declares_every_family() {
+        let mut text = String::new();
+        let stats = Stats {
+            unacked_records: 3,
+            ..Stats::default()
+        };
+        render_stats(&mut text, &[("v", stats)]);
+        assert!(
+            text.contains("qbroker_spool_unacked_batches{target=\"v\"} 3"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}
