@@ -11,6 +11,9 @@
 //! strongly connected component of more than one module, with the lines that
 //! make each of its edges.
 //!
+//! Inline modules other than test ones are not tracked: `super::` in one is
+//! read as if it were at file level, so name paths from `crate::` there.
+//!
 //! The binary's own modules (src/main.rs, src/top.rs, src/cli/) are not the
 //! library and are not read.
 
