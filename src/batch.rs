@@ -28,6 +28,11 @@
 //! thread, and not while the spool is full. Sealed batches of one cluster are
 //! appended to the spool in order. When the spool is full the append waits,
 //! which holds the worker, which holds the queue, which pauses the readers.
+//!
+//! Owns: the batchers (order, type cache, open batches, sealing) and their
+//! routes. May touch: the spool (to append), enrich (jobs out; results come
+//! back through [`enrich::Completions`], which [`Batcher`] implements), config
+//! and metrics; it names no source, no pool, no target set.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -1243,6 +1248,12 @@ impl Batches {
     /// Give up waiting on unavailable spools (the shutdown deadline passed).
     pub fn abort(&self) {
         self.common.set_abort();
+    }
+}
+
+impl enrich::Completions for Batcher {
+    fn complete(&self, c: Completion) {
+        Batcher::complete(self, c);
     }
 }
 

@@ -4,6 +4,10 @@
 //! fields are rejected, every field has a doc comment and its unit in its name),
 //! then [`RawConfig::validate`] turns it into the typed [`Config`] the broker runs
 //! with, failing at start with an error that names the field.
+//!
+//! Owns: the file's sections and their validation (the spool's [`Fsync`]
+//! included). Names only [`crate::parse`] (the filter): every stage reads its
+//! section from here, and config imports no stage.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +19,6 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::parse;
-use crate::spool::Fsync;
 
 /// A configuration that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -2383,7 +2386,7 @@ impl MemoryBudget {
 }
 
 /// Read cache of a registered target's spool, in bytes (a configured target's
-/// has [`crate::spool::DEFAULT_CACHE_BYTES`]): registered targets are many.
+/// has [`SPOOL_CACHE_BYTES`]): registered targets are many.
 pub const REGISTRY_SPOOL_CACHE_BYTES: usize = 4 << 20;
 /// Requests in flight per registered target.
 pub const REGISTRY_IN_FLIGHT: usize = 4;
@@ -2457,8 +2460,7 @@ impl Config {
             .targets
             .iter()
             .map(|t| {
-                crate::spool::DEFAULT_CACHE_BYTES as u64
-                    + t.in_flight as u64 * 2 * self.batch.max_bytes as u64
+                SPOOL_CACHE_BYTES as u64 + t.in_flight as u64 * 2 * self.batch.max_bytes as u64
             })
             .sum();
         MemoryBudget {
@@ -2601,12 +2603,29 @@ pub struct BatchConfig {
     pub idle_seal_min_events: u32,
 }
 
+/// `[spool]`: the spool's section, which [`crate::spool`] reads (the spool
+/// takes its types from here, not the other way round).
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub segment_bytes: u64,
     pub fsync: Fsync,
+}
+
+/// Default budget of a spool's in-memory cache of recently appended records
+/// (`crate::spool::DEFAULT_CACHE_BYTES`).
+pub const SPOOL_CACHE_BYTES: usize = 32 << 20;
+
+/// When appended records are forced to disk (`spool.fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every append returns only after its record is on disk (group commit).
+    Always,
+    /// A background flusher syncs at this interval.
+    Interval(Duration),
+    /// Left to the operating system.
+    Never,
 }
 
 #[derive(Debug, Clone)]

@@ -30,12 +30,34 @@
 //! [`store`] (where registered targets live: SQLite, or a shared MariaDB),
 //! [`config`] (the TOML file and its validation), [`metrics`] (counters,
 //! latency, the `/metrics` and `/stats` endpoints), [`deadletter`] (where bad
-//! input is kept), [`model`] (types that cross stages), [`net`] (TLS
+//! input is kept), [`model`] (low-level types that cross stages), [`net`] (TLS
 //! configurations and HTTPS connections, one way for every part), [`preflight`] (what
 //! `run` would refuse, for `check-config`), [`replay`] (refused batches back
 //! from the dead-letter directory into their spool), [`sync`] (the hand-written
-//! synchronisation pieces, checked with loom) and [`doctor`] (`qbroker
-//! doctor`: checks of the clusters, the targets and the host).
+//! synchronisation pieces, checked with loom).
+//!
+//! The library holds no command's output: `qbroker doctor`, the explanation of
+//! `qbroker stdin --once` and what `check-config` prints live with the binary
+//! (src/cli/), made from the APIs here.
+//!
+//! # Layers
+//!
+//! A module names only modules below it; tests/layers.rs reads src/ and fails
+//! on any import cycle between top-level modules (and prints the layers with
+//! `--nocapture`). Bottom first:
+//!
+//! - [`model`], [`net`], [`parse`], [`sync`]: types and pieces that name no
+//!   stage;
+//! - [`config`] (each stage's section, composed) and [`metrics`] (the counters,
+//!   and a registry that each stage adds its own part of the page to, see
+//!   [`metrics::Render`]);
+//! - the stages, from the spool up: [`deadletter`], [`spool`], [`enrich`]
+//!   (which hands results back through [`enrich::Completions`], implemented
+//!   by the batcher), [`batch`], [`store`], [`egress`], [`pool`] (with
+//!   [`pool::Chunk`], what a source hands on), [`cluster`], [`targets`];
+//! - the sources and the control plane: [`ingest`], [`stdin`], [`api`],
+//!   [`replay`], [`preflight`];
+//! - this root, which wires them.
 //!
 //! [`run`] wires the stages from the back (registry, targets, batchers, pool,
 //! the API, then ingest) and shuts them down from the front.
@@ -46,7 +68,6 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod deadletter;
-pub mod doctor;
 pub mod egress;
 pub mod enrich;
 pub mod ingest;
@@ -142,12 +163,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the spool of target {target}: {source}")]
-    Spool {
-        target: String,
-        #[source]
-        source: spool::SpoolError,
-    },
+    #[error(transparent)]
+    Targets(#[from] targets::StartError),
     #[error(transparent)]
     Tls(#[from] egress::TlsSetupError),
     #[error(transparent)]
@@ -282,23 +299,27 @@ pub async fn run_input(
     )
     .map_err(io_error("cannot start the parse pool"))?;
 
+    // Each stage's own part of the /metrics page, beside the counters of `metrics`.
+    {
+        let g = gate.clone();
+        metrics.register(Arc::new(move |out: &mut String| {
+            metrics::render_queue(out, &g.usage())
+        }));
+        let t = targets.clone();
+        metrics.register(Arc::new(move |out: &mut String| {
+            spool::render_stats(out, &t.spool_stats())
+        }));
+        metrics.register(Arc::new(enrich::Series(metrics.enrich.clone())));
+    }
     let render: metrics::server::Render = {
-        let (m, g, t) = (metrics.clone(), gate.clone(), targets.clone());
-        Arc::new(move || {
-            let stats = t.spool_stats();
-            let gauges = metrics::Gauges {
-                queue: g.usage(),
-                spools: stats.iter().map(|(n, s)| (n.as_str(), s.clone())).collect(),
-            };
-            metrics::render(&m, &gauges)
-        })
+        let m = metrics.clone();
+        Arc::new(move || m.render())
     };
     let stats: metrics::server::Render = {
         let (m, g, t) = (metrics.clone(), gate.clone(), targets.clone());
         Arc::new(move || {
             let uptime_ms = started.elapsed().as_millis() as u64;
-            serde_json::to_string(&metrics::stats::collect(&m, &g, &t, uptime_ms))
-                .unwrap_or_default()
+            serde_json::to_string(&t.stats(&m, &g, uptime_ms)).unwrap_or_default()
         })
     };
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
@@ -492,11 +513,7 @@ fn check_open_files(cfg: &Config) {
 }
 
 /// The soft limit on open files (RLIMIT_NOFILE), from /proc on Linux.
-pub fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
+pub use metrics::open_files_limit;
 
 /// The running source of frames, joined before the pool drains.
 enum Source {
@@ -514,26 +531,10 @@ impl Source {
     }
 }
 
-/// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
-/// share a spool: the spool assumes one writer.
-pub(crate) fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
-    let path = dir.join("qbroker.lock");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let file = opts
-        .open(&path)
-        .map_err(io_error(format!("cannot open {}", path.display())))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(RunError::Locked { path }),
-        Err(e) => Err(RunError::Io {
-            what: format!("cannot lock {}", path.display()),
-            source: e.into(),
-        }),
-    }
+/// Take the spool directory's lock ([`spool::lock_dir`]).
+fn lock_spool_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    spool::lock_dir(dir).map_err(|e| match e {
+        spool::LockError::Locked { path } => RunError::Locked { path },
+        spool::LockError::Io { what, source } => RunError::Io { what, source },
+    })
 }

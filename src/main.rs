@@ -1,7 +1,8 @@
 //! The `qbroker` command: parse the command line, load the configuration, bind
 //! the sockets, and run the broker until SIGTERM or SIGINT; or run it fed by
 //! stdin (`qbroker stdin`, for rsyslog's omprog and for one line by hand), or
-//! check its surroundings (`qbroker doctor`).
+//! check its surroundings (`qbroker doctor`). What a command prints is made in
+//! [`cli`] from the library's APIs; the library holds no command's output.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use qbroker::config::{Overrides, RawConfig};
 
+mod cli;
 mod top;
 
 #[global_allocator]
@@ -191,7 +193,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
-        Command::CheckConfig { file } => check_config(&file).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { file } => {
+            cli::check_config::check_config(&file).map(|()| ExitCode::SUCCESS)
+        }
         Command::Stdin(args) => stdin(*args),
         Command::Doctor(args) => doctor(*args),
         Command::Replay(args) => replay(*args),
@@ -207,119 +211,10 @@ fn main() -> ExitCode {
 }
 
 /// Warn about credential files that other users can read.
-fn warn_exposed(raw: &RawConfig, file: Option<&std::path::Path>) {
+pub(crate) fn warn_exposed(raw: &RawConfig, file: Option<&std::path::Path>) {
     for path in raw.exposed_secret_files(file) {
         tracing::warn!(path = %path.display(), "this file holds a credential and others may read it: chmod 600 it");
     }
-}
-
-fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let raw = RawConfig::load(file)?;
-    let cfg = raw.validate()?;
-    warn_exposed(&raw, Some(file));
-    let problems = qbroker::preflight::check(&cfg);
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "{} would not start:\n  {}",
-            file.display(),
-            problems.join("\n  ")
-        );
-    }
-    println!("{} is valid", file.display());
-    println!("listen          {}", cfg.listen);
-    if let Some(tls) = &cfg.syslog_tls {
-        println!(
-            "syslog tls      {} (client certificates {})",
-            tls.listen,
-            if tls.require_client_cert {
-                "required"
-            } else {
-                "not required"
-            }
-        );
-    }
-    println!("workers         {}", cfg.workers);
-    println!(
-        "queue           {} messages, {} bytes",
-        cfg.queue.size, cfg.queue.max_bytes
-    );
-    let budget = cfg.memory_budget();
-    println!(
-        "memory budget   {} bytes{}",
-        budget.total(),
-        cfg.max_memory_bytes
-            .map_or(String::new(), |c| format!(" (ceiling {c})"))
-    );
-    for (part, bytes) in &budget.parts {
-        println!("  {part:<24}{bytes}");
-    }
-    println!(
-        "spool           {} ({:?}, cap {} bytes)",
-        cfg.spool.dir.display(),
-        cfg.spool.fsync,
-        cfg.spool.max_bytes
-    );
-    for (i, t) in cfg.targets.iter().enumerate() {
-        let default = if cfg.default_target == Some(i) {
-            " (default)"
-        } else {
-            ""
-        };
-        match &t.amqp {
-            Some(a) => println!(
-                "target          {}{default}: {} (AMQP, vhost {:?}, exchange {:?}, routing_key {:?}, user {:?}, encoding {}, one message per {}) in_flight={} max_unconfirmed={}",
-                t.name,
-                t.url_for_logs(),
-                a.vhost,
-                a.exchange,
-                a.routing_key,
-                a.username,
-                a.encoding.as_str(),
-                a.message.as_str(),
-                t.in_flight,
-                a.max_unconfirmed
-            ),
-            None => println!(
-                "target          {}{default}: {} in_flight={} gzip={}",
-                t.name,
-                t.url_for_logs(),
-                t.in_flight,
-                t.gzip
-            ),
-        }
-    }
-    if let Some(api) = &cfg.api {
-        println!(
-            "api             https://{} (certificate {}, admin token {})",
-            api.listen,
-            if api.cert.is_some() {
-                "from cert_file"
-            } else {
-                "self-signed"
-            },
-            if api.admin_token.is_some() {
-                "set"
-            } else {
-                "not set"
-            }
-        );
-    }
-    if let Some(store) = &cfg.store {
-        let kind = store.url.expose().split(':').next().unwrap_or_default();
-        println!(
-            "registry        {kind} (read again every {}s)",
-            store.poll.as_secs()
-        );
-    }
-    for c in &cfg.clusters {
-        println!(
-            "cluster         {} -> {} ({} source ranges)",
-            c.name,
-            cfg.targets[c.target].name,
-            c.sources.len()
-        );
-    }
-    Ok(())
 }
 
 /// The configuration of the file and the flags.
@@ -416,7 +311,7 @@ fn stdin_once(
         .context("cannot read stdin")?;
     // As on the TCP path: invalid UTF-8 sequences become U+FFFD, the rest stands.
     let text = String::from_utf8_lossy(&raw);
-    let records = qbroker::stdin::records(&text);
+    let records = cli::explain::records(&text);
     if records.is_empty() {
         anyhow::bail!(
             "no message on stdin: give one line, e.g. echo '<line>' | qbroker stdin --once"
@@ -440,14 +335,14 @@ fn stdin_once(
     };
     let mut verdicts = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        let e = qbroker::stdin::explain_with(&cfg, &registered, r);
+        let e = cli::explain::explain_with(&cfg, &registered, r);
         if records.len() > 1 {
             println!("#{}", i + 1);
         }
         print!("{}", e.text);
         verdicts.push(e.verdict);
     }
-    use qbroker::stdin::Verdict;
+    use cli::explain::Verdict;
     let code = if verdicts.contains(&Verdict::Invalid) {
         ExitCode::FAILURE
     } else if verdicts.contains(&Verdict::Filtered) {
@@ -599,7 +494,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let opts = qbroker::doctor::Options {
+    let opts = cli::doctor::Options {
         advertise: args.advertise,
         timeout: std::time::Duration::from_secs(args.timeout_secs.max(1)),
         post: !args.no_post,
@@ -617,7 +512,7 @@ fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let report = rt.block_on(qbroker::doctor::run(&cfg, &opts));
+    let report = rt.block_on(cli::doctor::run(&cfg, &opts));
     println!("config {}: valid", args.config.display());
     print!("{}", report.render());
     Ok(if report.ok() {

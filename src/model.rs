@@ -1,17 +1,14 @@
-//! model: the types that cross stages.
+//! model: low-level types that cross stages, and name none of them: the
+//! bottom layer, beside [`crate::sync`], [`crate::parse`] and [`crate::config`].
 //!
-//! A [`Chunk`] is what a supervisor's reader hands to the parse pool: frames of one
-//! connection, as ranges of one shared buffer (no copy since the socket read),
-//! numbered so that the cluster's batcher can restore arrival order after the
-//! pool's workers converted chunks in parallel.
+//! A [`Recycler`] keeps byte buffers for reuse (the batcher's bodies, the
+//! spool's encoded records). The chunk a reader hands to the parse pool
+//! ([`crate::pool::Chunk`]) names its cluster's batcher, so it lives above the
+//! batcher, with the pool.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-
-use crate::batch::Batcher;
-use crate::metrics::{ClusterMetrics, NodeMetrics};
-
 /// A bounded free list of byte buffers. Worker output buffers and batch bodies
 /// are large (hundreds of KiB) and short-lived; reusing them spares the
 /// allocator from returning their pages to the kernel and faulting fresh,
@@ -80,45 +77,6 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         self.home.put(std::mem::take(&mut self.buf));
-    }
-}
-
-/// What every stage knows of one cluster.
-pub struct ClusterShared {
-    pub name: Arc<str>,
-    /// The cluster's id at the admission gate.
-    pub gate_id: usize,
-    pub metrics: Arc<ClusterMetrics>,
-    pub batcher: Arc<Batcher>,
-}
-
-/// Frames of one connection, handed to the parse pool in one piece.
-pub struct Chunk {
-    pub cluster: Arc<ClusterShared>,
-    pub node: Arc<str>,
-    pub node_metrics: Arc<NodeMetrics>,
-    /// The bytes the frames lie in.
-    pub data: Bytes,
-    /// (start, end) of each frame in `data`.
-    pub frames: Vec<(u32, u32)>,
-    /// Sequence number of the first frame; the others follow one by one.
-    pub seq_base: u64,
-    /// Position of this chunk among the cluster's chunks, from 0 without gaps.
-    pub chunk_no: u64,
-    /// When the bytes were read, in Unix microseconds.
-    pub received_unix_us: u64,
-}
-
-impl Chunk {
-    /// The bytes of frame `i`.
-    pub fn frame(&self, i: usize) -> &[u8] {
-        let (start, end) = self.frames[i];
-        &self.data[start as usize..end as usize]
-    }
-
-    /// What the chunk weighs at the admission gate.
-    pub fn weight(&self) -> (usize, usize) {
-        (self.frames.len(), self.data.len())
     }
 }
 

@@ -1,5 +1,12 @@
 //! pool: the parse pool, `workers` OS threads fed by the bounded work queue.
 //!
+//! Its input is a [`Chunk`]: what a source (a supervisor's reader, or stdin)
+//! hands to the pool, frames of one connection as ranges of one shared buffer
+//! (no copy since the socket read), numbered so that the cluster's batcher can
+//! restore arrival order after the workers converted chunks in parallel. The
+//! pool owns its workers and [`crate::metrics::PoolMetrics`]; it may touch the
+//! parser, the dead-letter file and the batchers (which it feeds).
+//!
 //! Stage: each worker takes a [`Chunk`], converts every frame with
 //! [`parse::convert`] straight into one output buffer (no per-event allocation),
 //! tallies the outcomes, keeps bad frames in the dead-letter file, and hands the
@@ -16,13 +23,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{error, warn};
 
-use crate::batch::ChunkOut;
+use crate::batch::{Batcher, ChunkOut};
 use crate::deadletter::DeadLetters;
-use crate::metrics::{Metrics, RateLimit, Tally};
-use crate::model::Chunk;
+use crate::metrics::{ClusterMetrics, Metrics, NodeMetrics, RateLimit, Tally};
 use crate::parse::{self, ConnNode, EventInfo, FrameCtx, Hint, Outcome, ParseError};
 
 /// The conversion of one frame: [`parse::convert_with_info`], or a stand-in in tests.
@@ -36,6 +43,45 @@ type Convert = fn(
 
 static BAD_FRAME_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
 static DEAD_LETTER_LOG: RateLimit = RateLimit::new(Duration::from_secs(60), 1);
+
+/// What every stage knows of one cluster.
+pub struct ClusterShared {
+    pub name: Arc<str>,
+    /// The cluster's id at the admission gate.
+    pub gate_id: usize,
+    pub metrics: Arc<ClusterMetrics>,
+    pub batcher: Arc<Batcher>,
+}
+
+/// Frames of one connection, handed to the parse pool in one piece.
+pub struct Chunk {
+    pub cluster: Arc<ClusterShared>,
+    pub node: Arc<str>,
+    pub node_metrics: Arc<NodeMetrics>,
+    /// The bytes the frames lie in.
+    pub data: Bytes,
+    /// (start, end) of each frame in `data`.
+    pub frames: Vec<(u32, u32)>,
+    /// Sequence number of the first frame; the others follow one by one.
+    pub seq_base: u64,
+    /// Position of this chunk among the cluster's chunks, from 0 without gaps.
+    pub chunk_no: u64,
+    /// When the bytes were read, in Unix microseconds.
+    pub received_unix_us: u64,
+}
+
+impl Chunk {
+    /// The bytes of frame `i`.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let (start, end) = self.frames[i];
+        &self.data[start as usize..end as usize]
+    }
+
+    /// What the chunk weighs at the admission gate.
+    pub fn weight(&self) -> (usize, usize) {
+        (self.frames.len(), self.data.len())
+    }
+}
 
 /// What every worker shares.
 pub struct PoolCtx {
@@ -286,10 +332,8 @@ fn dead_letter_failed(ctx: &PoolCtx, err: &std::io::Error) {
 mod tests {
     use super::*;
     use crate::config::{BatchConfig, DeadLetterConfig};
-    use crate::model::ClusterShared;
     use crate::spool::{Fsync, Options, Spool};
     use crate::sync::gate::Gate;
-    use bytes::Bytes;
 
     /// Converts like the parser, but panics on frames that say "boom".
     fn boom(

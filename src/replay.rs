@@ -139,8 +139,8 @@ pub fn replay(cfg: &Config, opts: &Options) -> Result<Vec<Item>, ReplayError> {
     }
 
     crate::deadletter::create_private_dir(&cfg.spool.dir).map_err(io_at(&cfg.spool.dir))?;
-    let _lock = crate::lock_spool_dir(&cfg.spool.dir).map_err(|e| match e {
-        crate::RunError::Locked { path } => ReplayError::Locked(format!(
+    let _lock = crate::spool::lock_dir(&cfg.spool.dir).map_err(|e| match e {
+        crate::spool::LockError::Locked { path } => ReplayError::Locked(format!(
             "{} is locked: a qbroker is running on this spool directory; stop it (systemctl stop qbroker), replay, then start it",
             path.display()
         )),

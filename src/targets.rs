@@ -38,6 +38,10 @@
 //! switched (which may wait on a full spool) and lanes joined outside it. Changes
 //! are applied one at a time. Nothing here is on the per-event path: a batcher
 //! reads its route under the lock it already holds per batch.
+//!
+//! Owns: the set of running targets (spool, lanes, sealer) and the routes, and
+//! the `/stats` document ([`Targets::stats`]). May touch: every stage it starts
+//! (spool, egress, batch, enrich, store); nothing below names it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +58,25 @@ use crate::enrich::{Enricher, RegisteredApi};
 use crate::metrics::Metrics;
 use crate::spool::{self, Spool};
 use crate::store::{Registration, Store, StoreError};
+
+/// A target could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the spool of target {target}: {source}")]
+    Spool {
+        target: String,
+        #[source]
+        source: spool::SpoolError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] egress::TlsSetupError),
+}
 
 /// Where a running target came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,7 +323,7 @@ impl Targets {
         metrics: Arc<Metrics>,
         dead_letters: Arc<DeadLetters>,
         enricher: Arc<Enricher>,
-    ) -> Result<Arc<Targets>, crate::RunError> {
+    ) -> Result<Arc<Targets>, StartError> {
         let targets = Arc::new(Targets {
             cfg: cfg.clone(),
             metrics,
@@ -328,9 +351,9 @@ impl Targets {
         }
     }
 
-    fn open_spool(&self, name: &str) -> Result<Arc<Spool>, crate::RunError> {
+    fn open_spool(&self, name: &str) -> Result<Arc<Spool>, StartError> {
         let spool = Spool::open(&self.cfg.spool.dir.join(name), self.spool_options()).map_err(
-            |source| crate::RunError::Spool {
+            |source| StartError::Spool {
                 target: name.to_string(),
                 source,
             },
@@ -350,12 +373,11 @@ impl Targets {
         endpoint: Endpoint,
         spool: Arc<Spool>,
         origin: Origin,
-    ) -> Result<Live, crate::RunError> {
+    ) -> Result<Live, StartError> {
         let name = endpoint.cfg.name.clone();
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            crate::io_error("cannot start a batch sealer")(std::io::Error::other(
-                "not inside the tokio runtime",
-            ))
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::Io {
+            what: "cannot start a batch sealer",
+            source: std::io::Error::other("not inside the tokio runtime"),
         })?;
         let sealer = Sealer::start(&name, spool.clone(), &runtime);
         let egress = egress::start_endpoint(
@@ -903,6 +925,127 @@ impl Router for Targets {
     fn is_known(&self, cluster: &str) -> bool {
         self.cfg.cluster_named(cluster).is_some()
             || lock(&self.state).registry.contains_key(cluster)
+    }
+}
+
+/// `GET /stats` (the document of [`crate::metrics::stats`]): the metrics
+/// seen through the running targets and routes.
+mod stats {
+    use crate::metrics::stats::{
+        ClusterStats, LatencyStats, QueueStats, Stats, TargetStats, SCHEMA,
+    };
+    use crate::metrics::Metrics;
+    use crate::sync::gate::Gate;
+    use crate::targets::Targets;
+
+    impl Targets {
+        /// Take a snapshot. Cost: one pass over the clusters and the targets, each
+        /// lock held briefly, as `/metrics` does.
+        pub fn stats(&self, m: &Metrics, gate: &Gate, uptime_ms: u64) -> Stats {
+            let usage = gate.usage();
+            let (quantiles, count) = m.latency_quantiles(&[0.5, 0.99, 1.0]);
+            let q = |i: usize| quantiles.get(i).map_or(0, |&(_, us)| us);
+            let clusters = m
+                .clusters()
+                .into_iter()
+                .map(|c| {
+                    let (queue_messages, queue_bytes) = self
+                        .gate_id(&c.name)
+                        .map_or((0, 0), |id| gate.cluster_usage(id));
+                    let buckets = c.latency.snapshot();
+                    let max_us = c.latency.max_us();
+                    // A bucket's bound, never above the largest latency seen.
+                    let q = |q| {
+                        crate::metrics::buckets_quantile(&buckets, q).map_or(0, |us| us.min(max_us))
+                    };
+                    ClusterStats {
+                        name: c.name.to_string(),
+                        nodes_connected: c.connections.get(),
+                        nodes: c.nodes().len() as u64,
+                        frames: c.frames.get(),
+                        bytes: c.bytes.get(),
+                        events: c.events_total(),
+                        filtered: c.filtered.iter().map(crate::metrics::Counter::get).sum(),
+                        parse_errors: c.parse_errors_total(),
+                        batches: c.batches.get(),
+                        events_lost: c.events_lost.get(),
+                        queue_messages: queue_messages as u64,
+                        queue_bytes: queue_bytes as u64,
+                        route: self.route_of(&c.name),
+                        last_event_unix_ms: c.last_event_unix_ms.get(),
+                        latency: LatencyStats {
+                            p50_us: q(0.5),
+                            p99_us: q(0.99),
+                            max_us,
+                            count: buckets.iter().map(|b| b.1).sum(),
+                        },
+                        latency_buckets: buckets.clone(),
+                    }
+                })
+                .collect();
+            let targets = self
+                .views()
+                .into_iter()
+                .map(|v| {
+                    let t = m.target(&v.name);
+                    TargetStats {
+                        origin: v.origin.as_str().to_string(),
+                        state: if v.draining {
+                            "draining"
+                        } else if v.failing {
+                            "failing"
+                        } else {
+                            "ok"
+                        }
+                        .to_string(),
+                        last_error: v
+                            .last_error
+                            .as_ref()
+                            .filter(|_| v.failing)
+                            .map(|(e, _)| e.clone()),
+                        url: crate::metrics::stats::shown_url(&v.url),
+                        in_flight: t.in_flight.get(),
+                        in_flight_max: v.in_flight as u64,
+                        spool_bytes: v.spool.bytes,
+                        spool_batches: v.spool.unacked_records,
+                        spool_unacked_bytes: v.spool.unacked_bytes,
+                        oldest_unacked_age_ms: v.spool.oldest_unacked_age_ms,
+                        batches_delivered: t.batches_delivered.get(),
+                        events_delivered: t.events_delivered.get(),
+                        bytes_sent: t.bytes_sent.get(),
+                        retries: t.retries.get(),
+                        failures: t.failures_connect.get()
+                            + t.failures_tls.get()
+                            + t.failures_timeout.get()
+                            + t.failures_status.get(),
+                        batches_dead_lettered: t.batches_dead_lettered.get(),
+                        last_success_unix_ms: v.last_success_unix_ms,
+                        name: v.name,
+                    }
+                })
+                .collect();
+            Stats {
+                schema: SCHEMA.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_ms,
+                time_unix_ms: crate::metrics::unix_ms(),
+                queue: QueueStats {
+                    messages: usage.msgs as u64,
+                    bytes: usage.bytes as u64,
+                    capacity_messages: usage.cap_msgs as u64,
+                    capacity_bytes: usage.cap_bytes as u64,
+                    waiting_readers: usage.waiters as u64,
+                },
+                latency: LatencyStats {
+                    p50_us: q(0),
+                    p99_us: q(1),
+                    max_us: q(2),
+                    count,
+                },
+                clusters,
+                targets,
+            }
+        }
     }
 }
 

@@ -943,7 +943,10 @@ fn interactive(
         bail!("not a terminal: run qbroker top in one, or use --once for text");
     }
     // Snapshots are read on their own thread: a slow broker never stalls the keys.
+    // Between two reads it waits on `stop` (dropped when the view ends), not in a
+    // sleep: quitting ends it at once.
     let (tx, rx) = mpsc::channel();
+    let (stop, stopped) = mpsc::channel::<()>();
     let reader = source.clone();
     std::thread::Builder::new()
         .name("qbroker-top".to_string())
@@ -952,7 +955,10 @@ fn interactive(
             if tx.send(reader.get()).is_err() {
                 return;
             }
-            std::thread::sleep(interval.saturating_sub(started.elapsed()));
+            match stopped.recv_timeout(interval.saturating_sub(started.elapsed())) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         })
         .context("cannot start the reader thread")?;
     let mut app = App::new(source.url(), sort, filter);
@@ -966,20 +972,34 @@ fn interactive(
         }
     };
     let result = (|| -> anyhow::Result<()> {
+        // Drawn when something changed: a snapshot, a key, a resize. Between
+        // them the loop waits on the terminal's events, so a key is handled
+        // as it comes; the timeout bounds how late a snapshot is shown.
+        let mut dirty = true;
         loop {
             while let Ok(read) = rx.try_recv() {
                 app.update(read);
+                dirty = true;
             }
-            terminal.draw(|f| app.draw(f))?;
+            if dirty {
+                terminal.draw(|f| app.draw(f))?;
+                dirty = false;
+            }
             if event::poll(Duration::from_millis(100))? {
-                if let Event::Key(key) = event::read()? {
-                    if key.kind == KeyEventKind::Press && !app.key(key.code, key.modifiers) {
-                        return Ok(());
+                match event::read()? {
+                    Event::Key(key) if key.kind == KeyEventKind::Press => {
+                        if !app.key(key.code, key.modifiers) {
+                            return Ok(());
+                        }
+                        dirty = true;
                     }
+                    Event::Resize(..) => dirty = true,
+                    _ => {}
                 }
             }
         }
     })();
+    drop(stop);
     ratatui::restore();
     result
 }

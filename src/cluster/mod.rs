@@ -8,6 +8,11 @@
 //! HOSTNAME that have no connection and hold nothing are forgotten after
 //! `ingest.forget_idle_cluster_secs`, or at once when room is needed, so the
 //! table does not only grow.
+//!
+//! Owns: the per-cluster supervisors, their numbering
+//! ([`supervisor::Sequence`]) and how their readers end ([`supervisor::End`]).
+//! May touch: the batchers (through [`crate::batch::Batches`]), the gate,
+//! config and metrics; it names nothing of ingest (ingest names it).
 
 pub mod supervisor;
 
@@ -22,7 +27,7 @@ use tracing::info;
 
 use crate::batch::Batches;
 use crate::metrics::Metrics;
-use crate::model::ClusterShared;
+use crate::pool::ClusterShared;
 use crate::sync::gate::Gate;
 
 pub use supervisor::Supervisor;

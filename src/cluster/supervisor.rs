@@ -17,9 +17,25 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::{debug, error, info};
 
-use crate::ingest::reader::End;
 use crate::metrics::Metrics;
-use crate::model::ClusterShared;
+use crate::pool::ClusterShared;
+
+/// Why a reader ended (the reader, in [`crate::ingest::reader`], says it;
+/// the supervisor counts and logs it).
+#[derive(Debug)]
+pub enum End {
+    Eof,
+    Stopped,
+    /// No complete frame for `ingest.idle_timeout_secs`.
+    IdleTimeout,
+    /// A frame not complete within `ingest.frame_timeout_secs`.
+    FrameTimeout,
+    /// Bad frames outnumbered good ones by `ingest.max_bad_frames`.
+    BadFrames,
+    /// A frame past `ingest.max_oversize_frame_bytes`.
+    Overrun,
+    Error(std::io::Error),
+}
 
 /// Messages wait here while the supervisor is busy; `Addr::send` waits when full.
 const MAILBOX: usize = 256;

@@ -19,6 +19,10 @@
 //!
 //! Every request carries `Idempotency-Key: <batch_id>`; a batch sent again (after
 //! a timeout, a retry or a restart) keeps its id, so the target can drop the copy.
+//!
+//! Owns: the lanes, the transports and `TargetMetrics`' values. May touch: the
+//! spool (read, ack), the dead-letter directory, the registry's types, config
+//! and metrics.
 
 pub mod amqp;
 pub mod client;
@@ -44,7 +48,8 @@ pub use client::{Connector, TlsSetupError};
 
 /// Most of a response body kept, for logs and dead letters.
 const RESPONSE_LIMIT: usize = 64 * 1024;
-pub(crate) const USER_AGENT: &str = concat!("qbroker/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of every request to a target.
+pub const USER_AGENT: &str = concat!("qbroker/", env!("CARGO_PKG_VERSION"));
 
 /// A running target: its lanes.
 pub struct Egress {
@@ -696,7 +701,7 @@ fn split(part: &Part) -> Option<(Part, Part)> {
 }
 
 /// The `Host` header of a target's requests.
-pub(crate) fn host_header(cfg: &TargetConfig) -> String {
+pub fn host_header(cfg: &TargetConfig) -> String {
     let host = if cfg.host.contains(':') {
         format!("[{}]", cfg.host)
     } else {

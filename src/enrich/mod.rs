@@ -27,6 +27,11 @@
 //! (`qbroker_enrich_fallbacks_total`). Nothing is dropped: a result is handed back
 //! through one completion thread, which appends it to the cluster's batcher
 //! (and may wait there on a full spool, which an async task must not).
+//!
+//! Owns: the REST clients, the ACL caches, the lookups and `EnrichMetrics`'
+//! page ([`Series`]). May touch: config and metrics only; results go back
+//! through [`Completions`] (the batcher implements it), so this module names no
+//! batcher.
 
 pub mod acl;
 pub mod client;
@@ -42,7 +47,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::warn;
 
-use crate::batch::Batcher;
 use crate::config::{ApiConfig, Config, EnrichConfig};
 use crate::metrics::{EnrichMetrics, RateLimit};
 use crate::parse::{EventInfo, Operation};
@@ -218,6 +222,129 @@ pub struct Job {
     pub event: Arc<Held>,
 }
 
+/// Enrichment's part of the `/metrics` page, registered with
+/// [`Metrics::register`](crate::metrics::Metrics::register).
+pub struct Series(pub Arc<EnrichMetrics>);
+
+impl crate::metrics::Render for Series {
+    fn render(&self, out: &mut String) {
+        use crate::metrics::{header, Counter};
+        use std::fmt::Write as _;
+        let e = &*self.0;
+        let counters: [(&str, &str, &Counter); 7] = [
+            (
+                "qbroker_enrich_jobs_total",
+                "Metadata changes sent to the clusters' REST APIs.",
+                &e.jobs,
+            ),
+            (
+                "qbroker_enrich_logins_total",
+                "Logins to the clusters' REST APIs.",
+                &e.logins,
+            ),
+            (
+                "qbroker_enrich_token_renewals_total",
+                "Bearer tokens renewed (due, or refused with 401).",
+                &e.token_renewals,
+            ),
+            (
+                "qbroker_enrich_cache_hits_total",
+                "ACL reads that found the file's earlier ACL cached.",
+                &e.cache_hits,
+            ),
+            (
+                "qbroker_enrich_cache_misses_total",
+                "ACL reads with no earlier ACL of the file cached.",
+                &e.cache_misses,
+            ),
+            (
+                "qbroker_enrich_late_results_total",
+                "ACL results that came after their file's enrichment was given up.",
+                &e.late_results,
+            ),
+            (
+                "qbroker_enrich_type_cache_hits_total",
+                "Events whose file-or-directory type came from the type cache.",
+                &e.type_cache_hits,
+            ),
+        ];
+        for (name, help, c) in counters {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", c.get());
+        }
+        header(
+            out,
+            "qbroker_enrich_requests_total",
+            "counter",
+            "REST requests, by kind.",
+        );
+        for (kind, c) in [
+            ("acl", &e.requests_acl),
+            ("attributes", &e.requests_attributes),
+        ] {
+            let _ = writeln!(
+                out,
+                "qbroker_enrich_requests_total{{kind=\"{kind}\"}} {}",
+                c.get()
+            );
+        }
+        header(
+            out,
+            "qbroker_enrich_errors_total",
+            "counter",
+            "Failed REST requests, by kind.",
+        );
+        for (kind, c) in client::ApiError::KINDS.iter().zip(&e.errors) {
+            let _ = writeln!(
+                out,
+                "qbroker_enrich_errors_total{{kind=\"{kind}\"}} {}",
+                c.get()
+            );
+        }
+        header(
+            out,
+            "qbroker_enrich_fallbacks_total",
+            "counter",
+            "Metadata changes of enriched clusters sent as their generic event, by reason.",
+        );
+        for r in Fallback::ALL {
+            let _ = writeln!(
+                out,
+                "qbroker_enrich_fallbacks_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                e.fallbacks[r.index()].get()
+            );
+        }
+        for (name, help, g) in [
+            (
+                "qbroker_enrich_queue_events",
+                "Events held for enrichment (and behind it), all clusters.",
+                &e.queue_events,
+            ),
+            (
+                "qbroker_enrich_queue_bytes",
+                "Bytes of events held for enrichment.",
+                &e.queue_bytes,
+            ),
+            (
+                "qbroker_enrich_in_flight",
+                "Enrichments being looked up now.",
+                &e.in_flight,
+            ),
+        ] {
+            header(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {}", g.get());
+        }
+    }
+}
+
+/// Where the results of a cluster's jobs go: its batcher, which implements
+/// this (enrich sits below the batcher and does not name it).
+pub trait Completions: Send + Sync {
+    /// Take one result; may block (a full spool), never on an async task.
+    fn complete(&self, c: Completion);
+}
+
 /// The result of a [`Job`], for the batcher.
 #[derive(Debug)]
 pub struct Completion {
@@ -236,7 +363,7 @@ pub struct Link {
     outstanding: AtomicUsize,
     /// Told when `outstanding` falls to zero (shared by every link).
     settled: Arc<Settled>,
-    batcher: OnceLock<Weak<Batcher>>,
+    batcher: OnceLock<Weak<dyn Completions>>,
     pub metrics: Arc<EnrichMetrics>,
     pub queue_max_events: usize,
     pub queue_max_bytes: usize,
@@ -272,7 +399,8 @@ impl Link {
     }
 
     /// The batcher that completions go to.
-    pub fn attach(&self, batcher: Weak<Batcher>) {
+    pub fn attach<B: Completions + 'static>(&self, batcher: Weak<B>) {
+        let batcher: Weak<dyn Completions> = batcher;
         let _ = self.batcher.set(batcher);
     }
 
@@ -616,6 +744,23 @@ mod tests {
     use super::*;
     use crate::parse::{convert_with_info, Filter, FrameCtx, Hint, Outcome};
     use serde_json::{json, Value};
+
+    #[test]
+    fn the_enrichment_part_of_the_page_declares_every_family() {
+        use crate::metrics::Render as _;
+        let m = Arc::new(EnrichMetrics::default());
+        m.fallbacks[Fallback::ApiError.index()].add(2);
+        let mut text = String::new();
+        Series(m).render(&mut text);
+        assert!(
+            text.contains("qbroker_enrich_fallbacks_total{reason=\"api_error\"} 2"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
 
     fn held(frame: &str) -> Held {
         let mut out = Vec::new();

@@ -8,6 +8,11 @@
 //!   frame-size cap, and the test that tells a garbage stream.
 //! - [`tls`]: the server configuration of the optional TLS syslog listener
 //!   (RFC 5425).
+//!
+//! Owns: the listeners, the connections' read loops and `IngestMetrics`. May
+//! touch: the cluster supervisors (it hands them connections), the pool's
+//! [`crate::pool::Chunk`], the admission gate, config and metrics; never a
+//! batcher's or a target's internals.
 
 pub mod framing;
 pub mod listener;

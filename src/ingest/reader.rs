@@ -37,10 +37,11 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::framing::{plausible, BadFrames, Decoder, Finish, Next};
+pub use crate::cluster::supervisor::End;
 use crate::cluster::supervisor::Sequence;
 use crate::config::Config;
 use crate::metrics::{unix_us, Metrics, NodeMetrics, RateLimit};
-use crate::model::{Chunk, ClusterShared};
+use crate::pool::{Chunk, ClusterShared};
 use crate::sync::gate::Gate;
 
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
@@ -149,22 +150,6 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.metrics.ingest.connections_active.add(-1);
     }
-}
-
-/// Why a reader ended.
-#[derive(Debug)]
-pub enum End {
-    Eof,
-    Stopped,
-    /// No complete frame for `ingest.idle_timeout_secs`.
-    IdleTimeout,
-    /// A frame not complete within `ingest.frame_timeout_secs`.
-    FrameTimeout,
-    /// Bad frames outnumbered good ones by `ingest.max_bad_frames`.
-    BadFrames,
-    /// A frame past `ingest.max_oversize_frame_bytes`.
-    Overrun,
-    Error(std::io::Error),
 }
 
 /// Which deadline a read waits under.

@@ -5,6 +5,12 @@
 //! Hot paths add to plain atomics once per chunk or per batch, never per event:
 //! workers sum a chunk's outcomes locally and add them at the end. The latency
 //! histogram (hdrhistogram, microseconds) is updated once per delivered batch.
+//!
+//! This module sits below the stages and names none of them: the page is the
+//! counters defined here ([`Metrics::render`]) plus the parts the stages render
+//! themselves and register ([`Render`], [`Metrics::register`]: the queue, the
+//! spools, enrichment). The `/stats` document is defined here ([`stats`]) and
+//! made by [`crate::targets`], which knows the routes.
 
 pub mod ratelimit;
 pub mod server;
@@ -19,7 +25,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 
 use crate::parse::{FilterReason, Operation};
-use crate::spool;
 use crate::sync::gate::Usage;
 
 pub use ratelimit::RateLimit;
@@ -465,6 +470,8 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// When the process started, for `process_start_time_seconds`.
     started_unix_s: f64,
+    /// The stages' own parts of the page, in the order they registered.
+    parts: RwLock<Vec<Arc<dyn Render>>>,
 }
 
 impl Default for Metrics {
@@ -489,7 +496,16 @@ impl Metrics {
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             started_unix_s: unix_ms() as f64 / 1000.0,
+            parts: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Add a stage's part to the page ([`Metrics::render`]).
+    pub fn register(&self, part: Arc<dyn Render>) {
+        self.parts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(part);
     }
 
     pub fn cluster(&self, name: &str) -> Arc<ClusterMetrics> {
@@ -607,16 +623,55 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// What the renderer reads beside the counters.
-pub struct Gauges<'a> {
-    pub queue: Usage,
-    pub spools: Vec<(&'a str, spool::Stats)>,
+/// A part of the `/metrics` page: the series of one stage, which the stage
+/// renders itself (with [`header`] and [`esc`]) and registers with
+/// [`Metrics::register`]. This module names no stage: the parts it renders are
+/// the counters defined here.
+pub trait Render: Send + Sync {
+    /// Append the part's families, in the Prometheus text exposition format.
+    fn render(&self, out: &mut String);
 }
 
-/// Render everything in the Prometheus text exposition format.
-pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    let i = &m.ingest;
+impl<F: Fn(&mut String) + Send + Sync> Render for F {
+    fn render(&self, out: &mut String) {
+        self(out)
+    }
+}
+
+impl Metrics {
+    /// Render everything in the Prometheus text exposition format: the
+    /// counters of this module, then the registered parts, then the latency,
+    /// the API, the process and the build.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        render_ingest(&mut out, &self.ingest);
+        render_pool(&mut out, &self.pool);
+        render_clusters(&mut out, &self.clusters());
+        render_targets(&mut out, self);
+        let parts = self.parts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for part in parts {
+            part.render(&mut out);
+        }
+        render_latency(&mut out, self);
+        render_api(&mut out, &self.api);
+        render_process(&mut out, self.started_unix_s);
+        header(
+            &mut out,
+            "qbroker_build_info",
+            "gauge",
+            "The running build: its version (always 1).",
+        );
+        let _ = writeln!(
+            out,
+            "qbroker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+}
+
+/// The listener's and the readers' counters.
+fn render_ingest(out: &mut String, i: &IngestMetrics) {
     let simple: [(&str, &str, &str, i64); 13] = [
         ("qbroker_connections_accepted_total", "counter", "Syslog connections accepted.", i.connections_accepted.get() as i64),
         ("qbroker_connections_active", "gauge", "Syslog connections open now.", i.connections_active.get()),
@@ -633,11 +688,11 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         ("qbroker_reading_paused_total", "counter", "Times a reader paused because the work queue was full.", i.paused.get() as i64),
     ];
     for (name, kind, help, value) in simple {
-        header(&mut out, name, kind, help);
+        header(out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_unroutable_total",
         "counter",
         "Connections (or stdin lines) refused, by the cluster they named: no target, or the cluster table full. The first 64 names have their own series, the rest count under cluster=\"~other\".",
@@ -664,10 +719,14 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         ("qbroker_nodes_over_limit_total", "Connections counted under node=\"~other\": ingest.max_nodes_per_cluster reached.", i.nodes_over_limit.get()),
     ];
     for (name, help, value) in hostile {
-        header(&mut out, name, "counter", help);
+        header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
-    let q = &g.queue;
+}
+
+/// The work queue: the admission gate's usage (registered by whoever holds the
+/// gate).
+pub fn render_queue(out: &mut String, q: &Usage) {
     for (name, help, value) in [
         (
             "qbroker_queue_messages",
@@ -691,10 +750,13 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             q.waiters,
         ),
     ] {
-        header(&mut out, name, "gauge", help);
+        header(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
     }
-    let p = &m.pool;
+}
+
+/// The parse pool's counters.
+fn render_pool(out: &mut String, p: &PoolMetrics) {
     for (name, help, value) in [
         (
             "qbroker_pool_chunks_total",
@@ -717,18 +779,20 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             p.dead_letter_errors.get(),
         ),
     ] {
-        header(&mut out, name, "counter", help);
+        header(out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+}
 
-    let clusters = m.clusters();
+/// The clusters' and their nodes' counters.
+fn render_clusters(out: &mut String, clusters: &[Arc<ClusterMetrics>]) {
     header(
-        &mut out,
+        out,
         "qbroker_cluster_connections",
         "gauge",
         "Open connections per cluster.",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(
             out,
             "qbroker_cluster_connections{{cluster=\"{}\"}} {}",
@@ -737,12 +801,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_frames_total",
         "counter",
         "Frames received per cluster.",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(
             out,
             "qbroker_cluster_frames_total{{cluster=\"{}\"}} {}",
@@ -751,12 +815,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_bytes_total",
         "counter",
         "Bytes of frames received per cluster.",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(
             out,
             "qbroker_cluster_bytes_total{{cluster=\"{}\"}} {}",
@@ -765,12 +829,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_events_total",
         "counter",
         "Events produced per cluster and Varonis operation.",
     );
-    for c in &clusters {
+    for c in clusters {
         for op in Operation::ALL {
             let n = c.events[op.index()].get();
             if n > 0 {
@@ -784,12 +848,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         }
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_filtered_total",
         "counter",
         "Frames dropped by the filter, per cluster and reason.",
     );
-    for c in &clusters {
+    for c in clusters {
         for r in FilterReason::ALL {
             let _ = writeln!(
                 out,
@@ -801,12 +865,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         }
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_parse_errors_total",
         "counter",
         "Frames that could not be parsed (kept in the dead-letter file), per cluster and kind.",
     );
-    for c in &clusters {
+    for c in clusters {
         let errors = c.parse_errors.lock().unwrap_or_else(|e| e.into_inner());
         for (kind, n) in errors.iter() {
             let _ = writeln!(
@@ -817,12 +881,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         }
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_batches_total",
         "counter",
         "Batches sealed per cluster.",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(
             out,
             "qbroker_cluster_batches_total{{cluster=\"{}\"}} {}",
@@ -831,12 +895,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_cluster_last_event_timestamp_seconds",
         "gauge",
         "When the cluster's last event was produced.",
     );
-    for c in &clusters {
+    for c in clusters {
         let _ = writeln!(
             out,
             "qbroker_cluster_last_event_timestamp_seconds{{cluster=\"{}\"}} {:.3}",
@@ -845,24 +909,24 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_node_connected",
         "gauge",
         "Open connections per node.",
     );
     header(
-        &mut out,
+        out,
         "qbroker_node_frames_total",
         "counter",
         "Frames received per node.",
     );
     header(
-        &mut out,
+        out,
         "qbroker_node_bytes_total",
         "counter",
         "Bytes received per node.",
     );
-    for c in &clusters {
+    for c in clusters {
         for (node, n) in c.nodes() {
             let labels = format!("cluster=\"{}\",node=\"{}\"", esc(&c.name), esc(&node));
             let _ = writeln!(
@@ -882,7 +946,10 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             );
         }
     }
+}
 
+/// The targets' delivery counters.
+fn render_targets(out: &mut String, m: &Metrics) {
     let targets: Vec<(String, Arc<TargetMetrics>)> = {
         let t = m.targets.read().unwrap_or_else(|e| e.into_inner());
         t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -975,13 +1042,13 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         ),
     ];
     for (name, kind, help, pick) in per_target {
-        header(&mut out, name, kind, help);
+        header(out, name, kind, help);
         for (target, t) in &targets {
             let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", esc(target), pick(t));
         }
     }
     header(
-        &mut out,
+        out,
         "qbroker_target_failures_total",
         "counter",
         "Failed attempts, by kind: connect (TCP or the connection), tls (the TLS handshake: the target's certificate not trusted, expired or for another name), timeout (no answer within timeout_secs), status (a non-2xx answer).",
@@ -1001,84 +1068,12 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
             );
         }
     }
+}
 
-    type SpoolPick = fn(&spool::Stats) -> u64;
-    let per_spool: [(&str, &str, &str, SpoolPick); 11] = [
-        (
-            "qbroker_spool_bytes",
-            "gauge",
-            "Bytes of the spool's segment files.",
-            |s| s.bytes,
-        ),
-        ("qbroker_spool_segments", "gauge", "Segment files.", |s| {
-            s.segments
-        }),
-        (
-            "qbroker_spool_unacked_bytes",
-            "gauge",
-            "Bytes of the spool from its oldest unacknowledged batch to its end: what is left to deliver (qbroker_spool_bytes also counts delivered batches until their segment file is deleted).",
-            |s| s.unacked_bytes,
-        ),
-        (
-            "qbroker_spool_unacked_batches",
-            "gauge",
-            "Spooled batches not yet acknowledged.",
-            |s| s.unacked_records,
-        ),
-        (
-            "qbroker_spool_oldest_unacked_age_seconds",
-            "gauge",
-            "Age of the oldest unacknowledged batch.",
-            |s| s.oldest_unacked_age_ms / 1000,
-        ),
-        (
-            "qbroker_spool_replayed_batches_total",
-            "counter",
-            "Batches found unacknowledged at start and sent again.",
-            |s| s.replayed_records,
-        ),
-        (
-            "qbroker_spool_corrupt_records_total",
-            "counter",
-            "Corrupt records set aside at start.",
-            |s| s.corrupt_records,
-        ),
-        (
-            "qbroker_spool_missing_batches",
-            "gauge",
-            "Batch ids found missing from the spool at start (spooled, then gone from disk: see missing.log in the spool directory).",
-            |s| s.missing_records,
-        ),
-        (
-            "qbroker_spool_full_waits_total",
-            "counter",
-            "Appends that waited on a full spool.",
-            |s| s.full_waits,
-        ),
-        (
-            "qbroker_spool_io_errors_total",
-            "counter",
-            "Spool write errors (intake paused and retried).",
-            |s| s.io_errors,
-        ),
-        (
-            "qbroker_spool_appended_batches_total",
-            "counter",
-            "Batches appended.",
-            |s| s.appended_records,
-        ),
-    ];
-    for (name, kind, help, pick) in per_spool {
-        header(&mut out, name, kind, help);
-        for (target, s) in &g.spools {
-            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", esc(target), pick(s));
-        }
-    }
-
-    render_enrich(&mut out, &m.enrich);
-
+/// The end-to-end latency histogram.
+fn render_latency(out: &mut String, m: &Metrics) {
     header(
-        &mut out,
+        out,
         "qbroker_event_latency_seconds",
         "histogram",
         "Receipt of a frame to acknowledgement of its batch (per event).",
@@ -1102,15 +1097,17 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
     );
     let _ = writeln!(out, "qbroker_event_latency_seconds_count {cumulative}");
+}
 
+/// The HTTPS API's requests.
+fn render_api(out: &mut String, api: &ApiMetrics) {
     header(
-        &mut out,
+        out,
         "qbroker_api_requests_total",
         "counter",
         "Requests the HTTPS API answered, by route pattern, method and status.",
     );
-    for ((route, method, status), n) in m
-        .api
+    for ((route, method, status), n) in api
         .requests
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1123,7 +1120,7 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
         );
     }
     header(
-        &mut out,
+        out,
         "qbroker_api_auth_failures_total",
         "counter",
         "API requests refused for their credentials (401).",
@@ -1131,22 +1128,15 @@ pub fn render(m: &Metrics, g: &Gauges<'_>) -> String {
     let _ = writeln!(
         out,
         "qbroker_api_auth_failures_total {}",
-        m.api.auth_failures.get()
+        api.auth_failures.get()
     );
+}
 
-    render_process(&mut out, m.started_unix_s);
-    header(
-        &mut out,
-        "qbroker_build_info",
-        "gauge",
-        "The running build: its version (always 1).",
-    );
-    let _ = writeln!(
-        out,
-        "qbroker_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    out
+/// The soft limit on open files (RLIMIT_NOFILE), from /proc on Linux.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The standard `process_*` metrics (Prometheus client conventions), from
@@ -1202,7 +1192,7 @@ fn render_process(out: &mut String, started_unix_s: f64) {
         header(out, "process_open_fds", "gauge", "Open file descriptors.");
         let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
-    if let Some(max) = crate::open_files_limit() {
+    if let Some(max) = open_files_limit() {
         header(out, "process_max_fds", "gauge", "The open-file limit.");
         let _ = writeln!(out, "process_max_fds {max}");
     }
@@ -1215,120 +1205,13 @@ fn render_process(out: &mut String, started_unix_s: f64) {
     let _ = writeln!(out, "process_start_time_seconds {started_unix_s:.3}");
 }
 
-fn render_enrich(out: &mut String, e: &EnrichMetrics) {
-    use crate::enrich::{client::ApiError, Fallback};
-    let counters: [(&str, &str, &Counter); 7] = [
-        (
-            "qbroker_enrich_jobs_total",
-            "Metadata changes sent to the clusters' REST APIs.",
-            &e.jobs,
-        ),
-        (
-            "qbroker_enrich_logins_total",
-            "Logins to the clusters' REST APIs.",
-            &e.logins,
-        ),
-        (
-            "qbroker_enrich_token_renewals_total",
-            "Bearer tokens renewed (due, or refused with 401).",
-            &e.token_renewals,
-        ),
-        (
-            "qbroker_enrich_cache_hits_total",
-            "ACL reads that found the file's earlier ACL cached.",
-            &e.cache_hits,
-        ),
-        (
-            "qbroker_enrich_cache_misses_total",
-            "ACL reads with no earlier ACL of the file cached.",
-            &e.cache_misses,
-        ),
-        (
-            "qbroker_enrich_late_results_total",
-            "ACL results that came after their file's enrichment was given up.",
-            &e.late_results,
-        ),
-        (
-            "qbroker_enrich_type_cache_hits_total",
-            "Events whose file-or-directory type came from the type cache.",
-            &e.type_cache_hits,
-        ),
-    ];
-    for (name, help, c) in counters {
-        header(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", c.get());
-    }
-    header(
-        out,
-        "qbroker_enrich_requests_total",
-        "counter",
-        "REST requests, by kind.",
-    );
-    for (kind, c) in [
-        ("acl", &e.requests_acl),
-        ("attributes", &e.requests_attributes),
-    ] {
-        let _ = writeln!(
-            out,
-            "qbroker_enrich_requests_total{{kind=\"{kind}\"}} {}",
-            c.get()
-        );
-    }
-    header(
-        out,
-        "qbroker_enrich_errors_total",
-        "counter",
-        "Failed REST requests, by kind.",
-    );
-    for (kind, c) in ApiError::KINDS.iter().zip(&e.errors) {
-        let _ = writeln!(
-            out,
-            "qbroker_enrich_errors_total{{kind=\"{kind}\"}} {}",
-            c.get()
-        );
-    }
-    header(
-        out,
-        "qbroker_enrich_fallbacks_total",
-        "counter",
-        "Metadata changes of enriched clusters sent as their generic event, by reason.",
-    );
-    for r in Fallback::ALL {
-        let _ = writeln!(
-            out,
-            "qbroker_enrich_fallbacks_total{{reason=\"{}\"}} {}",
-            r.as_str(),
-            e.fallbacks[r.index()].get()
-        );
-    }
-    for (name, help, g) in [
-        (
-            "qbroker_enrich_queue_events",
-            "Events held for enrichment (and behind it), all clusters.",
-            &e.queue_events,
-        ),
-        (
-            "qbroker_enrich_queue_bytes",
-            "Bytes of events held for enrichment.",
-            &e.queue_bytes,
-        ),
-        (
-            "qbroker_enrich_in_flight",
-            "Enrichments being looked up now.",
-            &e.in_flight,
-        ),
-    ] {
-        header(out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {}", g.get());
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of a family.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Escape a label value.
-fn esc(value: &str) -> String {
+pub fn esc(value: &str) -> String {
     let mut s = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -1369,10 +1252,10 @@ mod tests {
         let b = c.latency.snapshot();
         assert_eq!(b.iter().map(|b| b.1).sum::<u64>(), 20);
         assert_eq!(c.latency.max_us(), 1_000_000);
-        let text = render(
-            &m,
-            &Gauges {
-                queue: Usage {
+        m.register(Arc::new(|out: &mut String| {
+            render_queue(
+                out,
+                &Usage {
                     msgs: 1,
                     bytes: 2,
                     cap_msgs: 3,
@@ -1380,9 +1263,9 @@ mod tests {
                     active_clusters: 0,
                     waiters: 0,
                 },
-                spools: vec![("v", spool::Stats::default())],
-            },
-        );
+            )
+        }));
+        let text = m.render();
         assert!(
             text.contains("qbroker_cluster_frames_total{cluster=\"we\\\"ird\\\\name\"} 3"),
             "{text}"

@@ -8,15 +8,14 @@
 //! route and share of the work queue, and each target's state. Nothing here is
 //! secret: URLs lose their query and credentials.
 //!
+//! The document is made by [`crate::targets::Targets::stats`], which knows the
+//! routes and the targets; this module only defines it.
+//!
 //! `schema` changes only when a field changes meaning or goes away; fields
 //! are added without a change of `schema`, so readers ignore fields they do
 //! not know.
 
 use serde::{Deserialize, Serialize};
-
-use super::Metrics;
-use crate::sync::gate::Gate;
-use crate::targets::Targets;
 
 /// The `schema` of the document this broker serves.
 pub const SCHEMA: &str = "qbroker.stats/1";
@@ -139,7 +138,7 @@ pub struct TargetStats {
 }
 
 /// A URL without its query, fragment and `user:password@`.
-fn shown_url(url: &str) -> String {
+pub fn shown_url(url: &str) -> String {
     let url = url.split(['?', '#']).next().unwrap_or_default();
     match url.split_once("://") {
         Some((scheme, rest)) => {
@@ -148,112 +147,6 @@ fn shown_url(url: &str) -> String {
             format!("{scheme}://{host}{path}")
         }
         None => url.to_string(),
-    }
-}
-
-/// Take a snapshot. Cost: one pass over the clusters and the targets, each
-/// lock held briefly, as `/metrics` does.
-pub fn collect(m: &Metrics, gate: &Gate, targets: &Targets, uptime_ms: u64) -> Stats {
-    let usage = gate.usage();
-    let (quantiles, count) = m.latency_quantiles(&[0.5, 0.99, 1.0]);
-    let q = |i: usize| quantiles.get(i).map_or(0, |&(_, us)| us);
-    let clusters = m
-        .clusters()
-        .into_iter()
-        .map(|c| {
-            let (queue_messages, queue_bytes) = targets
-                .gate_id(&c.name)
-                .map_or((0, 0), |id| gate.cluster_usage(id));
-            let buckets = c.latency.snapshot();
-            let max_us = c.latency.max_us();
-            // A bucket's bound, never above the largest latency seen.
-            let q = |q| super::buckets_quantile(&buckets, q).map_or(0, |us| us.min(max_us));
-            ClusterStats {
-                name: c.name.to_string(),
-                nodes_connected: c.connections.get(),
-                nodes: c.nodes().len() as u64,
-                frames: c.frames.get(),
-                bytes: c.bytes.get(),
-                events: c.events_total(),
-                filtered: c.filtered.iter().map(super::Counter::get).sum(),
-                parse_errors: c.parse_errors_total(),
-                batches: c.batches.get(),
-                events_lost: c.events_lost.get(),
-                queue_messages: queue_messages as u64,
-                queue_bytes: queue_bytes as u64,
-                route: targets.route_of(&c.name),
-                last_event_unix_ms: c.last_event_unix_ms.get(),
-                latency: LatencyStats {
-                    p50_us: q(0.5),
-                    p99_us: q(0.99),
-                    max_us,
-                    count: buckets.iter().map(|b| b.1).sum(),
-                },
-                latency_buckets: buckets.clone(),
-            }
-        })
-        .collect();
-    let targets = targets
-        .views()
-        .into_iter()
-        .map(|v| {
-            let t = m.target(&v.name);
-            TargetStats {
-                origin: v.origin.as_str().to_string(),
-                state: if v.draining {
-                    "draining"
-                } else if v.failing {
-                    "failing"
-                } else {
-                    "ok"
-                }
-                .to_string(),
-                last_error: v
-                    .last_error
-                    .as_ref()
-                    .filter(|_| v.failing)
-                    .map(|(e, _)| e.clone()),
-                url: shown_url(&v.url),
-                in_flight: t.in_flight.get(),
-                in_flight_max: v.in_flight as u64,
-                spool_bytes: v.spool.bytes,
-                spool_batches: v.spool.unacked_records,
-                spool_unacked_bytes: v.spool.unacked_bytes,
-                oldest_unacked_age_ms: v.spool.oldest_unacked_age_ms,
-                batches_delivered: t.batches_delivered.get(),
-                events_delivered: t.events_delivered.get(),
-                bytes_sent: t.bytes_sent.get(),
-                retries: t.retries.get(),
-                failures: t.failures_connect.get()
-                    + t.failures_tls.get()
-                    + t.failures_timeout.get()
-                    + t.failures_status.get(),
-                batches_dead_lettered: t.batches_dead_lettered.get(),
-                last_success_unix_ms: v.last_success_unix_ms,
-                name: v.name,
-            }
-        })
-        .collect();
-    Stats {
-        schema: SCHEMA.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        uptime_ms,
-        time_unix_ms: super::unix_ms(),
-        queue: QueueStats {
-            messages: usage.msgs as u64,
-            bytes: usage.bytes as u64,
-            capacity_messages: usage.cap_msgs as u64,
-            capacity_bytes: usage.cap_bytes as u64,
-            waiting_readers: usage.waiters as u64,
-        },
-        latency: LatencyStats {
-            p50_us: q(0),
-            p99_us: q(1),
-            max_us: q(2),
-            count,
-        },
-        clusters,
-        targets,
     }
 }
 

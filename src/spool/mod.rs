@@ -23,6 +23,11 @@
 //!
 //! Modules: `record` (encoding), `segment` (files), `watermark`, `recover` (open),
 //! `writer` (append, group commit), `reader` (next), `housekeeper`.
+//!
+//! Owns: the files of one target's log, the directory lock ([`lock_dir`]) and
+//! the spools' part of the `/metrics` page ([`render_stats`]). May touch: the
+//! ack tracker of [`crate::sync`], the buffers of [`crate::model`] and
+//! `[spool]`'s types in [`crate::config`]; it names no stage.
 
 mod housekeeper;
 mod reader;
@@ -48,18 +53,10 @@ use reader::{Cache, ReadState};
 use writer::{CommitState, Log};
 
 /// Default budget of the in-memory cache of recently appended records.
-pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = crate::config::SPOOL_CACHE_BYTES;
 
-/// When appended records are forced to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fsync {
-    /// Every append returns only after its record is on disk (group commit).
-    Always,
-    /// A background flusher syncs at this interval.
-    Interval(Duration),
-    /// Left to the operating system.
-    Never,
-}
+/// When appended records are forced to disk (defined with `[spool]`'s section).
+pub use crate::config::Fsync;
 
 /// Encoding buffers kept for reuse, and the largest one kept.
 const RECYCLED_BUFFERS: usize = 32;
@@ -155,6 +152,130 @@ pub struct Stats {
     pub watermark: u64,
     /// Bytes of record data held in the read cache.
     pub cache_bytes: u64,
+}
+
+/// The spool directory could not be locked ([`lock_dir`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error("{} is locked by another process", path.display())]
+    Locked { path: PathBuf },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Take `<dir>/qbroker.lock` (an advisory `flock`), so that two brokers never
+/// share a spool: the spool assumes one writer. Held until the file is
+/// dropped; the kernel lets go of it if the process dies.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, LockError> {
+    let path = dir.join("qbroker.lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts.open(&path).map_err(|source| LockError::Io {
+        what: format!("cannot open {}", path.display()),
+        source,
+    })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockError::Locked { path }),
+        Err(e) => Err(LockError::Io {
+            what: format!("cannot lock {}", path.display()),
+            source: e.into(),
+        }),
+    }
+}
+
+/// The spools' part of the `/metrics` page: each target's [`Stats`], `spools`
+/// as (target name, stats).
+pub fn render_stats<S: AsRef<str>>(out: &mut String, spools: &[(S, Stats)]) {
+    use crate::metrics::{esc, header};
+    use std::fmt::Write as _;
+    type SpoolPick = fn(&Stats) -> u64;
+    let per_spool: [(&str, &str, &str, SpoolPick); 11] = [
+        (
+            "qbroker_spool_bytes",
+            "gauge",
+            "Bytes of the spool's segment files.",
+            |s| s.bytes,
+        ),
+        ("qbroker_spool_segments", "gauge", "Segment files.", |s| {
+            s.segments
+        }),
+        (
+            "qbroker_spool_unacked_bytes",
+            "gauge",
+            "Bytes of the spool from its oldest unacknowledged batch to its end: what is left to deliver (qbroker_spool_bytes also counts delivered batches until their segment file is deleted).",
+            |s| s.unacked_bytes,
+        ),
+        (
+            "qbroker_spool_unacked_batches",
+            "gauge",
+            "Spooled batches not yet acknowledged.",
+            |s| s.unacked_records,
+        ),
+        (
+            "qbroker_spool_oldest_unacked_age_seconds",
+            "gauge",
+            "Age of the oldest unacknowledged batch.",
+            |s| s.oldest_unacked_age_ms / 1000,
+        ),
+        (
+            "qbroker_spool_replayed_batches_total",
+            "counter",
+            "Batches found unacknowledged at start and sent again.",
+            |s| s.replayed_records,
+        ),
+        (
+            "qbroker_spool_corrupt_records_total",
+            "counter",
+            "Corrupt records set aside at start.",
+            |s| s.corrupt_records,
+        ),
+        (
+            "qbroker_spool_missing_batches",
+            "gauge",
+            "Batch ids found missing from the spool at start (spooled, then gone from disk: see missing.log in the spool directory).",
+            |s| s.missing_records,
+        ),
+        (
+            "qbroker_spool_full_waits_total",
+            "counter",
+            "Appends that waited on a full spool.",
+            |s| s.full_waits,
+        ),
+        (
+            "qbroker_spool_io_errors_total",
+            "counter",
+            "Spool write errors (intake paused and retried).",
+            |s| s.io_errors,
+        ),
+        (
+            "qbroker_spool_appended_batches_total",
+            "counter",
+            "Batches appended.",
+            |s| s.appended_records,
+        ),
+    ];
+    for (name, kind, help, pick) in per_spool {
+        header(out, name, kind, help);
+        for (target, s) in spools {
+            let _ = writeln!(
+                out,
+                "{name}{{target=\"{}\"}} {}",
+                esc(target.as_ref()),
+                pick(s)
+            );
+        }
+    }
 }
 
 /// A position in the log: a segment (by first id) and a byte offset in it.
@@ -567,5 +688,28 @@ impl Drop for Spool {
             }
         }
         debug!(dir = %self.shared.dir.display(), "spool closed; its files stay for the next start");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spools_part_of_the_page_declares_every_family() {
+        let mut text = String::new();
+        let stats = Stats {
+            unacked_records: 3,
+            ..Stats::default()
+        };
+        render_stats(&mut text, &[("v", stats)]);
+        assert!(
+            text.contains("qbroker_spool_unacked_batches{target=\"v\"} 3"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
     }
 }

@@ -43,10 +43,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{ApiServerConfig, ClusterConfig, Config, Secret, TargetConfig};
-use crate::enrich::client::{ApiClient, ApiError};
-use crate::metrics::EnrichMetrics;
-use crate::store::{Registration, Store};
+use qbroker::config::{ApiServerConfig, ClusterConfig, Config, Secret, TargetConfig};
+use qbroker::enrich::client::{ApiClient, ApiError};
+use qbroker::metrics::EnrichMetrics;
+use qbroker::store::{Registration, Store};
 
 /// What the checks need besides the configuration.
 #[derive(Debug, Clone)]
@@ -344,7 +344,7 @@ fn spool_disk(cfg: &Config, registered: usize) -> Check {
             )
         }
     };
-    if let Err(why) = crate::preflight::writable_dir(dir) {
+    if let Err(why) = qbroker::preflight::writable_dir(dir) {
         return row(
             subject,
             &what,
@@ -393,7 +393,7 @@ fn spool_losses(dir: &Path) -> Vec<Check> {
         .unwrap_or_default();
     dirs.sort();
     for d in dirs {
-        let file = d.join(crate::spool::MISSING_FILE);
+        let file = d.join(qbroker::spool::MISSING_FILE);
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
@@ -448,7 +448,7 @@ async fn read_registry(cfg: &Config, timeout: Duration) -> (Vec<Check>, Vec<Regi
     };
     let subject = "registry";
     // Never the URL itself: it may carry the database password.
-    let what = match crate::store::sqlite_path(store) {
+    let what = match qbroker::store::sqlite_path(store) {
         Some(path) => {
             if !path.exists() {
                 return (
@@ -518,7 +518,7 @@ const CERT_WARN_DAYS: i64 = 30;
 /// The API listener: its certificate and its port.
 async fn api_listener(cfg: &Config, api: &ApiServerConfig, timeout: Duration) -> Vec<Check> {
     let subject = "api";
-    let (cert_path, key_path, self_signed) = crate::api::cert::paths(api, &cfg.data_dir);
+    let (cert_path, key_path, self_signed) = qbroker::api::cert::paths(api, &cfg.data_dir);
     let mut pinned = None;
     let cert = if self_signed && !cert_path.exists() {
         row(
@@ -531,7 +531,7 @@ async fn api_listener(cfg: &Config, api: &ApiServerConfig, timeout: Duration) ->
             ),
         )
     } else {
-        match crate::api::cert::load(&cert_path, &key_path) {
+        match qbroker::api::cert::load(&cert_path, &key_path) {
             Err(e) => row(
                 subject,
                 "certificate",
@@ -562,7 +562,7 @@ fn certificate_row(
     let what = format!(
         "{} (sha256 {})",
         path.display(),
-        crate::api::cert::fingerprint(leaf)
+        qbroker::api::cert::fingerprint(leaf)
     );
     let not_after = match x509_parser::parse_x509_certificate(leaf) {
         Ok((_, c)) => c.validity().not_after.timestamp(),
@@ -575,7 +575,7 @@ fn certificate_row(
             )
         }
     };
-    let now = crate::metrics::unix_ms() / 1000;
+    let now = qbroker::metrics::unix_ms() / 1000;
     let date = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
     );
@@ -681,13 +681,13 @@ async fn presents(
         pem.push('\n');
     }
     pem.push_str("-----END CERTIFICATE-----\n");
-    let tls = crate::net::ClientTls {
-        trust: crate::net::Trust::RootsOrPinned(crate::net::Pem::new(
+    let tls = qbroker::net::ClientTls {
+        trust: qbroker::net::Trust::RootsOrPinned(qbroker::net::Pem::new(
             pem.as_bytes(),
             "api certificate",
         )),
         identity: None,
-        alpn: crate::net::Alpn::Http1,
+        alpn: qbroker::net::Alpn::Http1,
     };
     let Ok(config) = tls.config() else {
         return false;
@@ -732,7 +732,7 @@ impl Tested {
             subject: format!("target {}", t.name),
             tls: t
                 .tls
-                .then(|| crate::egress::client::tls_config(t).map_err(|e| e.to_string())),
+                .then(|| qbroker::egress::client::tls_config(t).map_err(|e| e.to_string())),
             roots: match &t.ca_file {
                 Some(p) => format!("ca_file {}", p.display()),
                 None => "the system roots".to_string(),
@@ -755,7 +755,7 @@ impl Tested {
     /// A registration, as `qbroker run` would start it; the rows of a
     /// registration it could not use.
     fn registered(reg: &Registration) -> Result<Tested, Vec<Check>> {
-        let name = crate::targets::registered_name(&reg.cluster_name);
+        let name = qbroker::targets::registered_name(&reg.cluster_name);
         let subject = format!("target {name} (registered)");
         let invalid = |why: String| {
             vec![row(
@@ -769,15 +769,15 @@ impl Tested {
             )]
         };
         let (cfg, auth, material) = match (
-            crate::targets::target_config_of(reg),
-            crate::targets::authorization_of(reg),
-            crate::targets::tls_material_of(reg),
+            qbroker::targets::target_config_of(reg),
+            qbroker::targets::authorization_of(reg),
+            qbroker::targets::tls_material_of(reg),
         ) {
             (Ok(c), Ok(a), Ok(m)) => (c, a, m),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(invalid(e.0)),
         };
         let tls = cfg.tls.then(|| {
-            crate::egress::client::tls_config_from_pem(&cfg, &material).map_err(|e| e.to_string())
+            qbroker::egress::client::tls_config_from_pem(&cfg, &material).map_err(|e| e.to_string())
         });
         let (authorization, _) = auth.header();
         Ok(Tested {
@@ -892,7 +892,7 @@ async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
         }
         None => {
             out.push(row(&subject, "tls", Status::Skip, "http:// target: no TLS"));
-            out.push(match crate::egress::client::connector(t, None) {
+            out.push(match qbroker::egress::client::connector(t, None) {
                 Ok(connector) => post_check(tested, opts, &connector, TokioIo::new(tcp)).await,
                 Err(e) => row(&subject, "post", Status::Fail, e.to_string()),
             });
@@ -905,7 +905,7 @@ async fn check_target(tested: &Tested, opts: &Options) -> Vec<Check> {
             return out;
         }
     };
-    let connector = match crate::egress::client::connector(t, Some(config.clone())) {
+    let connector = match qbroker::egress::client::connector(t, Some(config.clone())) {
         Ok(c) => c,
         Err(e) => {
             out.push(row(&subject, "tls", Status::Fail, e.to_string()));
@@ -975,14 +975,14 @@ async fn amqp_checks(
     tls: Option<rustls::ClientConfig>,
     opts: &Options,
 ) -> Vec<Check> {
-    use crate::egress::amqp::Probe;
+    use qbroker::egress::amqp::Probe;
     let publish = opts.post.then(|| {
         tested
             .cluster
             .clone()
             .unwrap_or_else(|| "qbroker-doctor".to_string())
     });
-    let probe = crate::egress::amqp::probe(&tested.cfg, tls, publish, opts.timeout).await;
+    let probe = qbroker::egress::amqp::probe(&tested.cfg, tls, publish, opts.timeout).await;
     probe
         .into_iter()
         .map(|(check, result)| {
@@ -1000,7 +1000,7 @@ async fn amqp_checks(
 async fn post_check<IO>(
     tested: &Tested,
     opts: &Options,
-    connector: &crate::egress::Connector,
+    connector: &qbroker::egress::Connector,
     io: IO,
 ) -> Check
 where
@@ -1061,7 +1061,7 @@ fn snippet(text: &str) -> String {
 async fn post<IO>(
     t: &TargetConfig,
     authorization: Option<&Secret>,
-    connector: &crate::egress::Connector,
+    connector: &qbroker::egress::Connector,
     io: IO,
 ) -> Result<(u16, String), String>
 where
@@ -1073,7 +1073,7 @@ where
         .map_err(|e| e.to_string())?;
     let batch_id = format!("qbroker-doctor-{}", uuid::Uuid::now_v7());
     let body = serde_json::json!({
-        "schema": crate::batch::SCHEMA,
+        "schema": qbroker::batch::SCHEMA,
         "cluster": "qbroker-doctor",
         "filer_id": null,
         "batch_id": batch_id,
@@ -1081,10 +1081,10 @@ where
     })
     .to_string();
     let mut request = http::Request::post(t.path.as_str())
-        .header(http::header::HOST, crate::egress::host_header(t))
+        .header(http::header::HOST, qbroker::egress::host_header(t))
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::USER_AGENT, crate::egress::USER_AGENT)
+        .header(http::header::USER_AGENT, qbroker::egress::USER_AGENT)
         .header("idempotency-key", batch_id.as_str());
     if let Some(auth) = authorization {
         request = request.header(http::header::AUTHORIZATION, auth.expose());
