@@ -774,20 +774,27 @@ impl Feeder {
             self.reply.write(text.as_bytes());
             return;
         }
+        // Wait for the acknowledgements, spool by spool, looking up now and
+        // then for a shutdown.
         let deadline = Instant::now() + wait;
-        let pending = loop {
-            let pending: u64 = self
-                .p
-                .targets
-                .spool_stats()
-                .iter()
-                .map(|(_, s)| s.unacked_records)
-                .sum();
-            if pending == 0 || Instant::now() >= deadline || *self.p.stop.borrow() {
-                break pending;
+        for spool in self.p.targets.spools() {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if spool.wait_acked(left.min(COMMIT_LOOK))
+                    || left.is_zero()
+                    || *self.p.stop.borrow()
+                {
+                    break;
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+        let pending: u64 = self
+            .p
+            .targets
+            .spool_stats()
+            .iter()
+            .map(|(_, s)| s.unacked_records)
+            .sum();
         // Every target that ran, registered ones included.
         for t in self.p.targets.views() {
             let m = self.p.metrics.target(&t.name);

@@ -743,6 +743,15 @@ impl Targets {
             .collect()
     }
 
+    /// The spools of every running target.
+    pub fn spools(&self) -> Vec<Arc<Spool>> {
+        lock(&self.state)
+            .live
+            .values()
+            .map(|live| live.spool.clone())
+            .collect()
+    }
+
     /// Spool figures of every running target, for `/metrics`.
     pub fn spool_stats(&self) -> Vec<(String, spool::Stats)> {
         let st = lock(&self.state);

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
@@ -332,6 +332,10 @@ struct Shared {
     /// closes or lifts its cap: what the batch sealer waits on while a batch
     /// waits for a request slot or for room ([`Spool::changed`]).
     changed: tokio::sync::Notify,
+    /// Callers of [`Spool::wait_acked`] and what wakes them (only while one
+    /// waits: an acknowledgement with nobody waiting costs one load).
+    ack_waiters: AtomicUsize,
+    acked: (Mutex<()>, Condvar),
     cache: Mutex<Cache>,
     cache_budget: AtomicUsize,
     /// Encoding buffers, back from the cache once egress is done with a record.
@@ -478,6 +482,8 @@ impl Spool {
             read_turn: tokio::sync::Mutex::new(()),
             readable: tokio::sync::Notify::new(),
             changed: tokio::sync::Notify::new(),
+            ack_waiters: AtomicUsize::new(0),
+            acked: (Mutex::new(()), Condvar::new()),
             cache: Mutex::new(Cache::default()),
             cache_budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
             buffers: Arc::new(crate::model::Recycler::new(
@@ -540,6 +546,39 @@ impl Spool {
             sh.advanced(w);
         }
         sh.changed.notify_one();
+        fence(Ordering::SeqCst);
+        if sh.ack_waiters.load(Ordering::SeqCst) > 0 {
+            let _one = lock(&sh.acked.0);
+            sh.acked.1.notify_all();
+        }
+    }
+
+    /// Waits up to `timeout` until every appended record is acknowledged;
+    /// whether they are. Blocking.
+    pub fn wait_acked(&self, timeout: Duration) -> bool {
+        let sh = &self.shared;
+        let deadline = Instant::now() + timeout;
+        sh.ack_waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let mut guard = lock(&sh.acked.0);
+        let done = loop {
+            if self.unacked_records() == 0 {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            guard = sh
+                .acked
+                .1
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(guard);
+        sh.ack_waiters.fetch_sub(1, Ordering::SeqCst);
+        done
     }
 
     /// Completes at the next acknowledgement, freeing of space, close or
