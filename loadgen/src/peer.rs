@@ -242,13 +242,7 @@ pub fn find(peer: Peer, explicit: Option<&Path>) -> anyhow::Result<PeerBin> {
         .output()
         .with_context(|| format!("running {} for its version", pb.bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    pb.version = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    pb.version = version_line(&text);
     if !out.status.success() || pb.version.is_empty() {
         bail!(
             "{} --version failed ({}): {}; {}",
@@ -259,6 +253,13 @@ pub fn find(peer: Peer, explicit: Option<&Path>) -> anyhow::Result<PeerBin> {
         );
     }
     Ok(pb)
+}
+
+/// The first line of `--version`, without rsyslog's "compiled with:".
+fn version_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or("");
+    let first = first.split(" compiled with").next().unwrap_or(first);
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The operations qbroker's default filter keeps (the reference's), besides
@@ -282,7 +283,8 @@ fn quoted(s: &str) -> anyhow::Result<String> {
 
 /// rsyslog's configuration: a private instance on `port` (127.0.0.1 only)
 /// whose state lives under `work`, with `relay` (a command line; omprog
-/// splits it at spaces) as the omprog consumer.
+/// splits it at spaces) as the omprog consumer; what the relays write goes to
+/// `work/relay.log`.
 pub fn rsyslog_config(
     port: u16,
     work: &Path,
@@ -290,6 +292,7 @@ pub fn rsyslog_config(
     s: &PeerSettings,
 ) -> anyhow::Result<String> {
     let spool = work.join("spool");
+    let relay_log = work.join("relay.log");
     let filter = KEPT_OPERATIONS
         .iter()
         .map(|op| format!("      $!operation == \"{op}\""))
@@ -315,6 +318,7 @@ if ($app-name startswith "qumulo") then {{
       name="out"
       type="omprog"
       binary={relay}
+      output={relay_log}
       queue.type="LinkedList"
       queue.size="{qsize}"
       queue.saveOnShutdown="on"
@@ -332,6 +336,7 @@ if ($app-name startswith "qumulo") then {{
         spool = quoted(&spool.to_string_lossy())?,
         sessions = s.max_connections,
         relay = quoted(relay)?,
+        relay_log = quoted(&relay_log.to_string_lossy())?,
         qsize = s.rs_queue_size,
         qworkers = s.rs_queue_workers,
         qmin = s.rs_queue_min_msgs,
@@ -360,6 +365,7 @@ pub fn syslog_ng_config(
 options {{
   threaded(yes);
   use-dns(no);
+  dns-cache(no);
   use-fqdn(no);
   keep-hostname(yes);
   chain-hostnames(no);
@@ -772,6 +778,7 @@ mod tests {
             r#"$!status == "fs_access_denied_error" or"#,
             r#"$!operation == "fs_delete")"#,
             r#"binary="/x/loadgen relay --url https://127.0.0.1:1/peer""#,
+            r#"output="/tmp/w/relay.log""#,
             r#"queue.type="LinkedList""#,
             r#"queue.size="100000""#,
             r#"queue.workerThreads="16""#,
@@ -826,6 +833,18 @@ mod tests {
         }
         assert_eq!(c.matches('{').count(), c.matches('}').count());
         assert_eq!(c.matches('(').count(), c.matches(')').count());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            version_line("rsyslogd  8.2302.0 (aka 2023.02) compiled with:\n\tPLATFORM: x\n"),
+            "rsyslogd 8.2302.0 (aka 2023.02)"
+        );
+        assert_eq!(
+            version_line("syslog-ng 3 (3.38.1)\nConfig version: 3.38\n"),
+            "syslog-ng 3 (3.38.1)"
+        );
     }
 
     #[test]
