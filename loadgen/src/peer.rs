@@ -608,9 +608,10 @@ impl Poster {
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
                 if k == "content-length" {
                     len = v.parse().context("content-length")?;
-                } else if k == "connection" && v.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if k == "transfer-encoding" {
+                } else if (k == "connection" && v.eq_ignore_ascii_case("close"))
+                    || k == "transfer-encoding"
+                {
+                    // a chunked answer is not read: the connection goes
                     close = true;
                 }
             }
