@@ -698,7 +698,7 @@ fn in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn clock_ticks_per_sec() -> u64 {
+pub(crate) fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -718,11 +718,11 @@ fn sample(pid: u32, tck: u64) -> anyhow::Result<(f64, u64)> {
     Ok((ticks as f64 / tck as f64, hwm))
 }
 
-fn free_port() -> anyhow::Result<std::net::SocketAddr> {
+pub(crate) fn free_port() -> anyhow::Result<std::net::SocketAddr> {
     testkit::net::free_addr().context("finding a free port")
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

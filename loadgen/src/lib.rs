@@ -15,6 +15,10 @@
 //! - [`bench`]: runs qbroker, the sink and the senders together on loopback.
 //! - [`amqp`]: a private RabbitMQ and the verifying sink as its consumer
 //!   (`bench --egress amqp`).
+//! - [`peer`]: rsyslog and syslog-ng as `bench --versus` runs them: their
+//!   binaries, configurations, CPU from /proc, and rsyslog's omprog relay.
+//! - [`versus`]: `bench --versus`: qbroker and the peers in interleaved
+//!   rounds on the same load, medians and ratios.
 //! - [`acl`]: namespace objects whose ACL and owner change, and the Qumulo
 //!   REST API stand-in that serves them (for qbroker's enrichment).
 
@@ -25,7 +29,9 @@ pub mod amqp;
 pub mod bench;
 pub mod discard;
 pub mod gen;
+pub mod peer;
 pub mod report;
 pub mod send;
 pub mod sink;
 pub mod verify;
+pub mod versus;

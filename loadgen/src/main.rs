@@ -37,6 +37,26 @@ enum Cmd {
     Discard(DiscardArgs),
     /// Run qbroker, the sink and the senders together and report
     Bench(BenchArgs),
+    /// rsyslog's omprog consumer in `bench --versus rsyslog`: lines from
+    /// stdin to the sink as JSON arrays over HTTPS
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// https://HOST:PORT/PATH
+    #[arg(long)]
+    url: String,
+    /// the PEM to trust
+    #[arg(long)]
+    ca: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    batch_lines: usize,
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_bytes: usize,
+    #[arg(long, default_value_t = 200)]
+    batch_timeout_ms: u64,
 }
 
 /// Event content; the sink needs the same values as the sender.
@@ -258,6 +278,22 @@ struct BenchArgs {
     /// no progress bar
     #[arg(long)]
     no_progress: bool,
+    /// also run these syslog daemons on the same load, one after the other
+    /// with qbroker in each round, and report CPU per input message and
+    /// throughput as ratios to qbroker's: rsyslog, syslog-ng (repeat or
+    /// separate with commas)
+    #[arg(long, value_delimiter = ',', value_name = "PEER")]
+    versus: Vec<loadgen::peer::Peer>,
+    /// --versus: interleaved rounds (qbroker, then each peer); medians
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// --versus: a peer's executable, e.g. `syslog-ng=/opt/sng/usr/sbin/syslog-ng`
+    /// (default: PATH, /usr/sbin, then where scripts/install-peers unpacks syslog-ng)
+    #[arg(long, value_name = "PEER=PATH")]
+    peer_bin: Vec<String>,
+    /// --versus: syslog-ng's http() workers
+    #[arg(long, default_value_t = 2)]
+    peer_http_workers: usize,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -281,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sink(a) => sink(a).await?,
         Cmd::Discard(a) => discard(a).await?,
         Cmd::Bench(a) => bench(a).await?,
+        Cmd::Relay(a) => relay(a).await?,
     };
     if !ok {
         std::process::exit(1);
@@ -538,7 +575,43 @@ async fn discard(a: DiscardArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+async fn relay(a: RelayArgs) -> anyhow::Result<bool> {
+    let cfg = loadgen::peer::RelayConfig {
+        url: a.url,
+        ca_file: a.ca,
+        batch_lines: a.batch_lines.max(1),
+        batch_bytes: a.batch_bytes.max(1),
+        batch_timeout: Duration::from_millis(a.batch_timeout_ms),
+    };
+    let stats =
+        tokio::task::spawn_blocking(move || loadgen::peer::relay(&cfg, std::io::stdin())).await??;
+    eprintln!(
+        "loadgen relay: {} lines in {} batches, {} retries, {} refused",
+        stats.lines, stats.batches, stats.retries, stats.refused
+    );
+    Ok(stats.refused == 0)
+}
+
 async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
+    let versus = !a.versus.is_empty();
+    let mut peer_bins = std::collections::HashMap::new();
+    for spec in &a.peer_bin {
+        let (name, path) = spec
+            .split_once('=')
+            .context("--peer-bin: PEER=PATH, e.g. syslog-ng=/usr/sbin/syslog-ng")?;
+        let peer: loadgen::peer::Peer = name.parse().context("--peer-bin")?;
+        peer_bins.insert(peer, PathBuf::from(path));
+    }
+    if !versus && !peer_bins.is_empty() {
+        bail!("--peer-bin goes with --versus");
+    }
+    let settings = loadgen::peer::PeerSettings {
+        batch_lines: a.batch_max_events.unwrap_or(1000),
+        batch_timeout_ms: a.batch_max_age_ms.unwrap_or(200),
+        http_workers: a.peer_http_workers.max(1),
+        ..Default::default()
+    };
+    let (versus_peers, rounds, json) = (a.versus.clone(), a.rounds, a.json.clone());
     let opts = BenchOptions {
         scenario: a.scenario,
         egress: a.egress,
@@ -563,6 +636,22 @@ async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         progress: !a.no_progress,
         keep_dir: a.keep,
     };
+    if versus {
+        let report = loadgen::versus::run(loadgen::versus::VersusOptions {
+            bench: opts,
+            peers: versus_peers,
+            rounds,
+            peer_bins,
+            relay_exe: std::env::current_exe().context("locating loadgen itself")?,
+            settings,
+        })
+        .await?;
+        print!("{}", report.render());
+        if let Some(p) = &json {
+            report.write_json(p)?;
+        }
+        return Ok(report.ok);
+    }
     let report = loadgen::bench::run(opts).await?;
     print!("{}", report.render());
     if let Some(p) = &a.json {

@@ -7,6 +7,10 @@
 //! period, 429 with Retry-After, response delays, connections closed without
 //! an answer (before or after accepting the batch), and going away
 //! altogether (listener closed, connections dropped) for a period.
+//!
+//! A POST to a path under `/peer` is a peer's body (`bench --versus`): a
+//! JSON array of the audit records rsyslog or syslog-ng passed on, checked
+//! by [`Verifier::check_peer_batch`] instead of as a qbroker batch.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -281,6 +285,8 @@ struct Shared {
     verifier: Arc<Verifier>,
     faults: Arc<Faults>,
     counters: Arc<Counters>,
+    /// numbers the bodies of peers (POST /peer...), which carry no batch id
+    peer_bodies: AtomicU64,
 }
 
 /// A running sink.
@@ -353,6 +359,7 @@ pub async fn start(cfg: SinkConfig, verifier: Arc<Verifier>) -> anyhow::Result<S
         verifier: verifier.clone(),
         faults: faults.clone(),
         counters: counters.clone(),
+        peer_bodies: AtomicU64::new(0),
     });
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(serve(listener, addr, acceptor, shared, rx));
@@ -471,6 +478,8 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    // `bench --versus`: a peer's JSON array of audit records, not a batch
+    let peer = req.uri().path().starts_with("/peer");
     let content_type = header(http::header::CONTENT_TYPE);
     let content_encoding = header(http::header::CONTENT_ENCODING);
     let idempotency_key = req
@@ -518,7 +527,11 @@ async fn handle(
     }
     // verification is CPU work: keep it off the reactor threads
     let verifier = sh.verifier.clone();
+    let peer_body = peer.then(|| sh.peer_bodies.fetch_add(1, Ordering::Relaxed));
     let checked = tokio::task::spawn_blocking(move || {
+        if let Some(n) = peer_body {
+            return verifier.check_peer_batch(n, &body);
+        }
         let meta = BatchMeta {
             content_type: content_type.as_deref(),
             content_encoding: content_encoding.as_deref(),

@@ -212,6 +212,25 @@ fn add_counts(into: &mut AclCounts, n: AclCounts) {
     into.mismatches += n.mismatches;
 }
 
+/// A Qumulo audit record as a peer passes it on; only what is checked.
+#[derive(Deserialize)]
+struct PeerRecord<'a> {
+    #[serde(default, borrow)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    details: Option<PeerDetails<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct PeerDetails<'a> {
+    #[serde(default, borrow)]
+    file_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    path: Option<Cow<'a, str>>,
+}
+
 /// Only the file id, for events that fail the strict parse.
 #[derive(Deserialize)]
 struct LenientEvent {
@@ -355,8 +374,8 @@ impl SinkSummary {
 }
 
 struct Checked {
-    /// (identity, latency in us), for events that identify as ours
-    ids: Vec<(Identity, u64)>,
+    /// (identity, latency in us when known), for events that identify as ours
+    ids: Vec<(Identity, Option<u64>)>,
     schema_errors: u64,
     mismatches: u64,
     order_violations: u64,
@@ -724,6 +743,109 @@ impl Verifier {
         Ok(n)
     }
 
+    /// Checks one body of a peer (`bench --versus`): a JSON array of Qumulo
+    /// audit records as the peer passed them on. Each record's
+    /// `details.file_id` names its (cluster, node, seq); the record must be
+    /// one the filter keeps, and its `operation`, `status` and
+    /// `details.path` those of the regenerated event. Counted as qbroker's
+    /// events are (loss, duplicates, reordering per node); no latency (the
+    /// records carry no time of their own). `n` numbers the batch.
+    pub fn check_peer_batch(&self, n: u64, body: &[u8]) -> Result<usize, Rejection> {
+        let records: Vec<&RawValue> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("a peer body is a JSON array of audit records: {e}");
+                let mut st = self.state.lock().expect("verifier lock");
+                st.schema_errors += 1;
+                if st.problems.len() < MAX_PROBLEMS {
+                    st.problems.push(format!("batch refused (400): {reason}"));
+                }
+                return Err(Rejection {
+                    status: 400,
+                    reason,
+                });
+            }
+        };
+        let mut c = Checked {
+            ids: Vec::with_capacity(records.len()),
+            schema_errors: 0,
+            mismatches: 0,
+            order_violations: 0,
+            unexpected: 0,
+            foreign: 0,
+            problems: Vec::new(),
+            redelivered: false,
+        };
+        if records.is_empty() {
+            c.schema_errors += 1;
+            c.problem(|| "an empty peer batch".to_string());
+        }
+        for raw in &records {
+            self.check_peer_record(raw.get(), &mut c);
+        }
+        let id = format!("peer-{n}");
+        self.apply(&id, records.len() as u64, c);
+        Ok(records.len())
+    }
+
+    fn check_peer_record(&self, raw: &str, c: &mut Checked) {
+        let rec: PeerRecord<'_> = match serde_json::from_str(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                c.schema_errors += 1;
+                c.problem(|| format!("peer record does not parse ({e}): {}", truncate(raw, 300)));
+                return;
+            }
+        };
+        let details = rec.details.unwrap_or_default();
+        let Some(id) = details.file_id.as_deref().and_then(Identity::parse) else {
+            c.foreign += 1;
+            c.problem(|| {
+                format!(
+                    "peer record without a loadgen file_id: {}",
+                    truncate(raw, 300)
+                )
+            });
+            return;
+        };
+        if id.tag != self.core.tag() {
+            c.foreign += 1;
+            return;
+        }
+        if id.filtered {
+            c.unexpected += 1;
+            c.problem(|| {
+                format!(
+                    "{} seq {}: {} with status {} should have been filtered out",
+                    self.core.hostname(id.cluster, id.node),
+                    id.seq,
+                    rec.operation.as_deref().unwrap_or("?"),
+                    rec.status.as_deref().unwrap_or("?")
+                )
+            });
+            return;
+        }
+        let ev = self.core.expected_event(id.cluster, id.node, id.seq);
+        let path = self.core.path_string(&ev.path);
+        let got = (
+            rec.operation.as_deref(),
+            rec.status.as_deref(),
+            details.path.as_deref(),
+        );
+        if got != (Some(ev.op().name), Some(ev.status), Some(path.as_str())) {
+            c.mismatches += 1;
+            c.problem(|| {
+                format!(
+                    "{} seq {}: got {got:?}, want {:?}",
+                    self.core.hostname(id.cluster, id.node),
+                    id.seq,
+                    (ev.op().name, ev.status, &path)
+                )
+            });
+        }
+        c.ids.push((id, None));
+    }
+
     fn check_event(
         &self,
         env: &Envelope<'_>,
@@ -744,7 +866,9 @@ impl Verifier {
                     .and_then(|l| l.file_id)
                     .and_then(|f| Identity::parse(&f));
                 match id {
-                    Some(id) if id.tag == self.core.tag() && !id.filtered => c.ids.push((id, 0)),
+                    Some(id) if id.tag == self.core.tag() && !id.filtered => {
+                        c.ids.push((id, Some(0)))
+                    }
                     _ => c.foreign += 1,
                 }
                 return;
@@ -856,7 +980,7 @@ impl Verifier {
             c.mismatches += 1;
             c.problem(|| format!("{} seq {}: {diff}", want.node, id.seq));
         }
-        c.ids.push((id, latency_us));
+        c.ids.push((id, Some(latency_us)));
     }
 
     fn redelivered(&self, batch_id: &str) -> bool {
@@ -886,7 +1010,9 @@ impl Verifier {
                 .record(id.seq);
             match r {
                 Receipt::New => {
-                    let _ = st.latency.record(lat.clamp(1, 3_600_000_000));
+                    if let Some(lat) = lat {
+                        let _ = st.latency.record(lat.clamp(1, 3_600_000_000));
+                    }
                 }
                 Receipt::Duplicate if redelivered => st.dup_in_redelivered += 1,
                 Receipt::Duplicate => {}
@@ -1178,6 +1304,83 @@ mod tests {
 
     fn totals(n: u64) -> HashMap<(u16, u16), u64> {
         HashMap::from([((0, 1), n)])
+    }
+
+    /// A peer's body: the audit JSON of these events of node (0, 1).
+    fn peer_body(core: &GenCore, events: &[crate::gen::Event]) -> Vec<u8> {
+        let mut out = b"[".to_vec();
+        for (i, ev) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            core.render_msg(ev, &mut out);
+        }
+        out.push(b']');
+        out
+    }
+
+    #[test]
+    fn peer_bodies_are_counted_by_file_id() {
+        let v = verifier(Format::Json);
+        let core = v.core().clone();
+        let ev = |s: u64| core.expected_event(0, 1, s);
+        // 0..10 without 3, in two bodies, 7 twice; 10 out of order first
+        v.check_peer_batch(0, &peer_body(&core, &[ev(10), ev(0), ev(1), ev(2)]))
+            .unwrap();
+        let n = v
+            .check_peer_batch(
+                1,
+                &peer_body(&core, &[ev(4), ev(5), ev(6), ev(7), ev(7), ev(8)]),
+            )
+            .unwrap();
+        assert_eq!(n, 6);
+        let s = v.summary(Some(&totals(11)));
+        assert_eq!((s.delivered, s.duplicated, s.batches), (9, 1, 2));
+        assert_eq!(s.lost, 2, "3 and 9");
+        assert_eq!(s.latency_ms.count, 0, "peers' records carry no time");
+        assert_eq!(
+            (s.schema_errors, s.mismatches, s.unexpected, s.foreign),
+            (0, 0, 0, 0),
+            "{:?}",
+            s.problems
+        );
+        // everything, once: clean
+        let v = verifier(Format::Json);
+        let all: Vec<_> = (0..50).map(ev).collect();
+        v.check_peer_batch(0, &peer_body(&core, &all)).unwrap();
+        let s = v.summary(Some(&totals(50)));
+        assert!(s.failures().is_empty(), "{:?}", s.failures());
+        assert_eq!(s.delivered, 50);
+    }
+
+    #[test]
+    fn peer_records_that_are_wrong() {
+        let v = verifier(Format::Json);
+        let core = v.core().clone();
+        // an event the filter drops
+        let filtered = core.filtered_event(0, 1, 0);
+        // an altered status
+        let mut body = peer_body(&core, &[core.expected_event(0, 1, 0)]);
+        let text = String::from_utf8(body.clone()).unwrap();
+        let want = format!("\"status\":\"{}\"", core.expected_event(0, 1, 0).status);
+        assert!(text.contains(&want), "{text}");
+        body = text.replace(&want, "\"status\":\"fs_other\"").into_bytes();
+        v.check_peer_batch(0, &body).unwrap();
+        v.check_peer_batch(1, &peer_body(&core, &[filtered]))
+            .unwrap();
+        v.check_peer_batch(
+            2,
+            br#"[{"operation":"fs_read_data"},"a line",{"details":{"file_id":"12"}}]"#,
+        )
+        .unwrap();
+        let s = v.summary(None);
+        assert_eq!(s.mismatches, 1, "{:?}", s.problems);
+        assert_eq!(s.unexpected, 1, "{:?}", s.problems);
+        assert_eq!(s.foreign, 2, "{:?}", s.problems);
+        assert_eq!(s.schema_errors, 1, "{:?}", s.problems);
+        // not an array: refused
+        let e = v.check_peer_batch(3, br#"{"events":[]}"#).unwrap_err();
+        assert_eq!(e.status, 400);
     }
 
     #[test]
