@@ -15,7 +15,10 @@
 //!   channel.
 //! - [`parse`]: plain functions from one syslog frame to one serialised event
 //!   (header, JSON or CSV payload, filter, mapping).
-//! - [`batch`]: per-cluster batchers that restore arrival order and seal batches.
+//! - [`batch`]: per-cluster batchers that restore arrival order and seal batches;
+//!   age seals by a tokio task per target ([`batch::Sealer`]), no thread.
+//!
+//! docs/architecture.md has the data-flow picture, the waits and the threads.
 //! - [`enrich`]: permission and protection events from the clusters' REST APIs
 //!   (ACL diff), off the hot path; the batcher keeps each file's events in order
 //!   behind a lookup.
