@@ -850,23 +850,31 @@ impl Broker {
 
     /// SIGTERM, then SIGKILL after `grace`; says how it ended.
     async fn stop(mut self, grace: Duration) -> anyhow::Result<String> {
-        if let Some(st) = self.child.try_wait()? {
-            return Ok(format!("had already exited ({st}) before SIGTERM"));
-        }
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(r) => Ok(format!("{} after SIGTERM", r?)),
-            Err(_) => {
-                tracing::warn!(
-                    pid = self.pid,
-                    "qbroker ignored SIGTERM for {grace:?}; killing it"
-                );
-                self.child.kill().await?;
-                Ok(format!("killed: still running {grace:?} after SIGTERM"))
-            }
+        terminate(&mut self.child, self.pid, grace, "qbroker").await
+    }
+}
+
+/// SIGTERM to the child `what` (process `pid`), then SIGKILL after `grace`;
+/// says how it ended. For the broker and, in `--versus`, the peers.
+pub(crate) async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    grace: Duration,
+    what: &str,
+) -> anyhow::Result<String> {
+    if let Some(st) = child.try_wait()? {
+        return Ok(format!("had already exited ({st}) before SIGTERM"));
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(r) => Ok(format!("{} after SIGTERM", r?)),
+        Err(_) => {
+            tracing::warn!(pid, "{what} ignored SIGTERM for {grace:?}; killing it");
+            child.kill().await?;
+            Ok(format!("killed: still running {grace:?} after SIGTERM"))
         }
     }
 }

@@ -461,20 +461,7 @@ impl Daemon {
     }
 
     async fn stop(mut self, grace: Duration) -> anyhow::Result<String> {
-        if let Some(st) = self.child.try_wait()? {
-            return Ok(format!("had already exited ({st}) before SIGTERM"));
-        }
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(r) => Ok(format!("{} after SIGTERM", r?)),
-            Err(_) => {
-                self.child.kill().await?;
-                Ok(format!("killed: still running {grace:?} after SIGTERM"))
-            }
-        }
+        crate::bench::terminate(&mut self.child, self.pid, grace, "the peer").await
     }
 }
 
