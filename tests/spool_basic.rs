@@ -687,3 +687,60 @@ fn unacked_bytes_count_what_is_left_to_deliver() {
     assert_eq!(s.stats().unacked_bytes, one);
     assert!(one < s.stats().bytes);
 }
+
+/// Threads of this process whose name starts with `prefix` (as `/proc` keeps
+/// it: the first 15 bytes).
+fn threads_named(prefix: &str) -> usize {
+    let prefix = &prefix[..prefix.len().min(15)];
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end().starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn many_spools_share_a_few_housekeeping_threads_and_each_is_kept() {
+    let rt = rt();
+    let dirs: Vec<_> = (0..60).map(|_| tempfile::tempdir().unwrap()).collect();
+    let spools: Vec<Spool> = dirs
+        .iter()
+        .map(|d| {
+            Spool::open(
+                d.path(),
+                opts(1 << 30, 100, Fsync::Interval(Duration::from_millis(10))),
+            )
+            .unwrap()
+        })
+        .collect();
+    for s in &spools {
+        for i in 0..6 {
+            append(s, i);
+        }
+        for _ in 0..6 {
+            let r = next(&rt, s).unwrap();
+            s.ack(r.id);
+        }
+    }
+    // Every spool is kept: acknowledged segments deleted (which needs the
+    // watermark persisted first), on however few threads.
+    let deadline = Instant::now() + T;
+    for (s, d) in spools.iter().zip(&dirs) {
+        while s.stats().segments > 1 || !d.path().join("watermark").exists() {
+            assert!(Instant::now() < deadline, "a spool was never kept");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let threads = threads_named(qbroker::spool::HOUSEKEEPING_THREAD);
+    assert!(
+        (1..=qbroker::spool::HOUSEKEEPING_THREADS).contains(&threads),
+        "{threads} housekeeping threads for {} spools",
+        spools.len()
+    );
+    // A spool closed and opened again finds its watermark: nothing replayed.
+    drop(spools);
+    for d in &dirs {
+        let s = Spool::open(d.path(), big()).unwrap();
+        assert_eq!(s.stats().unacked_records, 0);
+    }
+}

@@ -16,8 +16,9 @@
 //!
 //! Threads and locks: appenders write under the log lock, then share fsyncs (group
 //! commit: one appender fsyncs for every record written so far while the others
-//! wait for it). A housekeeper thread per spool persists the watermark, deletes
-//! acknowledged segments and, with [`Fsync::Interval`], fsyncs. Readers hand out
+//! wait for it). The housekeeping, a few threads shared by every spool of the
+//! process, persists each watermark, deletes acknowledged segments and, with
+//! [`Fsync::Interval`], fsyncs. Readers hand out
 //! records from a bounded cache of recent appends, or from the segment files (in a
 //! blocking task) when they lag behind it.
 //!
@@ -41,7 +42,6 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -49,6 +49,10 @@ use tracing::{debug, info, warn};
 
 use crate::sync::acks::AckTracker;
 
+use housekeeper::Housekeeping;
+/// The most threads, and their name, that do the housekeeping of every spool of
+/// the process together.
+pub use housekeeper::{MAX_THREADS as HOUSEKEEPING_THREADS, THREAD_NAME as HOUSEKEEPING_THREAD};
 use reader::{Cache, ReadState};
 use writer::{CommitState, Log};
 
@@ -302,14 +306,6 @@ impl Counters {
     }
 }
 
-#[derive(Default)]
-struct HkState {
-    wake: bool,
-    /// Work arrived while the housekeeper slept with nothing to do.
-    kick: bool,
-    stop: bool,
-}
-
 /// Everything the spool's handle, its readers and its housekeeper share.
 /// Lock order: `reader` -> `log` -> `cache`; `persisted` -> `log`; `commit` is
 /// never held while taking another lock, nor `handed`.
@@ -350,10 +346,10 @@ struct Shared {
     deletable_at: AtomicU64,
     /// Records written since the last flush (for `Fsync::Interval`).
     dirty: AtomicBool,
-    hk: Mutex<HkState>,
-    hk_cv: Condvar,
-    /// The housekeeper sleeps until woken (nothing to do at its last look):
-    /// an acknowledgement or a write wakes it.
+    /// This spool's key in the shared [`Housekeeping`].
+    hk_key: AtomicUsize,
+    /// The housekeeping has nothing to do for this spool (at its last look): an
+    /// acknowledgement or a write queues it.
     hk_idle: AtomicBool,
     /// Ids below this were on disk at open.
     first_new_id: u64,
@@ -405,8 +401,7 @@ fn now_ms() -> u64 {
 
 impl Shared {
     fn wake_housekeeper(&self) {
-        lock(&self.hk).wake = true;
-        self.hk_cv.notify_one();
+        Housekeeping::global().wake(self.hk_key.load(Ordering::Relaxed));
     }
 
     /// Work for a housekeeper that sleeps with nothing to do (cheap when it
@@ -414,8 +409,7 @@ impl Shared {
     fn kick_housekeeper(&self) {
         fence(Ordering::SeqCst);
         if self.hk_idle.load(Ordering::SeqCst) {
-            lock(&self.hk).kick = true;
-            self.hk_cv.notify_one();
+            Housekeeping::global().kick(self.hk_key.load(Ordering::Relaxed));
         }
     }
 
@@ -438,7 +432,6 @@ impl Shared {
 /// The durable log of one target. `Send + Sync`: share it as `Arc<Spool>`.
 pub struct Spool {
     shared: Arc<Shared>,
-    housekeeper: Option<JoinHandle<()>>,
 }
 
 const _: () = {
@@ -494,24 +487,19 @@ impl Spool {
             handed_end: AtomicU64::new(0),
             deletable_at: AtomicU64::new(deletable_at),
             dirty: AtomicBool::new(false),
-            hk: Mutex::new(HkState::default()),
-            hk_cv: Condvar::new(),
+            hk_key: AtomicUsize::new(usize::MAX),
             hk_idle: AtomicBool::new(false),
             first_new_id: rec.next_id,
             counters,
         });
-        let hk_shared = shared.clone();
-        let housekeeper = std::thread::Builder::new()
-            .name("spool-housekeeper".into())
-            .spawn(move || housekeeper::run(&hk_shared))
+        let key = Housekeeping::global()
+            .register(Arc::downgrade(&shared))
             .map_err(|source| SpoolError::Io {
                 path: dir.to_owned(),
                 source,
             })?;
-        Ok(Spool {
-            shared,
-            housekeeper: Some(housekeeper),
-        })
+        shared.hk_key.store(key, Ordering::Relaxed);
+        Ok(Spool { shared })
     }
 
     /// Appends a sealed batch and returns its record id. Blocking: call it from a
@@ -714,18 +702,11 @@ impl Spool {
 }
 
 impl Drop for Spool {
-    /// Stops the housekeeper, which persists the watermark one last time.
+    /// Takes the spool out of the shared housekeeping (after a step of it under
+    /// way), then fsyncs and persists the watermark one last time.
     fn drop(&mut self) {
-        {
-            let mut hk = lock(&self.shared.hk);
-            hk.stop = true;
-        }
-        self.shared.hk_cv.notify_one();
-        if let Some(h) = self.housekeeper.take() {
-            if h.join().is_err() {
-                warn!(dir = %self.shared.dir.display(), "spool housekeeper panicked");
-            }
-        }
+        Housekeeping::global().close(self.shared.hk_key.load(Ordering::Relaxed));
+        housekeeper::last_step(&self.shared);
         debug!(dir = %self.shared.dir.display(), "spool closed; its files stay for the next start");
     }
 }
