@@ -27,6 +27,15 @@
 //! `i`); the k-th expected event is `expected_event(c, n, k)` and the j-th
 //! filtered one `filtered_event(c, n, j)`. With the weights of [`Mix`] the
 //! marginal distribution over slots is exactly the configured mix.
+//!
+//! # Files
+//!
+//! One submodule per part, bottom first: `identity` (the packed `file_id`),
+//! `numbers` (digits and timestamps into byte buffers), `rng`, `ops` (the
+//! operations), `config`, `event` (an event as seeds, and what qbroker must
+//! make of it), `encode` (JSON, CSV and plain-text sinks for rendered text),
+//! `vocab` (paths and users), `generator` ([`GenCore`]) and `stream`
+//! ([`NodeGen`], [`Chunk`]). This module re-exports their public items.
 
 use anyhow::{bail, Context};
 
