@@ -46,8 +46,8 @@
 //! # Layers
 //!
 //! A module names only modules below it; tests/layers.rs reads src/ and fails
-//! on any import cycle between top-level modules (and prints the layers with
-//! `--nocapture`). Bottom first:
+//! on any import cycle between top-level modules, or between the submodules
+//! of one module directory (and prints the layers with `--nocapture`). Bottom first:
 //!
 //! - [`model`], [`net`], [`parse`], [`sync`]: types and pieces that name no
 //!   stage;

@@ -1,4 +1,5 @@
-//! No import cycle between the library's top-level modules.
+//! No import cycle between the library's top-level modules, nor between the
+//! submodules of one top-level module directory.
 //!
 //! Reads src/ (the library: the modules `src/lib.rs` declares, and the crate
 //! root itself), and for each top-level module collects the other top-level
@@ -16,6 +17,10 @@
 //!
 //! The binary's own modules (src/main.rs, src/top.rs, src/cli/) are not the
 //! library and are not read.
+//!
+//! Inside each top-level module directory (src/parse/, src/spool/, ...) the
+//! same holds between its submodules: no import cycle among siblings (see
+//! [`collect_children`]; the directory's `mod.rs` is not a node).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -443,6 +448,224 @@ fn library_modules(src: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// One line per strongly connected component of more than one node, naming
+/// each of its edges with the lines that make it.
+fn cycles(
+    nodes: &BTreeSet<String>,
+    edges: &BTreeSet<(String, String)>,
+    uses: &Uses,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for comp in components(nodes, edges) {
+        if comp.len() < 2 {
+            continue;
+        }
+        let mut text = format!("import cycle among {}:", comp.join(", "));
+        for (a, b) in edges {
+            if comp.contains(a) && comp.contains(b) {
+                let at = uses.get(&(a.clone(), b.clone()));
+                let shown: Vec<&str> = at
+                    .into_iter()
+                    .flatten()
+                    .take(3)
+                    .map(String::as_str)
+                    .collect();
+                let more = at.map_or(0, |v| v.len().saturating_sub(3));
+                text.push_str(&format!(
+                    "\n    {a} -> {b}  ({}{})",
+                    if shown.is_empty() {
+                        "declares it".to_string()
+                    } else {
+                        shown.join(", ")
+                    },
+                    if more > 0 {
+                        format!(", {more} more")
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        problems.push(text);
+    }
+    problems
+}
+
+/// Where each submodule of the top-level module directory src/`top`/ names a
+/// sibling: `crate::top::x`, `super::x` (with as many `super`s as climb to
+/// `top`), and the heads of such `{ ... }` groups. The directory's `mod.rs` is
+/// not a node: its own items (the types its children share, such as
+/// `parse::ParseError`) are what the children may all name, and it declares
+/// and wires them. Test-only code, comments and literals are left out as above.
+fn collect_children(src: &Path, top: &str) -> (BTreeSet<String>, Uses) {
+    let dir = src.join(top);
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let children: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| module_path(f.strip_prefix(src).unwrap()).get(1).cloned())
+        .collect();
+    let mut uses = Uses::new();
+    for file in files {
+        let rel = file.strip_prefix(src).unwrap().to_path_buf();
+        let path = module_path(&rel);
+        let Some(from) = path.get(1).cloned() else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = strip_test_items(&strip(&text));
+        let b = code.as_bytes();
+        let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+        let add = |uses: &mut Uses, to: &str, at: usize| {
+            if to != from && children.contains(to) {
+                uses.entry((from.clone(), to.to_string()))
+                    .or_default()
+                    .push(format!("src/{}:{}", rel.display(), line_of(at)));
+            }
+        };
+        // The names after `::` at `k`: one, or the heads of a group.
+        let heads = |k: usize| -> Vec<(usize, String)> {
+            if b.get(k) == Some(&b'{') {
+                group_heads(b, k)
+            } else if b
+                .get(k)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            {
+                vec![(k, ident_at(b, k).to_string())]
+            } else {
+                Vec::new()
+            }
+        };
+        // `crate::top::x`
+        let mut i = 0;
+        while let Some(p) = code[i..].find("crate").map(|p| i + p) {
+            i = p + "crate".len();
+            if p > 0 && (b[p - 1].is_ascii_alphanumeric() || b[p - 1] == b'_') {
+                continue;
+            }
+            let j = skip_ws(b, i);
+            if !code[j..].starts_with("::") {
+                continue;
+            }
+            let k = skip_ws(b, j + 2);
+            if ident_at(b, k) != top {
+                continue;
+            }
+            let j = skip_ws(b, k + top.len());
+            if !code[j..].starts_with("::") {
+                continue;
+            }
+            for (at, head) in heads(skip_ws(b, j + 2)) {
+                add(&mut uses, &head, at);
+            }
+        }
+        // `super::x` that climbs exactly to `top`.
+        let mut i = 0;
+        while let Some(p) = code[i..].find("super").map(|p| i + p) {
+            i = p + "super".len();
+            if p > 0 && (b[p - 1].is_ascii_alphanumeric() || b[p - 1] == b'_' || b[p - 1] == b':') {
+                continue;
+            }
+            let mut k = p;
+            let mut climbs = 0;
+            loop {
+                if !code[k..].starts_with("super") {
+                    break;
+                }
+                let j = skip_ws(b, k + "super".len());
+                if !code[j..].starts_with("::") {
+                    break;
+                }
+                climbs += 1;
+                k = skip_ws(b, j + 2);
+            }
+            if climbs == 0 || climbs + 1 != path.len() {
+                continue;
+            }
+            i = k;
+            for (at, head) in heads(k) {
+                add(&mut uses, &head, at);
+            }
+        }
+    }
+    (children, uses)
+}
+
+#[test]
+fn no_import_cycle_inside_module_directories() {
+    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let modules = library_modules(&src);
+    let mut problems = Vec::new();
+    let mut checked = Vec::new();
+    for top in &modules {
+        if !src.join(top).is_dir() {
+            continue;
+        }
+        let (children, uses) = collect_children(&src, top);
+        let edges: BTreeSet<(String, String)> = uses.keys().cloned().collect();
+        let named = |m: &String| format!("{top}::{m}");
+        let children_named: BTreeSet<String> = children.iter().map(named).collect();
+        let edges_named: BTreeSet<(String, String)> =
+            edges.iter().map(|(a, b)| (named(a), named(b))).collect();
+        let uses_named: Uses = uses
+            .iter()
+            .map(|((a, b), at)| ((named(a), named(b)), at.clone()))
+            .collect();
+        problems.extend(cycles(&children_named, &edges_named, &uses_named));
+        checked.push(format!(
+            "{top} ({} submodules, {} edges)",
+            children.len(),
+            edges.len()
+        ));
+    }
+    assert!(
+        checked.iter().any(|c| c.starts_with("parse ")),
+        "src/parse/ was not checked: {checked:?}"
+    );
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+    println!("checked inside: {}", checked.join(", "));
+}
+
+#[test]
+fn the_submodule_scanner_finds_a_cycle_between_siblings() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("p")).unwrap();
+    std::fs::write(src.join("p/mod.rs"), "mod a;\nmod b;\npub enum E {}\n").unwrap();
+    std::fs::write(src.join("p/a.rs"), "use super::b::X;\nuse super::E;\n").unwrap();
+    std::fs::write(
+        src.join("p/b.rs"),
+        "use crate::p::{a::Y, E};\n#[cfg(test)]\nmod tests { use super::super::a; }\n",
+    )
+    .unwrap();
+    let (children, uses) = collect_children(src, "p");
+    assert_eq!(children, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    let edges: BTreeSet<(String, String)> = uses.keys().cloned().collect();
+    let problems = cycles(&children, &edges, &uses);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("a -> b  (src/p/a.rs:1)"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[0].contains("b -> a  (src/p/b.rs:1)"),
+        "{}",
+        problems[0]
+    );
+}
+
 #[test]
 fn no_import_cycle_between_modules() {
     let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
@@ -472,38 +695,7 @@ fn no_import_cycle_between_modules() {
         }
     }
     edges.retain(|(_, b)| b != ROOT);
-    for comp in components(&modules, &edges) {
-        if comp.len() < 2 {
-            continue;
-        }
-        let mut text = format!("import cycle among {}:", comp.join(", "));
-        for (a, b) in &edges {
-            if comp.contains(a) && comp.contains(b) {
-                let at = uses.get(&(a.clone(), b.clone()));
-                let shown: Vec<&str> = at
-                    .into_iter()
-                    .flatten()
-                    .take(3)
-                    .map(String::as_str)
-                    .collect();
-                let more = at.map_or(0, |v| v.len().saturating_sub(3));
-                text.push_str(&format!(
-                    "\n    {a} -> {b}  ({}{})",
-                    if shown.is_empty() {
-                        "declares it".to_string()
-                    } else {
-                        shown.join(", ")
-                    },
-                    if more > 0 {
-                        format!(", {more} more")
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-        }
-        problems.push(text);
-    }
+    problems.extend(cycles(&modules, &edges, &uses));
     assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
     // The layers, bottom first (`cargo test --test layers -- --nocapture`): a
     // module's layer is one above the highest of the modules it names.

@@ -412,6 +412,32 @@ impl Link {
     }
 }
 
+#[cfg(test)]
+impl Link {
+    /// A link whose jobs go to the returned receiver, for a test to complete
+    /// (through the batcher's [`Completions`]) in whatever order it likes.
+    pub(crate) fn for_test(
+        cluster: &str,
+        jobs: usize,
+        queue_max_events: usize,
+        queue_max_bytes: usize,
+    ) -> (Arc<Link>, mpsc::Receiver<Job>) {
+        let (tx, rx) = mpsc::channel(jobs);
+        let link = Arc::new(Link {
+            cluster: Arc::from(cluster),
+            jobs: tx,
+            outstanding: AtomicUsize::new(0),
+            settled: Arc::new(Settled::default()),
+            batcher: OnceLock::new(),
+            metrics: Arc::new(EnrichMetrics::default()),
+            queue_max_events,
+            queue_max_bytes,
+            hold_max: Duration::from_secs(3600),
+        });
+        (link, rx)
+    }
+}
+
 /// Where the shutdown drain waits for the links' jobs to come back.
 #[derive(Default)]
 struct Settled {

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::record::{Record, Val};
-use super::{csv, event, filter, json, record, syslog, Filter, FrameCtx, Outcome};
+use super::{csv, event, filter, json, payload, syslog, Filter, FrameCtx, Outcome};
 
 /// A receive time well inside the range every timestamp path handles.
 const RECEIVED_MS: i64 = 1_769_523_200_000;
@@ -98,7 +98,7 @@ pub fn json_payload(msg: &[u8]) {
     if let Ok(rec) = json::parse(msg) {
         check_record(msg, &rec);
     }
-    if let Ok(rec) = record::parse_payload(msg, |_, _| false) {
+    if let Ok(rec) = payload::parse_payload(msg, |_, _| false) {
         check_record(msg, &rec);
     }
 }
@@ -156,7 +156,7 @@ pub fn convert(frame: &[u8]) {
     });
     // The mapper on its own, on whatever record the payload gives.
     if let Ok(h) = syslog::parse_header(frame) {
-        if let Ok(rec) = record::parse_payload(h.msg, |_, _| false) {
+        if let Ok(rec) = payload::parse_payload(h.msg, |_, _| false) {
             for q in MAPPABLE
                 .iter()
                 .filter_map(|n| filter::QOp::from_name(n.as_bytes()))

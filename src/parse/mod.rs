@@ -8,9 +8,9 @@
 //! borrowed from the frame and escaped straight into the output), leaves the
 //! output buffer untouched unless it returns [`Outcome::Event`].
 //!
-//! The steps, one submodule each: `syslog` splits the header, `record` picks
-//! the payload format (`json` or `csv`) and captures the audit fields,
-//! `filter` decides, `event` maps and serialises, with `escape`, `scan` and
+//! The steps, one submodule each: `syslog` splits the header, `payload` picks
+//! the payload format (`json` or `csv`), which captures the audit fields into
+//! a `record`, `filter` decides, `event` maps and serialises, with `escape`, `scan` and
 //! `time` doing the byte-level work. A frame that is not valid UTF-8 is
 //! converted lossily (U+FFFD) first; that rare path allocates.
 
@@ -23,6 +23,7 @@ mod filter;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
 mod json;
+mod payload;
 mod record;
 mod scan;
 mod syslog;
@@ -392,7 +393,7 @@ fn convert_bytes(
     if !filter.app_ok(h.app) {
         return Ok(Outcome::Filtered(FilterReason::AppName));
     }
-    let rec = record::parse_payload(h.msg, |op, status| filter.drops(op, status))?;
+    let rec = payload::parse_payload(h.msg, |op, status| filter.drops(op, status))?;
     let op = rec
         .operation
         .non_empty()

@@ -1,11 +1,11 @@
 //! record: the audit fields of one message, borrowed from the frame.
 //!
 //! Both payload formats ([`super::json`], [`super::csv`]) fill the same
-//! [`Record`]. A value remembers where it came from ([`Val`]) because each
+//! [`Record`]; [`super::payload`] picks the format. This module names neither
+//! format, so both can name it. A value remembers where it came from ([`Val`]) because each
 //! source needs its own rule to become a JSON string (see [`super::escape`]).
 
 use super::escape;
-use super::{csv, json, ParseError};
 
 /// One captured value, still in its wire form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,27 +94,6 @@ pub(crate) struct Record<'a> {
     pub owner_after: Option<Owner<'a>>,
 }
 
-/// MSG to a record: JSON if it starts with `{` (after spaces and a UTF-8 BOM), else CSV.
-pub(crate) fn parse_payload<'a>(
-    msg: &'a [u8],
-    drop: impl Fn(&[u8], &[u8]) -> bool,
-) -> Result<Record<'a>, ParseError> {
-    let msg = trim_start(msg);
-    let msg = msg
-        .strip_prefix("\u{feff}".as_bytes())
-        .map_or(msg, trim_start);
-    match msg.first() {
-        None => Err(ParseError::Payload),
-        Some(b'{') => json::parse_unless(msg, drop),
-        Some(_) => csv::parse(msg),
-    }
-}
-
-fn trim_start(s: &[u8]) -> &[u8] {
-    let n = s.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
-    &s[n..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,21 +140,5 @@ mod tests {
         assert!(a.same(&b));
         assert!(!a.same(&c));
         assert!(n.same(&Owner::default()));
-    }
-
-    #[test]
-    fn payload_dispatch() {
-        assert_eq!(parse_payload(b"", |_, _| false), Err(ParseError::Payload));
-        assert_eq!(
-            parse_payload(b"   ", |_, _| false),
-            Err(ParseError::Payload)
-        );
-        let r = parse_payload("\u{feff} {\"operation\":\"x\"}".as_bytes(), |_, _| false).unwrap();
-        assert_eq!(r.operation, Val::Json(b"x"));
-        let r = parse_payload(b"  1.2.3.4,\"u\",smb2,fs_open,ok,1,\"/\",\"\"", |_, _| {
-            false
-        })
-        .unwrap();
-        assert_eq!(r.operation, Val::Csv(b"fs_open"));
     }
 }
