@@ -81,6 +81,7 @@ pub mod parse;
 pub mod pool;
 pub mod preflight;
 pub mod replay;
+pub mod source;
 pub mod spool;
 pub mod stdin;
 pub mod store;
@@ -373,8 +374,11 @@ pub async fn run_input(
                 ingest::IngestCtx {
                     deps: ingest::reader::ReaderDeps {
                         config: cfg.clone(),
-                        queue: queue_tx,
-                        gate: gate.clone(),
+                        handoff: source::Handoff {
+                            queue: queue_tx,
+                            gate: gate.clone(),
+                            metrics: metrics.clone(),
+                        },
                         metrics: metrics.clone(),
                         stop: stop_rx,
                     },
@@ -386,8 +390,11 @@ pub async fn run_input(
         Input::Stdin(feed) => Source::Stdin(
             feed.start(stdin::Pipeline {
                 config: cfg.clone(),
-                queue: queue_tx,
-                gate: gate.clone(),
+                handoff: source::Handoff {
+                    queue: queue_tx,
+                    gate: gate.clone(),
+                    metrics: metrics.clone(),
+                },
                 metrics: metrics.clone(),
                 batches: batches.clone(),
                 targets: targets.clone(),

@@ -72,7 +72,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -80,19 +80,15 @@ use crate::batch::Batches;
 use crate::config::Config;
 use crate::deadletter::DeadLetters;
 use crate::ingest::listener::UNIDENTIFIED;
-use crate::metrics::{unix_us, Metrics, NodeMetrics, RateLimit};
+use crate::metrics::{Metrics, NodeMetrics, RateLimit};
 use crate::parse;
-use crate::pool::{Chunk, ClusterShared};
+use crate::pool::ClusterShared;
+use crate::source::{Handed, Handoff, Origin, Sequence};
 use crate::spool::{Fsync, Spool};
-use crate::sync::gate::Gate;
 use crate::targets::Targets;
 
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
 static UNROUTABLE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
-static PAUSED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
-
-/// How long to wait on a full queue before saying so again.
-const PAUSE_REPORT: Duration = Duration::from_secs(5);
 
 /// Why a commit could not be confirmed (rsyslog then sends the messages again).
 #[derive(Debug, thiserror::Error)]
@@ -321,8 +317,8 @@ fn read_lines(input: &mut Box<dyn BufRead + Send>, tx: &Sender<Vec<u8>>) {
 /// What the feed needs of the running pipeline.
 pub(crate) struct Pipeline {
     pub config: Arc<Config>,
-    pub queue: Sender<Chunk>,
-    pub gate: Arc<Gate>,
+    /// The way into the work queue (admission, numbering, the send).
+    pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     pub batches: Arc<Batches>,
     /// The running targets (their spools are synced at a commit).
@@ -360,8 +356,7 @@ struct Pending {
 /// TCP connections) and its nodes' pending frames.
 struct Cluster {
     shared: Arc<ClusterShared>,
-    next_seq: u64,
-    next_chunk: u64,
+    sequence: Sequence,
     nodes: HashMap<Arc<str>, Pending>,
     /// Fed since the last commit.
     dirty: bool,
@@ -616,10 +611,10 @@ impl Feeder {
                 return;
             }
             let name: Arc<str> = Arc::from(name.as_str());
-            let Some(batcher) = self
-                .p
-                .batches
-                .create(name.clone(), &self.p.metrics, &self.p.gate)
+            let Some(batcher) =
+                self.p
+                    .batches
+                    .create(name.clone(), &self.p.metrics, &self.p.handoff.gate)
             else {
                 self.unroutable(
                     &name,
@@ -640,8 +635,7 @@ impl Feeder {
                         metrics,
                         batcher,
                     }),
-                    next_seq: 0,
-                    next_chunk: 0,
+                    sequence: Sequence::default(),
                     nodes: HashMap::new(),
                     dirty: false,
                 },
@@ -675,13 +669,7 @@ impl Feeder {
         if pending.frames.len() >= cfg.queue.chunk_max_frames
             || pending.data.len() >= cfg.queue.chunk_max_bytes
         {
-            let Cluster {
-                shared,
-                next_seq,
-                next_chunk,
-                ..
-            } = cluster;
-            hand_on(&self.p, shared, next_seq, next_chunk, pending);
+            hand_on(&self.p, &cluster.shared, &cluster.sequence, pending);
         }
     }
 
@@ -708,13 +696,12 @@ impl Feeder {
         for cluster in self.clusters.values_mut() {
             let Cluster {
                 shared,
-                next_seq,
-                next_chunk,
+                sequence,
                 nodes,
                 ..
             } = cluster;
             for pending in nodes.values_mut() {
-                hand_on(&self.p, shared, next_seq, next_chunk, pending);
+                hand_on(&self.p, shared, sequence, pending);
             }
         }
     }
@@ -734,7 +721,10 @@ impl Feeder {
         for cluster in self.clusters.values_mut().filter(|c| c.dirty) {
             // The batcher replies once the cluster's last chunk is in a batch
             // in the spool. The wait looks up now and then for a shutdown.
-            let reply = cluster.shared.batcher.barrier(cluster.next_chunk);
+            let reply = cluster
+                .shared
+                .batcher
+                .barrier(cluster.sequence.next_chunk());
             loop {
                 match reply.recv_timeout(COMMIT_LOOK) {
                     Ok(()) => break,
@@ -842,76 +832,24 @@ pub fn route(cfg: &Config, host: Option<&str>) -> (String, Option<usize>, Option
 }
 
 /// Hand a node's pending frames to the pool as one chunk, once the gate admits
-/// it (waiting, as a reader does, while the queue is full).
-fn hand_on(
-    p: &Pipeline,
-    shared: &Arc<ClusterShared>,
-    next_seq: &mut u64,
-    next_chunk: &mut u64,
-    pending: &mut Pending,
-) {
+/// it (waiting, as a reader does, while the queue is full; see [`Handoff`]).
+/// Bytes count here, where a reader counts them as it reads.
+fn hand_on(p: &Pipeline, shared: &Arc<ClusterShared>, sequence: &Sequence, pending: &mut Pending) {
     if pending.frames.is_empty() {
         return;
     }
     let data = pending.data.split().freeze();
     let frames = std::mem::take(&mut pending.frames);
-    let (n, bytes) = (frames.len(), data.len());
-    if !p.gate.try_admit(shared.gate_id, n, bytes) {
-        p.metrics.ingest.paused.inc();
-        p.runtime.block_on(async {
-            let mut admit = std::pin::pin!(p.gate.admit(shared.gate_id, n, bytes));
-            while tokio::time::timeout(PAUSE_REPORT, admit.as_mut())
-                .await
-                .is_err()
-            {
-                if let Some(suppressed) = PAUSED_LOG.check() {
-                    let usage = p.gate.usage();
-                    warn!(
-                        cluster = %shared.name,
-                        queue_messages = usage.msgs,
-                        queue_bytes = usage.bytes,
-                        suppressed,
-                        "work queue full: reading stdin paused"
-                    );
-                }
-            }
-        });
-    }
-    let chunk = Chunk {
-        cluster: shared.clone(),
-        node: pending.node.clone(),
-        node_metrics: pending.metrics.clone(),
-        data,
-        frames,
-        seq_base: *next_seq,
-        chunk_no: *next_chunk,
-        received_unix_us: unix_us(),
+    let bytes = data.len() as u64;
+    let at = Origin {
+        cluster: shared,
+        sequence,
+        node: &pending.node,
+        node_metrics: &pending.metrics,
     };
-    *next_seq += n as u64;
-    *next_chunk += 1;
-    pending.metrics.frames.add(n as u64);
-    pending.metrics.bytes.add(bytes as u64);
-    pending
-        .metrics
-        .last_frame_unix_ms
-        .set((chunk.received_unix_us / 1000) as i64);
-    shared.metrics.frames.add(n as u64);
-    shared.metrics.bytes.add(bytes as u64);
-    // The gate keeps the queue from filling (see the ingest reader): the send
-    // finds room at once, and the bounded wait is a guard that says so.
-    let mut chunk = chunk;
-    loop {
-        match p.queue.send_timeout(chunk, PAUSE_REPORT) {
-            Ok(()) => return,
-            Err(SendTimeoutError::Timeout(back)) => {
-                error!(cluster = %shared.name, "work queue full beyond what the gate admitted; still waiting");
-                chunk = back;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => {
-                error!(cluster = %shared.name, frames = n, "parse pool gone: frames dropped");
-                p.gate.release(shared.gate_id, n, bytes);
-                return;
-            }
-        }
+    let handed = p.handoff.hand_on_blocking(&p.runtime, at, data, frames);
+    if handed != Handed::PoolGone {
+        pending.metrics.bytes.add(bytes);
+        shared.metrics.bytes.add(bytes);
     }
 }

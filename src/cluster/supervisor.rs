@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -19,6 +19,7 @@ use tracing::{debug, error, info};
 
 use crate::metrics::Metrics;
 use crate::pool::ClusterShared;
+pub use crate::source::Sequence;
 
 /// Why a reader ended (the reader, in [`crate::ingest::reader`], says it;
 /// the supervisor counts and logs it).
@@ -39,32 +40,6 @@ pub enum End {
 
 /// Messages wait here while the supervisor is busy; `Addr::send` waits when full.
 const MAILBOX: usize = 256;
-
-/// The numbering of a cluster's frames and chunks, shared by its readers.
-///
-/// A chunk's number and its frames' sequence numbers are taken in one step, so
-/// that chunk order is sequence order whichever reader, on whichever thread,
-/// takes them: the batcher restores chunk order, and with it seq order. One
-/// uncontended lock per chunk (hundreds of frames), never per frame.
-#[derive(Debug, Default)]
-pub struct Sequence(Mutex<Next>);
-
-#[derive(Debug, Default)]
-struct Next {
-    seq: u64,
-    chunk: u64,
-}
-
-impl Sequence {
-    /// Number a chunk of `frames` frames: (seq of its first frame, chunk number).
-    pub fn take(&self, frames: usize) -> (u64, u64) {
-        let mut next = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = (next.seq, next.chunk);
-        next.seq += frames as u64;
-        next.chunk += 1;
-        taken
-    }
-}
 
 struct ReaderInfo {
     peer: SocketAddr,
@@ -187,38 +162,5 @@ impl Handler<Ended> for Supervisor {
 
     fn handle(&mut self, ended: Ended, _ctx: &mut Context<Self>) {
         self.reader_ended(ended.id, ended.result);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_from_many_threads_number_seq_in_chunk_order() {
-        let seq = Arc::new(Sequence::default());
-        let taken: Vec<Vec<(u64, u64, usize)>> = (1..=4)
-            .map(|t| {
-                let seq = seq.clone();
-                std::thread::spawn(move || {
-                    (0..10_000)
-                        .map(|i| {
-                            let n = (i % 7 + t) as usize;
-                            let (s, c) = seq.take(n);
-                            (c, s, n)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .map(|h| h.join().unwrap())
-            .collect();
-        let mut all: Vec<(u64, u64, usize)> = taken.into_iter().flatten().collect();
-        all.sort_unstable();
-        let mut next_seq = 0;
-        for (i, (chunk, s, n)) in all.iter().enumerate() {
-            assert_eq!(*chunk, i as u64, "chunk numbers without gaps");
-            assert_eq!(*s, next_seq, "chunk order is seq order");
-            next_seq += *n as u64;
-        }
     }
 }

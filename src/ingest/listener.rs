@@ -127,7 +127,7 @@ async fn serve(listener: std::net::TcpListener, tls: Option<TlsInput>, ctx: Inge
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
     let registry = Arc::new(Mutex::new(Registry::new(
         handles.clone(),
-        ctx.deps.gate.clone(),
+        ctx.deps.handoff.gate.clone(),
         ctx.batches.clone(),
         ctx.deps.metrics.clone(),
         cfg.ingest.max_clusters,

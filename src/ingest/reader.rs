@@ -30,37 +30,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use crossbeam_channel::{SendTimeoutError, Sender};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::framing::{plausible, BadFrames, Decoder, Finish, Next};
 pub use crate::cluster::supervisor::End;
 use crate::cluster::supervisor::Sequence;
 use crate::config::Config;
-use crate::metrics::{unix_us, Metrics, NodeMetrics, RateLimit};
-use crate::pool::{Chunk, ClusterShared};
-use crate::sync::gate::Gate;
+use crate::metrics::{Metrics, NodeMetrics, RateLimit};
+use crate::pool::ClusterShared;
+use crate::source::{Handed, Handoff, Origin};
 
 static OVERSIZE_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 3);
-static PAUSED_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
-static QUEUE_FULL_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 1);
-
-/// How long to wait on a full queue before saying so again.
-const PAUSE_REPORT: Duration = Duration::from_secs(5);
-
-/// The bound on a send to the work queue, which the gate keeps from ever
-/// waiting (see `flush`).
-const QUEUE_SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What every reader needs, cloned per connection.
 #[derive(Clone)]
 pub struct ReaderDeps {
     pub config: Arc<Config>,
-    pub queue: Sender<Chunk>,
-    pub gate: Arc<Gate>,
+    /// The way into the work queue (admission, numbering, the send).
+    pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     /// Turns true when the broker shuts down.
     pub stop: watch::Receiver<bool>,
@@ -409,82 +399,16 @@ impl Reader {
             Vec::with_capacity(self.deps.config.queue.chunk_max_frames),
         );
         self.frame_bytes = 0;
-        let (n, bytes) = (frames.len(), data.len());
-        let gate = &self.deps.gate;
-        let id = self.cluster.gate_id;
-        if !gate.try_admit(id, n, bytes) {
-            self.deps.metrics.ingest.paused.inc();
-            let mut admit = std::pin::pin!(gate.admit(id, n, bytes));
-            loop {
-                match tokio::time::timeout(PAUSE_REPORT, admit.as_mut()).await {
-                    Ok(()) => break,
-                    Err(_) => {
-                        if let Some(suppressed) = PAUSED_LOG.check() {
-                            let usage = gate.usage();
-                            warn!(
-                                cluster = %self.cluster.name,
-                                node = %self.node,
-                                queue_messages = usage.msgs,
-                                queue_bytes = usage.bytes,
-                                suppressed,
-                                "work queue full: reading paused"
-                            );
-                        }
-                    }
-                }
-            }
+        let at = Origin {
+            cluster: &self.cluster,
+            sequence: &self.sequence,
+            node: &self.node,
+            node_metrics: &self.node_metrics,
+        };
+        if self.deps.handoff.hand_on(at, data, frames).await == Handed::QueuedAfterPause {
             // Time spent paused is the broker's, not the sender's: the deadlines
             // start again from now.
             self.progressed = true;
-        }
-        // Number and seq range in one step: chunk order is seq order, whichever
-        // reader of the cluster (on whichever thread) numbers the next chunk.
-        let (seq_base, chunk_no) = self.sequence.take(n);
-        let chunk = Chunk {
-            cluster: self.cluster.clone(),
-            node: self.node.clone(),
-            node_metrics: self.node_metrics.clone(),
-            data,
-            frames,
-            seq_base,
-            chunk_no,
-            received_unix_us: unix_us(),
-        };
-        self.node_metrics.frames.add(n as u64);
-        self.node_metrics
-            .last_frame_unix_ms
-            .set((chunk.received_unix_us / 1000) as i64);
-        self.cluster.metrics.frames.add(n as u64);
-        // The queue's capacity in chunks is its capacity in messages, and every
-        // chunk in it holds at least one message that the gate admitted and has
-        // not had back: the send finds room at once. The wait is a guard, bounded
-        // and reported, should that ever stop holding; a chunk is never dropped.
-        let mut chunk = chunk;
-        loop {
-            match self.deps.queue.send_timeout(chunk, QUEUE_SEND_TIMEOUT) {
-                Ok(()) => return,
-                Err(SendTimeoutError::Timeout(back)) => {
-                    if let Some(suppressed) = QUEUE_FULL_LOG.check() {
-                        error!(
-                            cluster = %self.cluster.name,
-                            node = %self.node,
-                            suppressed,
-                            "work queue full beyond what the gate admitted; still waiting"
-                        );
-                    }
-                    chunk = back;
-                }
-                Err(SendTimeoutError::Disconnected(back)) => {
-                    error!(
-                        cluster = %self.cluster.name,
-                        node = %self.node,
-                        frames = back.frames.len(),
-                        "parse pool gone: frames dropped"
-                    );
-                    gate.release(id, n, bytes);
-                    return;
-                }
-            }
         }
     }
 }
