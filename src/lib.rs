@@ -57,7 +57,9 @@
 //! - the stages, from the spool up: [`deadletter`], [`spool`], [`enrich`]
 //!   (which hands results back through [`enrich::Completions`], implemented
 //!   by the batcher), [`batch`], [`store`], [`egress`], [`pool`] (with
-//!   [`pool::Chunk`], what a source hands on), [`cluster`], [`targets`];
+//!   [`pool::Chunk`], what a source hands on), [`source`] (the one hand-off
+//!   of every source: admission, numbering, the chunk, the bounded send),
+//!   [`cluster`], [`targets`];
 //! - the sources and the control plane: [`ingest`], [`stdin`], [`api`],
 //!   [`replay`], [`preflight`];
 //! - this root, which wires them.
